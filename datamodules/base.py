@@ -1,0 +1,125 @@
+"""The DataModule every array data set here builds on: splits held as uint8 tensors, moved once to
+the training device and served by :class:`~datamodules.device_loader.DeviceLoader`.
+
+A subclass implements :meth:`load_split` returning ``(x uint8 (N, C, H, W), y int64 (N,))`` for
+``"train"`` and ``"test"``. Inputs stay in ``[0, 255]`` uint8 here; the model turns them into
+``[0, 1]`` floats and normalizes inside (RobustBench convention).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from .device_loader import DeviceLoader, random_crop_flip
+
+
+def _as_tensors(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y).long()
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise ValueError(f"images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    return x.contiguous(), y
+
+
+class ArrayDataModule(pl.LightningDataModule):
+    """Base class: train / validation / test splits as device-resident uint8 tensors.
+
+    Args:
+        data_dir: folder holding the data set in its standard layout.
+        batch_size: training batch size (per process).
+        eval_batch_size: batch size for validation, test and predict (default: ``batch_size``).
+        val_size: examples held out of the training split for validation (seeded, random); with 0
+            validation runs on the test split's first ``n_examples``.
+        n_examples: evaluate on the first N test examples only (RobustBench convention).
+        augment: random crop (reflect pad 4) + horizontal flip on training batches.
+        seed: seeds the validation hold-out and the per-epoch shuffles.
+    """
+
+    num_classes: int = 10
+    name: str = "data"
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 512,
+        eval_batch_size: Optional[int] = None,
+        val_size: int = 0,
+        n_examples: Optional[int] = None,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if val_size < 0:
+            raise ValueError(f"val_size must be >= 0, got {val_size}")
+        if n_examples is not None and n_examples < 1:
+            raise ValueError(f"n_examples must be >= 1 or null, got {n_examples}")
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_size, self.n_examples = val_size, n_examples
+        self.augment, self.seed = augment, seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- what a subclass provides -------------------------------------------------------------
+    def load_split(self, split: str) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+        raise NotImplementedError
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, stage: Optional[str] = None) -> None:
+        needs_train = stage in (None, "fit") or (stage == "validate" and self.val_size > 0)
+        if needs_train and "train" not in self.splits:
+            x, y = _as_tensors(*self.load_split("train"))
+            if self.val_size:
+                if self.val_size >= len(x):
+                    raise ValueError(f"val_size={self.val_size} leaves no training data ({len(x)} examples)")
+                perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+                tr, va = perm[: len(x) - self.val_size].sort().values, perm[len(x) - self.val_size :].sort().values
+                self.splits["val"] = (x[va], y[va])
+                x, y = x[tr], y[tr]
+            self.splits["train"] = (x, y)
+        needs_test = stage in (None, "test", "predict", "validate") or (stage == "fit" and not self.val_size)
+        if needs_test and "test" not in self.splits:
+            x, y = _as_tensors(*self.load_split("test"))
+            if self.n_examples is not None:
+                x, y = x[: self.n_examples], y[: self.n_examples]
+            self.splits["test"] = (x, y)
+
+    @property
+    def device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _loader(self, split: str, train: bool = False) -> DeviceLoader:
+        if split not in self.splits:
+            raise RuntimeError(f"split '{split}' is not set up; call setup() first")
+        x, y = self.splits[split]
+        if x.device != self.device:  # moved once, kept there for every later loader
+            x, y = x.to(self.device), y.to(self.device)
+            self.splits[split] = (x, y)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return DeviceLoader(
+            x, y,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train, drop_last=train and len(x) >= self.batch_size * world,
+            transform=random_crop_flip if (train and self.augment) else None,
+            seed=self.seed, device=self.device, rank=rank, world_size=world,
+            epoch_fn=(lambda: trainer.current_epoch) if (train and trainer is not None) else None,
+        )
+
+    def train_dataloader(self) -> DeviceLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DeviceLoader:
+        return self._loader("val" if "val" in self.splits else "test")
+
+    def test_dataloader(self) -> DeviceLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DeviceLoader:
+        return self._loader("test")

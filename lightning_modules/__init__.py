@@ -1,0 +1,22 @@
+"""Models and the maths around them. Where things live:
+
+- :mod:`~lightning_modules.reversal` — the reversal (Mao et al. 2021): the core of the package.
+- :mod:`~lightning_modules.module` — :class:`ReversalModule`, joint classifier + contrastive head.
+- :mod:`~lightning_modules.attacks` — batched PGD / FGSM-RS / TRADES attacks.
+- :mod:`~lightning_modules.losses` — InfoNCE, TRADES KL, CW margin, DLR (pure functions).
+- :mod:`~lightning_modules.augment` — SimCLR views (kornia, differentiable, per image).
+- :mod:`~lightning_modules.backbones`, :mod:`~lightning_modules.heads` — networks.
+- :mod:`~lightning_modules.robustbench_models` — RobustBench zoo models from local files.
+"""
+from .attacks import ThreatModel, fgsm_rs, pgd, projected_gradient, trades_attack
+from .augment import SimCLRViews
+from .backbones import BackboneName, Classifier, build_backbone
+from .heads import ContrastiveHead
+from .losses import info_nce
+from .module import ReversalModule
+from .reversal import ReversalConfig, reverse
+
+__all__ = [
+    "ThreatModel", "fgsm_rs", "pgd", "projected_gradient", "trades_attack", "SimCLRViews", "BackboneName",
+    "Classifier", "build_backbone", "ContrastiveHead", "info_nce", "ReversalModule", "ReversalConfig", "reverse",
+]

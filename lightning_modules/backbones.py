@@ -1,0 +1,267 @@
+"""Backbones: classifiers that take images in ``[0, 1]`` and return ``(logits, features)``.
+
+Normalization happens inside (RobustBench convention), so attacks and the reversal work in
+pixel space. ``features`` are the penultimate activations the contrastive head reads.
+
+Example:
+    >>> import torch
+    >>> from lightning_modules.backbones import build_backbone
+    >>> net = build_backbone("preact_resnet18", num_classes=10)
+    >>> logits, feats = net(torch.rand(2, 3, 32, 32))
+    >>> logits.shape, feats.shape
+    (torch.Size([2, 10]), torch.Size([2, 512]))
+"""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, as a layer (so gradients w.r.t. pixels are exact)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+# ---------------------------------------------------------------------------------------------
+# PreActResNet-18 (He et al. 2016, as used by Rice et al. / Wong et al. for CIFAR AT)
+class PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        sc = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + sc
+
+
+class PreActResNet18(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(3, w, 3, 1, 1, bias=False)
+        self.layer1 = nn.Sequential(PreActBlock(w, w, 1), PreActBlock(w, w, 1))
+        self.layer2 = nn.Sequential(PreActBlock(w, 2 * w, 2), PreActBlock(2 * w, 2 * w, 1))
+        self.layer3 = nn.Sequential(PreActBlock(2 * w, 4 * w, 2), PreActBlock(4 * w, 4 * w, 1))
+        self.layer4 = nn.Sequential(PreActBlock(4 * w, 8 * w, 2), PreActBlock(8 * w, 8 * w, 1))
+        self.bn = nn.BatchNorm2d(8 * w)
+        self.linear = nn.Linear(8 * w, num_classes)
+        self.feature_dim = 8 * w
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        return F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# WideResNet (Zagoruyko & Komodakis 2016), the RobustBench CIFAR layout
+class WideBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if cin != cout or stride != 1 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = F.relu(self.bn1(x))
+        sc = self.shortcut(o) if self.shortcut is not None else x
+        return self.conv2(F.relu(self.bn2(self.conv1(o)))) + sc
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int = 28, widen: int = 10, num_classes: int = 10) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        ch = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(3, ch[0], 3, 1, 1, bias=False)
+
+        def group(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(*[WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
+
+        self.layer1, self.layer2, self.layer3 = group(ch[0], ch[1], 1), group(ch[1], ch[2], 2), group(ch[2], ch[3], 2)
+        self.bn = nn.BatchNorm2d(ch[3])
+        self.linear = nn.Linear(ch[3], num_classes)
+        self.feature_dim = ch[3]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        return F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+class SmallCNN(nn.Module):
+    """A few-layer CNN for tests and CPU benchmarks (not a research backbone)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, 1, 1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, 1, 1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, 1, 1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.linear = nn.Linear(4 * w, num_classes)
+        self.feature_dim = 4 * w
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+# ---------------------------------------------------------------------------------------------
+class Classifier(nn.Module):
+    """Wraps a network into ``x in [0,1] -> (logits, features)`` with normalization inside.
+
+    ``net`` either has ``features(x)`` and a final ``linear`` (the backbones here), or is any
+    classifier: then the features are the input of its last ``nn.Linear``, read by a hook (this is
+    how RobustBench zoo models and arbitrary checkpoints become backbones).
+    """
+
+    def __init__(self, net: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> None:
+        super().__init__()
+        self.net = net
+        self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
+        self._direct = hasattr(net, "features") and isinstance(getattr(net, "linear", None), nn.Linear)
+        if self._direct:
+            self.feature_dim = net.linear.in_features
+            self.num_classes = net.linear.out_features
+        else:
+            last = [m for m in net.modules() if isinstance(m, nn.Linear)]
+            if not last:
+                raise ValueError(f"{type(net).__name__} has no nn.Linear layer to read features from")
+            self._last = last[-1]
+            self.feature_dim, self.num_classes = self._last.in_features, self._last.out_features
+            self._captured: list[torch.Tensor] = []
+            self._last.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._captured.append(inputs[0])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(x)
+        if self._direct:
+            f = self.net.features(x)
+            return self.net.linear(f), f
+        self._captured.clear()
+        logits = self.net(x)
+        feats = self._captured[-1].flatten(1)
+        self._captured.clear()
+        return logits, feats
+
+
+class BackboneName(str, Enum):
+    preact_resnet18 = "preact_resnet18"
+    wrn28_10 = "wrn28_10"
+    wrn34_10 = "wrn34_10"
+    resnet50 = "resnet50"
+    small_cnn = "small_cnn"
+
+
+def _stats(dataset: str) -> tuple[Sequence[float], Sequence[float]]:
+    table = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+             "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+    if dataset not in table:
+        raise ValueError(f"unknown normalization '{dataset}'; choose one of {sorted(table)}")
+    return table[dataset]
+
+
+def build_backbone(
+    name: str,
+    num_classes: int = 10,
+    normalization: Optional[str] = "cifar10",
+    weights_path: Optional[str] = None,
+    **kwargs,
+) -> Classifier:
+    """Build a backbone by name (see :class:`BackboneName`), returning a :class:`Classifier`.
+
+    ``weights_path`` loads a local torchvision-style state dict (ResNet-50 ImageNet weights, say)
+    with ``weights_only=True``. ``kwargs`` go to the network (e.g. ``width`` for small_cnn, or
+    ``kap`` for KAP layers where supported).
+    """
+    try:
+        key = BackboneName(name)
+    except ValueError:
+        raise ValueError(
+            f"unknown backbone '{name}'; choose one of {[b.value for b in BackboneName]} "
+            "or load a RobustBench / checkpoint model with lightning_modules.robustbench_models"
+        ) from None
+    if key is BackboneName.preact_resnet18:
+        net = PreActResNet18(num_classes, **kwargs)
+    elif key is BackboneName.wrn28_10:
+        net = WideResNet(28, 10, num_classes, **kwargs)
+    elif key is BackboneName.wrn34_10:
+        net = WideResNet(34, 10, num_classes, **kwargs)
+    elif key is BackboneName.small_cnn:
+        net = SmallCNN(num_classes, **kwargs)
+    else:
+        import torchvision
+
+        net = torchvision.models.resnet50(weights=None, num_classes=num_classes, **kwargs)
+        if weights_path is not None:
+            net.load_state_dict(load_state_dict(weights_path))
+            weights_path = None
+        if normalization == "cifar10":
+            normalization = "imagenet"
+    if weights_path is not None:
+        net.load_state_dict(load_state_dict(weights_path))
+    mean, std = _stats(normalization) if normalization else (None, None)
+    return Classifier(net, mean, std)
+
+
+def load_state_dict(path: str | Path, trust: bool = False) -> dict:
+    """Load a state dict with ``weights_only=True`` (no code can run) unless ``trust`` is set.
+
+    Accepts plain state dicts and Lightning checkpoints (their ``state_dict`` entry).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as e:  # pickle.UnpicklingError and friends
+        if trust:
+            raise
+        raise RuntimeError(
+            f"refusing to load {path} with weights_only=True: {e}. The file holds objects beyond "
+            "tensors (loading it could run code). If you trust its source, pass trust=True "
+            "(CLI: --model.init_args.trust_checkpoint true)."
+        ) from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise RuntimeError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return obj

@@ -1,0 +1,81 @@
+"""Losses as pure functions (solo-learn style): no state, no modules, tested against slow references.
+
+Example:
+    >>> import torch
+    >>> from lightning_modules.losses import info_nce
+    >>> z = torch.randn(2 * 8, 16)          # 2 views of 8 images, view-major
+    >>> loss = info_nce(z, n_views=2, temperature=0.2)
+    >>> loss.shape
+    torch.Size([])
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(
+    z: torch.Tensor, n_views: int, temperature: float = 0.2, reduction: str = "mean"
+) -> torch.Tensor:
+    """Multi-view InfoNCE (NT-Xent, SimCLR) on embeddings ``z`` of shape ``(n_views * B, d)``.
+
+    Rows are view-major: row ``v * B + i`` is view ``v`` of image ``i``. Embeddings are
+    L2-normalized; for every anchor the other ``n_views - 1`` views of the same image are
+    positives and all ``n_views * (B - 1)`` views of other images are negatives. Each anchor's loss
+    is the mean over its positives of ``-log(exp(s_ap / t) / sum_{k != a} exp(s_ak / t))``; with 2
+    views this is exactly SimCLR's NT-Xent.
+
+    ``reduction``: ``"mean"`` (scalar), ``"sum"`` or ``"none"`` (per image, averaged over its views,
+    shape ``(B,)``). Note the loss of image ``i`` depends on the other images of the batch: they
+    are its negatives.
+    """
+    if n_views < 2:
+        raise ValueError(f"info_nce needs at least 2 views, got {n_views}")
+    if z.shape[0] % n_views:
+        raise ValueError(f"{z.shape[0]} embeddings do not split into {n_views} views")
+    n = z.shape[0]
+    b = n // n_views
+    z = F.normalize(z.float(), dim=1)
+    logits = z @ z.t() / temperature
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(eye, float("-inf"))
+    ids = torch.arange(n, device=z.device) % b
+    pos = (ids[:, None] == ids[None, :]) & ~eye
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0).sum(1)) / (n_views - 1)
+    per_image = per_anchor.view(n_views, b).mean(0)
+    if reduction == "none":
+        return per_image
+    if reduction == "sum":
+        return per_image.sum()
+    if reduction == "mean":
+        return per_image.mean()
+    raise ValueError(f"unknown reduction '{reduction}'")
+
+
+def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
+    """TRADES robustness term: ``KL(p_clean || p_adv)`` summed over classes, mean over the batch."""
+    return F.kl_div(
+        F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits_clean.float(), dim=1), reduction="batchmean"
+    )
+
+
+def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
+    """Carlini-Wagner margin per example: ``max_{j != y} z_j - z_y``, clipped below at ``-kappa``.
+
+    Maximizing it pushes the top wrong class above the true one.
+    """
+    logits = logits.float()
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return (other - true).clamp(min=-kappa)
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference-of-logits-ratio loss (Croce & Hein 2020), per example; scale-invariant."""
+    logits = logits.float()
+    srt = logits.sort(dim=1).values
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    top_is_true = (logits.argmax(1) == y).float()
+    second = srt[:, -2] * top_is_true + srt[:, -1] * (1 - top_is_true)
+    return -(true - second) / (srt[:, -1] - srt[:, -3] + 1e-12)
