@@ -25,3 +25,31 @@ $(DATA_DIR)/cifar-10-batches-py/test_batch:
 
 train-cifar10: data
 	$(CLI) fit --config experiments/cifar10/pgd_at.yaml --data.init_args.data_dir $(DATA_DIR) $(ARGS)
+
+# CIFAR-10-C layout (15 corruptions x 5 severities, 50000 x 32 x 32 x 3 uint8 each) generated from the CIFAR-10
+# test set; GPU when available (--device cpu|cuda in ARGS). Not the official files: see datamodules/corruptions.py.
+corruptions-cifar10: data
+	$(PY) -W ignore::RuntimeWarning:runpy -m datamodules.corruptions --data-dir $(DATA_DIR) --out $(DATA_DIR)/CIFAR-10-C $(ARGS)
+
+# Robustness evaluation of a checkpoint: clean / PGD / CW / APGD-CE / AutoAttack without and with the reversal,
+# adaptive attacks on the reversal, worst case per example, sweeps, sanity checks (experiments/cifar10/eval.yaml).
+# Report: results/eval/cifar10/robustness.{md,json} + plots; resumes there if interrupted.
+eval-cifar10: data
+	@if [ -z "$(CKPT)" ]; then echo "usage: make eval-cifar10 CKPT=path/to/checkpoint.ckpt [DATA_DIR=data] [ARGS=...]"; exit 2; fi
+	$(CLI) test --config experiments/cifar10/eval.yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
+
+# Throughput (experiments/bench.py): PGD-10 AT, FGSM-RS, the reversal and AutoAttack in images/s and against the
+# FLOP floor. `bench`: CPU, tiny model (CI, < 60 s). `bench-gpu`: PreActResNet-18 on one GPU, the speed options
+# one by one (fp32 baseline; bf16 + channels_last + fast views + sync-free EMA; + torch.compile), JSON under
+# $(BENCH_OUT). Pass CKPT=... to time AutoAttack and the reversal on a trained (robust) model.
+BENCH_OUT ?= results/bench
+BENCH_GPU  = $(PY) experiments/bench.py --device cuda $(if $(CKPT),--checkpoint $(CKPT)) $(ARGS)
+.PHONY: bench-gpu
+bench:
+	$(PY) experiments/bench.py --device cpu --tiny --json $(BENCH_OUT)/cpu-tiny.json $(ARGS)
+
+bench-gpu:
+	$(BENCH_GPU) --precision fp32 --benches pgd_at,fgsm_rs,reversal --seconds 10 --json $(BENCH_OUT)/gpu-fp32.json
+	$(BENCH_GPU) --precision bf16 --channels-last --views fast --ema 0.998 --json $(BENCH_OUT)/gpu-bf16.json
+	$(BENCH_GPU) --precision bf16 --channels-last --views fast --ema 0.998 --compile \
+		--benches pgd_at,pgd_at_ssl,fgsm_rs,reversal --json $(BENCH_OUT)/gpu-bf16-compile.json

@@ -1,29 +1,135 @@
 """Checkpoints written atomically: to a temporary file in the same folder, then renamed.
 
-A run killed while saving leaves either the previous checkpoint or the new one, never a
-truncated file; ``--ckpt_path last`` resumes from ``last.ckpt``.
+A run killed at any moment (SIGKILL, node failure, out of memory) leaves every ``.ckpt`` either
+as it was or complete, never truncated: the bytes go to ``NAME.tmp-PID`` in the same folder,
+are flushed to disk (``fsync``) and then ``os.replace`` puts them in place in one step; the
+folder entry is flushed too. ``save_last="link"`` swaps the ``last.ckpt`` symlink the same way.
+Temporary files of dead runs are removed when the next run starts, and are never picked up as
+checkpoints (their names do not end in ``.ckpt``).
+
+Resume with ``lightning fit ... --ckpt_path last``: Lightning picks the newest ``last*.ckpt`` in
+this callback's folder (the CLI gives every experiment a fixed one; see
+:mod:`lightning_modules.cli`), and the data loaders continue mid-epoch where the checkpoint was
+taken (:class:`~datamodules.device_loader.DeviceLoader` is stateful).
+
+Under DDP every rank calls the save (Lightning gathers the state on all ranks), only global rank
+0 writes, and all ranks agree on the temporary name (rank 0's, broadcast), so strategies that
+write one file per rank into a checkpoint folder also land in the same temporary place.
+
+Example:
+    >>> from callbacks import AtomicCheckpoint
+    >>> cb = AtomicCheckpoint(save_last=True, every_n_train_steps=500)  # doctest: +SKIP
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
+from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+
+_TMP = re.compile(r"\.tmp-(\d+)$")
+
+
+def _fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder entry (a rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete ``*.tmp-PID`` files in ``folder`` whose writer process is gone; returns them."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TMP.search(p.name)
+        if m and p.is_file() and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 class AtomicCheckpoint(ModelCheckpoint):
-    """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose every write is temp file + ``os.replace``."""
+    """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose every write is temp file + ``os.replace``.
+
+    Takes the same arguments; bookkeeping (``last_model_path``, ``best_model_path``, top-k
+    removal, ``save_last`` / ``"link"``) is Lightning's.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and stage == "fit" and self.dirpath is not None:
+            remove_stale_temporaries(self.dirpath)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """With ``save_last``, ``last.ckpt`` holds the final state even when the last save trigger
+        (``every_n_train_steps``, say) fell before the end of training. Not with weight averaging
+        (EMA): its ``on_train_end`` has already put the average into the model, which a resumed run
+        would then take for the raw weights."""
+        averaging = any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks)
+        if self.save_last and not averaging and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            if self.save_last == "link":  # no newer top-k file to link to: write the file itself
+                self.last_model_path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
+                self._save_checkpoint(trainer, self.last_model_path)
+            else:
+                self._save_last_checkpoint(trainer, candidates)
+            return
+        super().on_train_end(trainer, pl_module)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        tmp = f"{filepath}.tmp-{os.getpid()}"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero and os.path.exists(tmp):
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+        tmp = trainer.strategy.broadcast(f"{filepath}.tmp-{os.getpid()}")
+        trainer.save_checkpoint(tmp, self.save_weights_only)  # collective; writes on rank 0 (+ barrier)
+        if trainer.is_global_zero:
+            if os.path.isfile(tmp):
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            if os.path.isdir(filepath) and not os.path.islink(filepath) and os.path.isdir(tmp):
+                shutil.rmtree(filepath)  # folder checkpoints (sharded strategies): replace the old one
             os.replace(tmp, filepath)
+            _fsync_dir(os.path.dirname(os.path.abspath(filepath)))
         trainer.strategy.barrier("atomic_checkpoint")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)
+
+    @staticmethod
+    def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:
+        """``save_last="link"``: point ``linkpath`` at ``filepath`` by renaming a fresh symlink over it."""
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            tmp = f"{linkpath}.tmp-{os.getpid()}"
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            try:
+                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
+            except OSError:  # no symlinks (some file systems, Windows without rights): copy
+                shutil.copyfile(filepath, tmp)
+            if os.path.isdir(linkpath) and not os.path.islink(linkpath):
+                shutil.rmtree(linkpath)
+            os.replace(tmp, linkpath)
+            _fsync_dir(os.path.dirname(os.path.abspath(linkpath)))
+        trainer.strategy.barrier()

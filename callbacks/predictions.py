@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 
@@ -22,15 +23,36 @@ def merge_predictions(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, tor
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, flushed, then renamed over it."""
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _gather_to_rank0(part: Optional[dict[str, torch.Tensor]], trainer: pl.Trainer) -> list[dict[str, torch.Tensor]]:
+    """Every rank's part on global rank 0 (an empty list elsewhere), through the process group, so
+    no shared file system is needed. Each rank contributes exactly once (``None`` when it has
+    nothing), so no rank waits on another."""
+    if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return [part] if part is not None else []
+    gathered: Optional[list] = [None] * dist.get_world_size() if trainer.is_global_zero else None
+    dist.gather_object(part, gathered, dst=0)
+    return [p for p in gathered or [] if p is not None]
 
 
 class PredictionWriter(BasePredictionWriter):
     """Saves ``output_dir/predictions.pt``: ``idx, y, pred_clean, pred_before, pred_after`` and,
-    with ``save_images``, ``x_input`` and ``x_reversed``, in data-set order. Each rank writes its
-    part; rank 0 merges them. Prints accuracy before and after the reversal."""
+    with ``save_images``, ``x_input`` and ``x_reversed``, in data-set order. Under DDP the ranks'
+    parts are gathered on rank 0 (``torch.distributed.gather_object``), merged by ``idx`` (repeats
+    from padded shards dropped) and written there once. The file is written atomically and only
+    when the whole epoch succeeded: a failing ``predict`` leaves an existing file untouched.
+    Prints accuracy before and after the reversal."""
 
     def __init__(self, output_dir: str = "results/predictions", save_images: bool = True) -> None:
         super().__init__(write_interval="epoch")
@@ -39,21 +61,14 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module, predictions, batch_indices) -> None:
         preds = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         preds = [p for p in preds if isinstance(p, dict) and "idx" in p]
-        if not preds:
-            return
         if not self.save_images:
             preds = [{k: v for k, v in p.items() if not k.startswith("x_")} for p in preds]
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        part = self.output_dir / f"part-rank{trainer.global_rank}.pt"
-        atomic_torch_save(merge_predictions(preds), part)
-        trainer.strategy.barrier("prediction_writer")
-        if not trainer.is_global_zero:
+        parts = _gather_to_rank0(merge_predictions(preds) if preds else None, trainer)
+        if not trainer.is_global_zero or not parts:
             return
-        parts = [torch.load(self.output_dir / f"part-rank{r}.pt", weights_only=True) for r in range(trainer.world_size)]
         merged = merge_predictions(parts)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(merged, self.output_dir / "predictions.pt")
-        for r in range(trainer.world_size):
-            (self.output_dir / f"part-rank{r}.pt").unlink(missing_ok=True)
         y = merged["y"]
         acc = {k: (merged[k] == y).float().mean().item() for k in ("pred_clean", "pred_before", "pred_after")}
         print(f"predictions: {len(y)} images -> {self.output_dir / 'predictions.pt'}; accuracy clean "

@@ -12,3 +12,14 @@ __all__ = [
     "ArrayDataModule", "CIFAR10DataModule", "CIFAR100DataModule", "DeviceLoader",
     "random_crop_flip", "DataFileError", "safe_unpickle",
 ]
+
+# Corruption sets (CIFAR-10-C / CIFAR-100-C / ImageNet-C), ImageNet, stored adversarial sets (issue 5).
+from .adversarial import AdversarialSetDataModule, make_adversarial_set  # noqa: E402
+from .corruption_sets import CIFAR10CDataModule, CIFAR100CDataModule, ImageNetCDataModule  # noqa: E402
+from .corruptions import CORRUPTIONS, corrupt  # noqa: E402
+from .imagenet import ImageNetDataModule  # noqa: E402
+
+__all__ += [
+    "AdversarialSetDataModule", "make_adversarial_set", "CIFAR10CDataModule", "CIFAR100CDataModule",
+    "ImageNetCDataModule", "CORRUPTIONS", "corrupt", "ImageNetDataModule",
+]

@@ -34,6 +34,7 @@ class ArrayDataModule(pl.LightningDataModule):
         val_size: examples held out of the training split for validation (seeded, random); with 0
             validation runs on the test split's first ``n_examples``.
         n_examples: evaluate on the first N test examples only (RobustBench convention).
+        train_subset: train on the first N examples of the training split only (quick runs).
         augment: random crop (reflect pad 4) + horizontal flip on training batches.
         seed: seeds the validation hold-out and the per-epoch shuffles.
     """
@@ -50,8 +51,12 @@ class ArrayDataModule(pl.LightningDataModule):
         n_examples: Optional[int] = None,
         augment: bool = True,
         seed: int = 0,
+        train_subset: Optional[int] = None,
     ) -> None:
         super().__init__()
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"train_subset must be >= 1 or null, got {train_subset}")
+        self.train_subset = train_subset
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if val_size < 0:
@@ -81,6 +86,8 @@ class ArrayDataModule(pl.LightningDataModule):
                 tr, va = perm[: len(x) - self.val_size].sort().values, perm[len(x) - self.val_size :].sort().values
                 self.splits["val"] = (x[va], y[va])
                 x, y = x[tr], y[tr]
+            if self.train_subset is not None:
+                x, y = x[: self.train_subset], y[: self.train_subset]
             self.splits["train"] = (x, y)
         needs_test = stage in (None, "test", "predict", "validate") or (stage == "fit" and not self.val_size)
         if needs_test and "test" not in self.splits:
@@ -110,6 +117,9 @@ class ArrayDataModule(pl.LightningDataModule):
             transform=random_crop_flip if (train and self.augment) else None,
             seed=self.seed, device=self.device, rank=rank, world_size=world,
             epoch_fn=(lambda: trainer.current_epoch) if (train and trainer is not None) else None,
+            # batches of this epoch already trained on: saved in checkpoints to resume mid-epoch
+            position_fn=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            if (train and trainer is not None) else None,
         )
 
     def train_dataloader(self) -> DeviceLoader:

@@ -25,6 +25,10 @@ import torch.nn.functional as F
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def random_crop_flip(
     x: torch.Tensor, pad: int = 4, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
@@ -59,10 +63,24 @@ class DeviceLoader:
         drop_last: drop the last incomplete batch (training).
         transform: batched augmentation applied on the device, e.g. :func:`random_crop_flip`.
         rank, world_size: this process's shard (``rank::world_size``) under distributed runs.
-            Without shuffling the shard is padded by repeating the first examples so every rank
-            sees the same number of batches; ``idx`` lets callers drop the repeats.
+            Shuffled (training) shards are cut to equal length. Without shuffling (evaluation)
+            every example is served exactly once: one process gets batches of ``batch_size`` (the
+            last one smaller); under DDP each rank cuts its shard into the same number of
+            near-equal batches of at most ``batch_size`` (so metrics synced across ranks equal a
+            single-process run: 43 images at ``batch_size=8`` on 2 ranks come as 8,7,7 and 7,7,7).
+            Only when a shard is too small for that (fewer examples than batches, e.g.
+            ``batch_size=1`` with uneven shards) is it padded by repeating the first examples;
+            ``idx`` lets callers drop the repeats.
         epoch_fn: returns the current epoch (e.g. ``lambda: trainer.current_epoch``) so that a
             resumed run draws the same permutations; by default the loader counts its epochs.
+        position_fn: returns how many batches of the current epoch have been consumed (Lightning:
+            ``trainer.fit_loop.epoch_loop.batch_progress.current.processed``); saved by
+            :meth:`state_dict` so a run resumed mid-epoch continues with the next batch instead of
+            starting the epoch over. Without it the loader counts the batches it yielded, which
+            runs ahead by the batches a consumer prefetched.
+
+    The loader is stateful in Lightning's sense (``state_dict`` / ``load_state_dict``): Lightning
+    stores its position in every checkpoint and restores it on resume.
     """
 
     def __init__(
@@ -78,6 +96,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         epoch_fn: Optional[Callable[[], int]] = None,
+        position_fn: Optional[Callable[[], int]] = None,
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
@@ -88,42 +107,94 @@ class DeviceLoader:
         self.transform, self.seed = transform, seed
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.epoch = 0
-        self.epoch_fn = epoch_fn
+        self.epoch_fn, self.position_fn = epoch_fn, position_fn
+        self._epoch_now = 0  # the epoch the current iteration serves
+        self._yielded = 0  # batches yielded in the current iteration
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches done) from load_state_dict
 
     def _to_device(self) -> None:
         if self.x.device != self.device:
             self.x = self.x.to(self.device, non_blocking=True)
             self.y = self.y.to(self.device, non_blocking=True)
 
+    def _eval_batches_per_rank(self) -> int:
+        return _ceil_div(_ceil_div(len(self.x), self.world_size), self.batch_size)
+
+    def _eval_balanced(self) -> bool:
+        """Distributed evaluation without repeats: each rank cuts its shard into the same number
+        of near-equal batches, possible while the smallest shard has at least one example per batch."""
+        if self.shuffle or self.drop_last or self.world_size == 1:
+            return False
+        return len(self.x) // self.world_size >= self._eval_batches_per_rank()
+
     def _shard_len(self) -> int:
         n = len(self.x)
         return n // self.world_size if self.shuffle else -(-n // self.world_size)
 
     def __len__(self) -> int:
+        if self._eval_balanced():
+            return self._eval_batches_per_rank()
         m = self._shard_len()
-        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+        if self.drop_last:
+            return m // self.batch_size
+        return -(-m // self.batch_size) - (1 if self._merge_tail(m) else 0)
 
-    def _indices(self) -> torch.Tensor:
+    def _merge_tail(self, m: int) -> bool:
+        """Evaluation batches never hold a single example (the reversal's InfoNCE needs negatives):
+        a last batch of one joins the batch before it."""
+        return not self.shuffle and self.batch_size > 1 and m > self.batch_size and m % self.batch_size == 1
+
+    def _indices(self, epoch: int) -> torch.Tensor:
         n = len(self.x)
         if self.shuffle:
-            epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
             g = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
             order = torch.randperm(n, generator=g)
             order = order[: self._shard_len() * self.world_size]
         else:
             order = torch.arange(n)
             short = self._shard_len() * self.world_size - n
-            if short:
+            if short and not self._eval_balanced():
                 order = torch.cat([order, order[:short]])
         return order[self.rank :: self.world_size].to(self.device)
 
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        idx = self._indices(epoch)
+        if self._eval_balanced():
+            return list(torch.tensor_split(idx, len(self)))
+        out = [idx[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
+        if self._merge_tail(len(idx)):
+            out[-1] = idx[(len(out) - 1) * self.batch_size :]
+        return out
+
+    def _current_epoch(self) -> int:
+        return self.epoch_fn() if self.epoch_fn is not None else self.epoch
+
+    # -- resuming (Lightning's stateful-dataloader protocol) ----------------------------------
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches_done"}``: where the current epoch stands."""
+        done = self.position_fn() if self.position_fn is not None else self._yielded
+        return {"epoch": int(self._epoch_now), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """The next iteration over epoch ``state["epoch"]`` skips its first ``batches_done`` batches."""
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
+
     def __iter__(self) -> Iterator[Batch]:
         self._to_device()
-        idx = self._indices()
+        epoch = self._current_epoch()
+        batches = self._batches(epoch)
         self.epoch += 1
-        for i in range(len(self)):
-            j = idx[i * self.batch_size : (i + 1) * self.batch_size]
+        start = 0
+        if self._resume is not None:
+            if self._resume[0] == epoch:
+                start = min(self._resume[1], len(batches))
+            self._resume = None
+        self._epoch_now, self._yielded = epoch, start
+        for j in batches[start:]:
+            self._yielded += 1
             xb = self.x[j]
             if self.transform is not None:
                 xb = self.transform(xb)

@@ -6,6 +6,8 @@
 - :mod:`~lightning_modules.losses` — InfoNCE, TRADES KL, CW margin, DLR (pure functions).
 - :mod:`~lightning_modules.augment` — SimCLR views (kornia, differentiable, per image).
 - :mod:`~lightning_modules.backbones`, :mod:`~lightning_modules.heads` — networks.
+- :mod:`~lightning_modules.kap` — kernel average pooling layers (Bashivan et al.).
+- :mod:`~lightning_modules.advcl` — adversarial contrastive pretraining (ACL/AdvCL) and linear probing.
 - :mod:`~lightning_modules.robustbench_models` — RobustBench zoo models from local files.
 """
 from .attacks import ThreatModel, fgsm_rs, pgd, projected_gradient, trades_attack
@@ -15,8 +17,11 @@ from .heads import ContrastiveHead
 from .losses import info_nce
 from .module import ReversalModule
 from .reversal import ReversalConfig, reverse
+from .kap import KernelAveragePool, insert_kap
+from .advcl import AdvCLModule, LinearProbeModule
 
 __all__ = [
     "ThreatModel", "fgsm_rs", "pgd", "projected_gradient", "trades_attack", "SimCLRViews", "BackboneName",
     "Classifier", "build_backbone", "ContrastiveHead", "info_nce", "ReversalModule", "ReversalConfig", "reverse",
+    "KernelAveragePool", "insert_kap", "AdvCLModule", "LinearProbeModule",
 ]

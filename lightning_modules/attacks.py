@@ -16,8 +16,9 @@ Example:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from enum import Enum
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +105,26 @@ def projected_gradient(
     return (x + delta).detach()
 
 
+@contextmanager
+def frozen_params(*modules: Optional[torch.nn.Module]) -> Iterator[None]:
+    """Turn ``requires_grad`` off for the parameters of ``modules`` inside the block (restored after).
+
+    For attacks and the reversal, which differentiate w.r.t. the input only. Eager autograd skips the
+    weight gradients anyway, but a ``torch.compile``-d model's backward computes the gradient of every
+    input that requires one (checked on its backward graph: ``convolution_backward`` output masks
+    ``[input, weight, bias]`` = all true vs ``[true, false, false]`` with frozen parameters): twice the
+    backward work, ~1.5x the work of each attack step.
+    """
+    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def logits_of(model: Callable[[torch.Tensor], object], x: torch.Tensor) -> torch.Tensor:
     """Logits from a model that returns either logits or ``(logits, features)``."""
     out = model(x)
@@ -140,8 +161,10 @@ def pgd(
     def objective(xa: torch.Tensor) -> torch.Tensor:
         return lf(logits_of(model, xa), y)
 
+    if restarts <= 1:  # nothing to compare: skip the scoring forward (counted: 4% of a PGD-10 AT step, 17% of FGSM-RS)
+        return projected_gradient(objective, x, eps, alpha, steps, norm, random_start, amp=amp)
     best, best_loss, fooled = x.detach().float().clone(), None, None
-    for _ in range(max(1, restarts)):
+    for _ in range(restarts):
         xa = projected_gradient(objective, x, eps, alpha, steps, norm, random_start, amp=amp)
         with torch.no_grad():
             z = logits_of(model, xa).float()
@@ -179,4 +202,5 @@ def trades_attack(model: Callable, x: torch.Tensor, eps: float = 8 / 255, alpha:
     return projected_gradient(objective, x, eps, alpha, steps, "Linf", init=init, amp=amp)
 
 
-__all__ = ["ThreatModel", "check_eps", "projected_gradient", "pgd", "fgsm_rs", "trades_attack", "trades_kl", "logits_of"]
+__all__ = ["ThreatModel", "check_eps", "projected_gradient", "pgd", "fgsm_rs", "trades_attack", "trades_kl",
+           "logits_of", "frozen_params"]

@@ -165,21 +165,24 @@ class Classifier(nn.Module):
                 raise ValueError(f"{type(net).__name__} has no nn.Linear layer to read features from")
             self._last = last[-1]
             self.feature_dim, self.num_classes = self._last.in_features, self._last.out_features
-            self._captured: list[torch.Tensor] = []
+            self._captured: Optional[list[torch.Tensor]] = None  # a list only while our forward runs
             self._last.register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._captured.append(inputs[0])
+        if self._captured is not None:
+            self._captured.append(inputs[0])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.normalize(x)
         if self._direct:
             f = self.net.features(x)
             return self.net.linear(f), f
-        self._captured.clear()
-        logits = self.net(x)
-        feats = self._captured[-1].flatten(1)
-        self._captured.clear()
+        self._captured = []
+        try:
+            logits = self.net(x)
+            feats = self._captured[-1].flatten(1)
+        finally:
+            self._captured = None
         return logits, feats
 
 
@@ -209,9 +212,11 @@ def build_backbone(
     """Build a backbone by name (see :class:`BackboneName`), returning a :class:`Classifier`.
 
     ``weights_path`` loads a local torchvision-style state dict (ResNet-50 ImageNet weights, say)
-    with ``weights_only=True``. ``kwargs`` go to the network (e.g. ``width`` for small_cnn, or
-    ``kap`` for KAP layers where supported).
+    with ``weights_only=True``. ``kwargs`` go to the network (e.g. ``width`` for small_cnn), except
+    ``kap={window, after, padding}``, which inserts kernel-average-pooling layers after the named
+    submodules (:func:`lightning_modules.kap.insert_kap`; after loading ``weights_path``).
     """
+    kap = kwargs.pop("kap", None)
     try:
         key = BackboneName(name)
     except ValueError:
@@ -238,6 +243,10 @@ def build_backbone(
             normalization = "imagenet"
     if weights_path is not None:
         net.load_state_dict(load_state_dict(weights_path))
+    if kap:
+        from .kap import apply_kap_config
+
+        apply_kap_config(net, kap)
     mean, std = _stats(normalization) if normalization else (None, None)
     return Classifier(net, mean, std)
 

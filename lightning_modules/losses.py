@@ -79,3 +79,26 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     top_is_true = (logits.argmax(1) == y).float()
     second = srt[:, -2] * top_is_true + srt[:, -1] * (1 - top_is_true)
     return -(true - second) / (srt[:, -1] - srt[:, -3] + 1e-12)
+
+
+def multiview_info_nce(
+    zs: list[torch.Tensor], temperature: float = 0.2, reduction: str = "mean"
+) -> torch.Tensor:
+    """InfoNCE over several views given as a list of ``(B, d)`` embeddings (AdvCL / ACL pretraining).
+
+    Every view of image ``i`` is a positive for every other view of ``i`` — e.g. AdvCL's two
+    augmented views, the adversarial view and the high-frequency view — and all views of the other
+    images are negatives. Equal to :func:`info_nce` on the view-major concatenation.
+
+    Example:
+        >>> import torch
+        >>> z1, z2, z_adv = torch.randn(3, 8, 16).unbind(0)
+        >>> float(multiview_info_nce([z1, z2, z_adv])) > 0
+        True
+    """
+    if len(zs) < 2:
+        raise ValueError(f"multiview_info_nce needs at least 2 views, got {len(zs)}")
+    shapes = {tuple(z.shape) for z in zs}
+    if len(shapes) != 1:
+        raise ValueError(f"all views need the same (B, d) shape, got {sorted(shapes)}")
+    return info_nce(torch.cat(list(zs)), len(zs), temperature, reduction)

@@ -9,6 +9,7 @@ Batches are ``(x, y, idx)`` with ``x`` uint8 in ``[0, 255]`` or float in ``[0, 1
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from enum import Enum
 from typing import Any, Optional
@@ -20,8 +21,8 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .attacks import check_eps, fgsm_rs, logits_of, pgd, trades_attack
-from .augment import SimCLRViews
+from .attacks import check_eps, fgsm_rs, frozen_params, logits_of, pgd, trades_attack
+from .fast_views import make_views
 from .backbones import Classifier, build_backbone, load_state_dict
 from .heads import ContrastiveHead
 from .losses import info_nce, trades_kl
@@ -74,6 +75,8 @@ class ReversalModule(pl.LightningModule):
         eps, alpha, steps: the training attack (L-inf, ``[0, 1]`` units).
         trades_beta: TRADES trade-off.
         label_smoothing: on the classification loss.
+        noise_std: with ``training: standard``, add ``N(0, noise_std^2)`` noise to the classification
+            inputs (clamped to ``[0, 1]``): Gaussian-noise training, as KAP models are trained.
         attack_amp: run training attacks under bf16 autocast (evaluation attacks are always fp32).
         lr, momentum, weight_decay, nesterov, schedule, warmup: SGD and its schedule
             (``onecycle``, ``cosine``, ``multistep`` at 50%/75%, ``constant``).
@@ -83,6 +86,15 @@ class ReversalModule(pl.LightningModule):
         predict_attack_steps: PGD steps of that attack (eps/alpha from ``eps``/``alpha``).
         image_size: side of the input images (for the views).
         channels_last: use channels-last memory format for the backbone.
+        views_backend: the training views' implementation, ``kornia`` or ``fast`` (same distribution,
+            batched, no host syncs; see :mod:`lightning_modules.fast_views`).
+        compile: ``torch.compile`` the classifier (in place, so checkpoints keep their keys) when the
+            Trainer sets the model up; ``compile_mode`` is passed on (``default``, ``reduce-overhead``
+            for CUDA graphs, ``max-autotune``...). Off by default; measure before turning it on.
+        train_progress_bar: show the training loss/accuracy in the progress bar. Lightning 2.6 converts
+            progress-bar values to Python numbers after every batch (3 host syncs a step, counted),
+            whether or not a bar is shown; ``false`` keeps the training loop free of host syncs
+            (the values are still logged).
     """
 
     def __init__(
@@ -110,6 +122,7 @@ class ReversalModule(pl.LightningModule):
         steps: int = 10,
         trades_beta: float = 6.0,
         label_smoothing: float = 0.0,
+        noise_std: float = 0.0,
         attack_amp: bool = False,
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -123,11 +136,24 @@ class ReversalModule(pl.LightningModule):
         predict_attack_steps: int = 20,
         image_size: int = 32,
         channels_last: bool = False,
+        views_backend: str = "kornia",
+        compile: bool = False,
+        compile_mode: Optional[str] = None,
+        train_progress_bar: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if isinstance(reversal, dict):  # as stored in checkpoints
+            reversal = ReversalConfig(**reversal)
+        if reversal is not None:  # plain types only, so checkpoints load with weights_only=True
+            self.hparams["reversal"] = dataclasses.asdict(reversal)
+            if isinstance(getattr(self, "_hparams_initial", None), dict):  # what loggers record
+                self._hparams_initial["reversal"] = dataclasses.asdict(reversal)
         self.training_mode = TrainingMode(training)
         check_eps(eps)
+        if noise_std < 0 or (noise_std > 0 and self.training_mode is not TrainingMode.standard):
+            raise ValueError(f"noise_std={noise_std}: Gaussian-noise training needs noise_std >= 0 and "
+                             f"training: standard (got '{training}')")
         if predict_attack not in ("none", "pgd"):
             raise ValueError(f"predict_attack must be 'none' or 'pgd', got '{predict_attack}'")
         if schedule not in ("onecycle", "cosine", "multistep", "constant"):
@@ -149,8 +175,12 @@ class ReversalModule(pl.LightningModule):
         if channels_last:
             self.classifier.to(memory_format=torch.channels_last)
         self.head = ContrastiveHead(self.classifier.feature_dim, head_hidden, head_dim)
-        self.views = SimCLRViews(n_views, image_size, view_scale)
+        if ssl_weight == 0 and not self.freeze_backbone and type(self).training_step is ReversalModule.training_step:
+            self.head.requires_grad_(False)  # unused by this training loss; DDP refuses parameters without gradients
+        self.views = make_views(n_views, image_size, view_scale, views_backend)
+        self._reversal_views: dict[tuple, nn.Module] = {}
         self.reversal_cfg = reversal if reversal is not None else ReversalConfig()
+        self.example_input_array = torch.zeros(1, 3, image_size, image_size)  # model summary: FLOPs
         nc = self.classifier.num_classes
         self.train_acc = MulticlassAccuracy(nc, average="micro")
         self.val_acc = MulticlassAccuracy(nc, average="micro")
@@ -166,12 +196,39 @@ class ReversalModule(pl.LightningModule):
         if any(k.startswith("classifier.") for k in sd):
             sd = {k[len("classifier."):]: v for k, v in sd.items() if k.startswith("classifier.")}
         target = self.classifier if any(k.startswith(("net.", "normalize.")) for k in sd) else self.classifier.net
+        own = target.state_dict()
+        shapes = [f"size mismatch for {k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in sd.items()
+                  if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        if shapes:
+            raise RuntimeError(f"checkpoint {path} does not fit backbone '{self.hparams.backbone}' "
+                               f"{self.hparams.backbone_kwargs or ''}: {'; '.join(shapes[:3])}{'...' if len(shapes) > 3 else ''}")
         missing, unexpected = target.load_state_dict(sd, strict=False)
         missing = [k for k in missing if not k.startswith("normalize.")]
         if missing or unexpected:
             raise RuntimeError(f"checkpoint {path} does not fit backbone '{self.hparams.backbone}': "
                                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another architecture with a message naming both (Lightning calls
+        this before its strict ``load_state_dict``, whose error lists keys only)."""
+        sd, own = checkpoint.get("state_dict") or {}, self.state_dict()
+        shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+        missing = [k for k in own if k not in sd and k.startswith("classifier.")]
+        unexpected = [k for k in sd if k not in own and k.startswith("classifier.")]
+        if shapes or ((missing or unexpected) and getattr(self, "strict_loading", True)):
+            hp = checkpoint.get("hyper_parameters") or {}
+            ours = (self.hparams.robustbench_model or self.hparams.backbone, self.hparams.backbone_kwargs or {})
+            theirs = (hp.get("robustbench_model") or hp.get("backbone", "?"), hp.get("backbone_kwargs") or {})
+            saved = f"; it was saved from '{theirs[0]}' {theirs[1]}" if theirs != ours else ""
+            trainer = getattr(self, "_trainer", None)
+            path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+            raise RuntimeError(
+                f"checkpoint{' ' + str(path) if path else ''} does not fit this model (backbone '{ours[0]}' "
+                f"{ours[1]}){saved}: shapes differ for {shapes[:3]}, missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}. Build the model with the checkpoint's settings (the CLI reads them from "
+                "the checkpoint's hyperparameters)."
+            )
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -206,16 +263,35 @@ class ReversalModule(pl.LightningModule):
         was = self.classifier.training
         self.classifier.eval()
         try:
-            return pgd(self.model_fn, x, y, eps if eps is not None else self.hparams.eps, self.hparams.alpha,
-                       steps if steps is not None else self.hparams.predict_attack_steps, **kw)
+            with frozen_params(self.classifier):
+                return pgd(self.model_fn, x, y, eps if eps is not None else self.hparams.eps, self.hparams.alpha,
+                           steps if steps is not None else self.hparams.predict_attack_steps, **kw)
         finally:
             self.classifier.train(was)
 
     def reverse(self, x: torch.Tensor, cfg: Optional[ReversalConfig] = None) -> torch.Tensor:
         """The reversal of :mod:`lightning_modules.reversal` with this module's classifier and head."""
         cfg = cfg or self.reversal_cfg
-        views = SimCLRViews(cfg.n_views, x.shape[-1], cfg.scale).to(x.device)
+        key = (cfg.n_views, x.shape[-1], tuple(cfg.scale), cfg.views, x.device)
+        if key not in self._reversal_views:  # built once per setting (kornia: ~3 ms a build on CPU)
+            self._reversal_views[key] = make_views(cfg.n_views, x.shape[-1], cfg.scale, cfg.views).to(x.device)
+        views = self._reversal_views[key]
         return reverse(self.classifier, self.head, x, cfg, views, self.hparams.temperature)
+
+    def setup(self, stage: str) -> None:
+        """Compile the classifier in place when ``compile`` is set (once; a no-op otherwise).
+
+        Here rather than in ``configure_model``: Lightning's weight-averaging callbacks deep-copy the
+        module in their ``setup``, which runs before this hook, so the copy is never compiled.
+        """
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            import torch._dynamo.config as dynamo_config
+
+            # one graph per (train/eval mode, frozen or not, grad mode, shape) met: attack, step, views, eval
+            name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+            self.classifier.compile(mode=self.hparams.compile_mode)
+            self._compiled = True
 
     @staticmethod
     def _need_grad_mode() -> None:
@@ -227,15 +303,18 @@ class ReversalModule(pl.LightningModule):
     def _train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h, mode = self.hparams, self.training_mode
         if mode is TrainingMode.standard or self.freeze_backbone:
+            if h.noise_std > 0 and not self.freeze_backbone:
+                return (x + h.noise_std * torch.randn_like(x)).clamp_(0, 1)
             return x
         was = self.classifier.training
         self.classifier.eval()  # attack with frozen BN statistics
         try:
-            if mode is TrainingMode.pgd:
-                return pgd(self.model_fn, x, y, h.eps, h.alpha, h.steps, amp=h.attack_amp)
-            if mode is TrainingMode.fgsm_rs:
-                return fgsm_rs(self.model_fn, x, y, h.eps, amp=h.attack_amp)
-            return trades_attack(self.model_fn, x, h.eps, h.alpha, h.steps, amp=h.attack_amp)
+            with frozen_params(self.classifier):  # input gradients only (matters when compiled)
+                if mode is TrainingMode.pgd:
+                    return pgd(self.model_fn, x, y, h.eps, h.alpha, h.steps, amp=h.attack_amp)
+                if mode is TrainingMode.fgsm_rs:
+                    return fgsm_rs(self.model_fn, x, y, h.eps, amp=h.attack_amp)
+                return trades_attack(self.model_fn, x, h.eps, h.alpha, h.steps, amp=h.attack_amp)
         finally:
             self.classifier.train(was)
 
@@ -258,9 +337,10 @@ class ReversalModule(pl.LightningModule):
             loss = loss_cls + h.ssl_weight * loss_ssl
             self.log("train/loss_cls", loss_cls.detach())
         self.train_acc(logits.detach(), y)
-        self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log("train/loss_ssl", loss_ssl.detach(), prog_bar=True)
-        self.log("train/acc", self.train_acc, prog_bar=True)
+        bar = h.train_progress_bar  # Lightning reads progress-bar values to the host every step
+        self.log("train/loss", loss.detach(), prog_bar=bar)
+        self.log("train/loss_ssl", loss_ssl.detach(), prog_bar=bar)
+        self.log("train/acc", self.train_acc, prog_bar=bar)
         return loss
 
     # -- validation ---------------------------------------------------------------------------
@@ -278,9 +358,22 @@ class ReversalModule(pl.LightningModule):
             self.log("val/pgd_acc", self.val_pgd_acc, prog_bar=True)
 
     # -- test: a quick robust check; the full evaluation is lightning_modules.evaluation -------
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._need_grad_mode()
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Clean accuracy ``test/clean_acc`` (per test loader). The quick robust check (PGD and the
+        reversal: ``test/pgd_acc``, ``test/clean_reversed_acc``, ``test/pgd_reversed_acc``) runs only
+        with a single test loader and no callback doing the full evaluation (one whose
+        ``replaces_test_attacks`` is true, e.g. :class:`callbacks.RobustEvaluation`)."""
         x, y = self._prep(batch[0]), batch[1]
+        trainer = self._trainer
+        quick = trainer is None or (
+            len(trainer.num_test_batches) <= 1
+            and not any(getattr(cb, "replaces_test_attacks", False) for cb in trainer.callbacks))
+        if not quick:
+            with torch.no_grad():
+                acc = (self.model_fn(x).argmax(1) == y).float().mean()
+            self.log("test/clean_acc", acc, batch_size=len(y), sync_dist=True)
+            return
+        self._need_grad_mode()
         x_adv = self.attack(x, y)
         for name, xi in (("clean", x), ("pgd", x_adv)):
             self.test_metrics[name](self.model_fn(xi), y)

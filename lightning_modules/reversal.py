@@ -31,8 +31,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .attacks import check_eps, projected_gradient
-from .augment import SimCLRViews
+from .attacks import check_eps, frozen_params, projected_gradient
+from .augment import SimCLRViews  # noqa: F401  (the default views, re-exported for callers)
+from .fast_views import VIEW_BACKENDS, make_views
 from .losses import info_nce
 
 
@@ -48,6 +49,11 @@ class ReversalConfig:
         temperature: InfoNCE temperature; defaults to the head's training temperature when None.
         random_start: start from a uniform random point in the ball instead of ``x``.
         scale: random-resized-crop area range of the views.
+        views: the views' implementation: ``kornia`` (:class:`~lightning_modules.augment.SimCLRViews`)
+            or ``fast`` (:class:`~lightning_modules.fast_views.FastSimCLRViews`: the same distribution
+            in batched ops without host syncs; much faster on GPUs).
+        amp: run the reversal's forward/backward under bf16 autocast (fp32 by default; report
+            numbers with it only once shown equal to fp32 on the same model).
     """
 
     eps: float = 16 / 255
@@ -57,6 +63,8 @@ class ReversalConfig:
     temperature: Optional[float] = None
     random_start: bool = False
     scale: Sequence[float] = field(default_factory=lambda: (0.08, 1.0))
+    views: str = "kornia"
+    amp: bool = False
 
     def __post_init__(self) -> None:
         check_eps(self.eps)
@@ -64,6 +72,8 @@ class ReversalConfig:
             raise ValueError(f"reversal steps must be >= 0, got {self.steps}")
         if self.n_views < 2:
             raise ValueError(f"reversal needs n_views >= 2 for InfoNCE, got {self.n_views}")
+        if self.views not in VIEW_BACKENDS:
+            raise ValueError(f"unknown reversal views '{self.views}'; choose one of {list(VIEW_BACKENDS)}")
 
 
 def ssl_loss(
@@ -77,7 +87,9 @@ def ssl_loss(
 ) -> torch.Tensor:
     """InfoNCE of ``x`` under ``n_views`` random views: per image with ``reduction="none"``."""
     _, feats = classifier(views(x, n_views))
-    return info_nce(head(feats), n_views, temperature, reduction)
+    z = head(feats)
+    with torch.autocast(z.device.type, enabled=False):  # the similarities in fp32 even under amp
+        return info_nce(z.float(), n_views, temperature, reduction)
 
 
 def reverse(
@@ -95,14 +107,16 @@ def reverse(
     """
     if x.shape[0] < 2:
         raise ValueError("the reversal needs a batch of at least 2 images (InfoNCE needs negatives)")
-    views = views if views is not None else SimCLRViews(cfg.n_views, x.shape[-1], cfg.scale).to(x.device)
+    views = views if views is not None else make_views(cfg.n_views, x.shape[-1], cfg.scale, cfg.views).to(x.device)
     t = cfg.temperature if cfg.temperature is not None else temperature
     was_training = classifier.training, head.training
     classifier.eval(), head.eval()
     try:
         objective = lambda xr: ssl_loss(classifier, head, xr, views, cfg.n_views, t)  # noqa: E731
-        return projected_gradient(
-            objective, x, cfg.eps, cfg.alpha, cfg.steps, "Linf", random_start=cfg.random_start, ascend=False
-        )
+        with frozen_params(classifier, head):  # gradients w.r.t. the input only (matters when compiled)
+            return projected_gradient(
+                objective, x, cfg.eps, cfg.alpha, cfg.steps, "Linf", random_start=cfg.random_start, ascend=False,
+                amp=cfg.amp,
+            )
     finally:
         classifier.train(was_training[0]), head.train(was_training[1])

@@ -94,8 +94,8 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
             f"load_model('{name}', model_dir='{model_dir}', dataset='{ds[dataset].value}', threat_model='{tm.value}')\"` "
             f"and copy {path} here."
         )
+    sd = load_state_dict(path, trust=trust)  # before building: a bad file fails fast
     net = zoo[name]["model"]()
-    sd = load_state_dict(path, trust=trust)
     sd = rm_substr_from_state_dict(rm_substr_from_state_dict(sd, "module."), "model.")
     missing, unexpected = net.load_state_dict(sd, strict=False)
     if missing or unexpected:

@@ -1,0 +1,211 @@
+"""Adversarial contrastive pretraining (ACL, Jiang et al. 2020; AdvCL, Fan et al. NeurIPS 2021)
+and linear probing of the pretrained backbone.
+
+**Pretraining** (:class:`AdvCLModule`, no labels in the loss). Per batch: two SimCLR views
+``x1, x2``; an adversarial view ``x_adv = x1 + delta`` (``||delta||_inf <= eps``) found by PGD to
+*maximize* the InfoNCE between ``x1 + delta`` and ``x2`` (:func:`adversarial_view`, ACL-style: the
+view is attacked); optionally AdvCL's high-frequency view of ``x1``
+(:func:`~lightning_modules.augment.high_frequency`). The loss is the multi-view InfoNCE over all of
+them (:func:`~lightning_modules.losses.multiview_info_nce`): every view of an image is a positive
+of every other one. As in solo-learn, an *online linear probe* (the backbone's own final linear
+layer, fed detached features, cross-entropy on the labels) trains alongside to monitor accuracy;
+labels reach nothing else. Not implemented from the papers: ACL's dual-stream BatchNorm and
+AdvCL's pseudo-label (cluster) supervision, which needs a separately pretrained model.
+
+**Linear probing** (:class:`LinearProbeModule`). Loads the pretrained backbone (and its
+contrastive head, for the reversal) from a checkpoint with ``weights_only=True``, freezes it
+(no gradients, eval mode always so BatchNorm statistics never move), re-initializes the final
+linear layer and trains only that: standard linear finetuning (``training: standard``) or
+adversarial linear finetuning (``pgd`` / ``trades`` / ``fgsm_rs``, attacking the whole frozen model).
+
+Both subclass :class:`~lightning_modules.module.ReversalModule`, so ``classifier``, ``head``,
+``model_fn``, ``attack``, ``reverse``, ``views``, ``reversal_cfg`` and validation/test/predict
+behave as there (the robust evaluation runs on them unchanged).
+
+Example:
+    >>> import torch
+    >>> from lightning_modules.backbones import build_backbone
+    >>> from lightning_modules.heads import ContrastiveHead
+    >>> net, head = build_backbone("small_cnn", width=8).eval(), ContrastiveHead(32, 64, 16).eval()
+    >>> encode = lambda x: head(net(x)[1])
+    >>> x1, x2 = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32)
+    >>> x_adv = adversarial_view(encode, x1, [encode(x2)], eps=8 / 255, alpha=2 / 255, steps=3)
+    >>> bool((x_adv - x1).abs().max() <= 8 / 255 + 1e-6)
+    True
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+
+from .attacks import check_eps, projected_gradient
+from .augment import high_frequency
+from .backbones import Classifier, load_state_dict
+from .losses import multiview_info_nce
+from .module import ReversalModule
+
+
+def linear_layer(classifier: Classifier) -> nn.Linear:
+    """The final ``nn.Linear`` of a :class:`~lightning_modules.backbones.Classifier` (the one making logits)."""
+    return classifier.net.linear if classifier._direct else classifier._last
+
+
+def adversarial_view(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    x_view: torch.Tensor,
+    z_others: Sequence[torch.Tensor],
+    eps: float = 8 / 255,
+    alpha: float = 2 / 255,
+    steps: int = 5,
+    temperature: float = 0.5,
+    random_start: bool = True,
+    amp: bool = False,
+) -> torch.Tensor:
+    """PGD (L-inf) on the view ``x_view`` maximizing its InfoNCE against the (fixed) embeddings ``z_others``.
+
+    ``encode`` maps images to embeddings ``(B, d)``; ``z_others`` are the other views' embeddings
+    of the same images (detached here). The per-image objective is
+    ``multiview_info_nce([encode(x_view + delta), *z_others], reduction="none")``. Returns
+    ``x_view + delta`` in ``[0, 1]`` with ``||delta||_inf <= eps`` (detached). Run ``encode`` in eval
+    mode if it holds BatchNorm (as the training attacks here do).
+    """
+    check_eps(eps)
+    z_others = [z.detach() for z in z_others]
+
+    def objective(xa: torch.Tensor) -> torch.Tensor:
+        return multiview_info_nce([encode(xa), *z_others], temperature, reduction="none")
+
+    return projected_gradient(objective, x_view, eps, alpha, steps, "Linf", random_start, ascend=True, amp=amp)
+
+
+class AdvCLModule(ReversalModule):
+    """Label-free adversarial contrastive pretraining (ACL / AdvCL) with an online linear probe.
+
+    Args:
+        hf_radius: add AdvCL's high-frequency view of ``x1`` with this low-pass radius (cycles
+            per image); ``None`` leaves it out (ACL-style, three views).
+        attack_random_start: start the adversarial-view PGD from a random point of the eps-ball.
+        probe_weight: weight of the online probe's cross-entropy (it only reaches the linear layer).
+        **kwargs: :class:`~lightning_modules.module.ReversalModule` arguments. ``eps``, ``alpha``,
+            ``steps``, ``attack_amp`` set the adversarial view; ``temperature`` the InfoNCE;
+            ``training`` must stay ``standard`` and ``freeze_backbone`` unset; ``ssl_weight``,
+            ``trades_beta`` and ``n_views`` (training) are not used.
+    """
+
+    def __init__(self, hf_radius: Optional[float] = None, attack_random_start: bool = True,
+                 probe_weight: float = 1.0, **kwargs) -> None:
+        if kwargs.get("training", "standard") != "standard":
+            raise ValueError("AdvCLModule pretrains without labels: `training` must be 'standard' "
+                             f"(got '{kwargs['training']}'); the adversarial view is its attack")
+        if kwargs.get("freeze_backbone") or kwargs.get("noise_std", 0.0):
+            raise ValueError("AdvCLModule trains the backbone: leave freeze_backbone unset and noise_std 0")
+        if hf_radius is not None and hf_radius < 0:
+            raise ValueError(f"hf_radius must be >= 0 or null, got {hf_radius}")
+        super().__init__(**kwargs)
+        if self.freeze_backbone:
+            raise ValueError("AdvCLModule trains the backbone: a RobustBench model would be frozen; "
+                             "set freeze_backbone: false to pretrain it further")
+
+    def probe(self, feats: torch.Tensor) -> torch.Tensor:
+        """The online linear probe (the classifier's final linear layer) on detached features."""
+        return linear_layer(self.classifier)(feats.detach())
+
+    def make_adversarial_view(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """``x1 + delta`` maximizing InfoNCE against ``x2`` (encoder and head in eval mode)."""
+        h = self.hparams
+        was = self.classifier.training, self.head.training
+        self.classifier.eval(), self.head.eval()
+        try:
+            def encode(xa: torch.Tensor) -> torch.Tensor:
+                return self.head(self.classifier(xa)[1])
+
+            with torch.no_grad():
+                z2 = encode(x2)
+            return adversarial_view(encode, x1, [z2], h.eps, h.alpha, h.steps, h.temperature,
+                                    h.attack_random_start, h.attack_amp)
+        finally:
+            self.classifier.train(was[0]), self.head.train(was[1])
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = self._prep(batch[0]), batch[1]
+        h = self.hparams
+        x1, x2 = self.views(x, 2).chunk(2)
+        views = [x1, x2, self.make_adversarial_view(x1, x2)]
+        if h.hf_radius is not None:
+            views.append(high_frequency(x1, h.hf_radius).clamp(0, 1))
+        _, feats = self.classifier(torch.cat(views))
+        loss_cl = multiview_info_nce(list(self.head(feats).chunk(len(views))), h.temperature)
+        b = x.shape[0]
+        logits = self.probe(feats[: 2 * b])  # the two clean views
+        yy = y.repeat(2)
+        loss_probe = F.cross_entropy(logits.float(), yy)
+        loss = loss_cl + h.probe_weight * loss_probe
+        self.train_acc(logits.detach(), yy)
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log("train/loss_ssl", loss_cl.detach(), prog_bar=True)
+        self.log("train/loss_probe", loss_probe.detach())
+        self.log("train/acc", self.train_acc, prog_bar=True)
+        return loss
+
+
+class LinearProbeModule(ReversalModule):
+    """A frozen pretrained backbone + a freshly initialized linear classifier, trained alone.
+
+    Args:
+        backbone_checkpoint: the pretrained weights (Lightning checkpoint of :class:`AdvCLModule`
+            or any state dict of the backbone), loaded with ``weights_only=True`` unless
+            ``trust_checkpoint``.
+        load_head: also load the contrastive head (``head.*`` keys) for the reversal; warns when the
+            checkpoint has none (the head then stays random: reversal numbers are meaningless).
+        reset_linear: re-initialize the final linear layer (standard linear probing) instead of
+            starting from the checkpoint's (e.g. AdvCL's online probe).
+        training: ``standard`` (standard linear finetuning) or an AT mode (adversarial linear
+            finetuning: the attack goes through the frozen backbone, only the linear layer learns).
+        ssl_weight: must be 0 (nothing but the linear layer trains).
+        **kwargs: other :class:`~lightning_modules.module.ReversalModule` arguments (``backbone``
+            and ``backbone_kwargs`` must describe the pretrained network).
+    """
+
+    def __init__(self, backbone_checkpoint: str, load_head: bool = True, reset_linear: bool = True,
+                 training: str = "standard", ssl_weight: float = 0.0, **kwargs) -> None:
+        if ssl_weight != 0:
+            raise ValueError(f"LinearProbeModule trains only the linear layer: ssl_weight must be 0, got {ssl_weight}")
+        if kwargs.pop("freeze_backbone", None):
+            raise ValueError("LinearProbeModule freezes the backbone itself (all but the linear layer): "
+                             "drop freeze_backbone")
+        super().__init__(backbone_checkpoint=backbone_checkpoint, training=training, ssl_weight=0.0,
+                         freeze_backbone=False, **kwargs)
+        self.classifier.requires_grad_(False)
+        self.head.requires_grad_(False)
+        lin = linear_layer(self.classifier)
+        if reset_linear:
+            lin.reset_parameters()
+        lin.requires_grad_(True)
+        if load_head:
+            self._load_head(backbone_checkpoint, kwargs.get("trust_checkpoint", False))
+        self.classifier.eval(), self.head.eval()
+
+    def _load_head(self, path: str, trust: bool) -> None:
+        sd = load_state_dict(path, trust=trust)
+        head = {k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}
+        if not head:
+            rank_zero_warn(f"{path} holds no contrastive head (head.* keys): the head stays random, so "
+                           "reversal results of this probe are meaningless (set load_head: false to silence)")
+            return
+        try:
+            self.head.load_state_dict(head)
+        except RuntimeError as e:
+            raise RuntimeError(f"the contrastive head in {path} does not fit (head_hidden/head_dim?): {e}") from e
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.classifier.eval()  # frozen features: BatchNorm statistics never update
+        self.head.eval()
+        return self
+
+
+__all__ = ["adversarial_view", "linear_layer", "AdvCLModule", "LinearProbeModule"]

@@ -1,0 +1,73 @@
+"""The pyautoattack wrappers: same result as calling pyautoattack directly, fp32, no parameter
+gradients left behind, L-inf and L2."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from lightning_modules.autoattack import apgd, autoattack, frozen_params
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def linear_model(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
+    x = torch.rand(8, 3, 8, 8)
+    with torch.no_grad():
+        y = net(x).argmax(1)  # every point starts correct
+    return net, x, y
+
+
+def test_autoattack_wrapper_matches_pyautoattack_standard():
+    """At eps 0.005 APGD-CE and APGD-T each break a point and FAB-T and Square run on the rest:
+    the whole standard ensemble runs, and the wrapper returns pyautoattack's own result."""
+    from pyautoattack import AutoAttack
+
+    net, x, y = linear_model()
+    with frozen_params(net):
+        ours = autoattack(net, x, y, eps=0.005, norm="Linf", seed=0)
+    assert all(p.grad is None for p in net.parameters()) and all(p.requires_grad for p in net.parameters())
+    ref_attack = AutoAttack(net, norm="Linf", eps=0.005, seed=0, version="standard")
+    ref_attack.logger.setLevel(logging.WARNING)
+    ref, _ = ref_attack.run_standard_evaluation(x, y, batch_size=8)
+    assert ref_attack.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert torch.equal(ours, ref)
+    correct = net(ours).argmax(1) == y
+    assert 0 < correct.sum() < len(y)  # some broken, some robust: a real comparison
+    assert (ours - x).abs().max() <= 0.005 + 1e-6
+    # FAB back-propagates into the parameters: why the evaluation freezes them
+    assert any(p.grad is not None for p in net.parameters())
+
+
+def test_autoattack_l2_and_input_checks():
+    net, x, y = linear_model(1)
+    x_adv = autoattack(net, x, y, eps=1.0, norm="L2", seed=0)
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= 1.0 + 1e-5
+    assert (net(x_adv).argmax(1) != y).all()
+    with pytest.raises(ValueError, match="'L3'"):
+        autoattack(net, x, y, eps=0.5, norm="L3")
+    with pytest.raises(ValueError, match="larger than the whole"):
+        autoattack(net, x, y, eps=8, norm="Linf")
+
+
+def test_apgd_wrapper_matches_apgd_and_runs_in_fp32():
+    from pyautoattack.autopgd_base import APGDAttack
+
+    net, x, y = linear_model(2)
+    ours = apgd(net, x, y, eps=0.01, norm="Linf", steps=20, seed=3)
+    ref = APGDAttack(net, n_iter=20, norm="Linf", n_restarts=1, eps=0.01, seed=3, loss="ce", device=x.device)
+    assert torch.equal(ours, ref.perturb(x, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # an outer autocast must not leak into the attack
+        again = apgd(net, x, y, eps=0.01, norm="Linf", steps=20, seed=3)
+    assert torch.equal(again, ours) and again.dtype == torch.float32
+    with pytest.raises(ValueError, match="'ce' or 'dlr'"):
+        apgd(net, x, y, loss="cw")

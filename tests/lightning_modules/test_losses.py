@@ -1,0 +1,67 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.losses import cw_margin, info_nce, trades_kl
+
+
+def info_nce_reference(z: torch.Tensor, n_views: int, t: float) -> torch.Tensor:
+    """Slow loop: for each anchor, mean over its positives of -log softmax over all other rows."""
+    n = z.shape[0]
+    b = n // n_views
+    z = [v / math.sqrt(float((v * v).sum())) for v in z.double()]
+    per_image = [0.0] * b
+    for a in range(n):
+        denom = sum(math.exp(float(z[a] @ z[k]) / t) for k in range(n) if k != a)
+        positives = [p for p in range(n) if p != a and p % b == a % b]
+        la = sum(-math.log(math.exp(float(z[a] @ z[p]) / t) / denom) for p in positives) / len(positives)
+        per_image[a % b] += la / n_views
+    return torch.tensor(per_image, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n_views,b,t", [(2, 5, 0.2), (4, 3, 0.5), (3, 4, 0.07)])
+def test_info_nce_matches_manual_reference(n_views, b, t):
+    torch.manual_seed(0)
+    z = torch.randn(n_views * b, 7)
+    ref = info_nce_reference(z, n_views, t)
+    assert torch.allclose(info_nce(z, n_views, t, reduction="none").double(), ref, atol=1e-5)
+    assert torch.allclose(info_nce(z, n_views, t).double(), ref.mean(), atol=1e-5)
+    assert torch.allclose(info_nce(z, n_views, t, reduction="sum").double(), ref.sum(), atol=1e-4)
+
+
+def test_info_nce_two_views_is_simclr_nt_xent():
+    torch.manual_seed(1)
+    b, t = 6, 0.2
+    z = torch.randn(2 * b, 8)
+    zn = F.normalize(z, dim=1)
+    sim = zn @ zn.t() / t
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)])
+    assert torch.allclose(info_nce(z, 2, t), F.cross_entropy(sim, target), atol=1e-6)
+
+
+def test_info_nce_lower_for_aligned_views_and_rejects_bad_shapes():
+    torch.manual_seed(2)
+    base = torch.randn(8, 16)
+    aligned = torch.cat([base, base + 0.01 * torch.randn_like(base)])
+    random = torch.randn(16, 16)
+    assert info_nce(aligned, 2) < info_nce(random, 2)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        info_nce(random, 1)
+    with pytest.raises(ValueError, match="do not split"):
+        info_nce(torch.randn(7, 4), 2)
+
+
+def test_trades_kl_and_cw_margin_reference():
+    torch.manual_seed(3)
+    za, zc = torch.randn(5, 4), torch.randn(5, 4)
+    pc, pa = zc.softmax(1), za.softmax(1)
+    ref = (pc * (pc.log() - pa.log())).sum(1).mean()
+    assert torch.allclose(trades_kl(za, zc), ref, atol=1e-6)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    m = cw_margin(za, y, kappa=1e9)
+    for i in range(5):
+        other = max(float(za[i, j]) for j in range(4) if j != y[i])
+        assert math.isclose(float(m[i]), other - float(za[i, y[i]]), rel_tol=1e-5, abs_tol=1e-6)
