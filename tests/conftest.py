@@ -64,3 +64,12 @@ def real_cifar10(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(SHARED_DATA / "cifar10_from_pack.py"), "--out", str(out)], check=True,
                    capture_output=True)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny tensors: threads only add overhead and contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,12 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 EVAL = str(REPO / "experiments" / "cifar10" / "eval.yaml")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def common(data: Path, root: Path) -> list[str]:

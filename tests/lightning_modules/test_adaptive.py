@@ -16,13 +16,7 @@ from lightning_modules.reversal import ReversalConfig, reverse
 from tests.lightning_modules.toy_defense import toy_data, toy_fns
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only add overhead (and contention on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def tiny_net(size: int = 16):

@@ -10,12 +10,7 @@ import torch
 from lightning_modules.autoattack import apgd, autoattack, frozen_params
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def linear_model(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

@@ -15,13 +15,7 @@ from tests.lightning_modules.toy_defense import toy_data, toy_fns
 NO_SWEEPS = dict(eps_sweep=[], attack_steps_sweep=[], reversal_steps_sweep=[])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only add overhead (and contention on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def test_config_parses_budgets_and_rejects_bad_settings():
