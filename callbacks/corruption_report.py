@@ -77,16 +77,14 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
 
 def heatmap(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     """Save one corruption x severity panel (accuracy %) per summary side by side (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from lightning_modules.report import pyplot, save_figure
 
     items = list(summaries.items())
     first = items[0][1]
     corr, sevs = list(first["table"]), list(first["mean_per_severity"])
-    fig, axes = plt.subplots(1, len(items), figsize=(1.2 + 1.1 * len(sevs) * len(items) + 1.6 * len(items),
+    fig, axes = pyplot().subplots(1, len(items), figsize=(1.2 + 1.1 * len(sevs) * len(items) + 1.6 * len(items),
                                                      0.8 + 0.38 * len(corr)), squeeze=False)
     for ax, (title, s) in zip(axes[0], items):
         m = np.array([[100 * s["table"][c].get(v, float("nan")) for v in sevs] for c in corr])
@@ -101,10 +99,7 @@ def heatmap(summaries: dict[str, dict[str, Any]], path: Path) -> None:
                     ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if m[i, j] < 50 else "black")
     fig.colorbar(im, ax=axes[0].tolist(), label="accuracy (%)", shrink=0.8)
-    tmp = path.with_name(path.stem + f".tmp-{os.getpid()}" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 class CorruptionReport(pl.Callback):

@@ -112,10 +112,22 @@ def markdown_report(summary: dict, title: str = "Robustness evaluation") -> str:
     return "\n".join(md)
 
 
-def _savefig(fig: Any, path: Path) -> None:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend (imported on first use only)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write ``fig`` atomically (temp file + rename) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
     os.replace(tmp, path)
 
 
@@ -124,12 +136,7 @@ def plot_eps(summary: dict, path: Path) -> Optional[Path]:
     rows = summary.get("sweeps", {}).get("eps", [])
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     norm = rows[0]["norm"]
     linf = norm == "Linf"
     for attack in dict.fromkeys(r["attack"] for r in rows):
@@ -148,8 +155,7 @@ def plot_eps(summary: dict, path: Path) -> Optional[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("Robust accuracy vs eps")
-    _savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -158,12 +164,7 @@ def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
     rows = summary.get("sweeps", {}).get("reversal_steps", [])
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for attack in dict.fromkeys(r["attack"] for r in rows):
         pts = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["reversal_steps"])
         ax.plot([r["reversal_steps"] for r in pts], [100 * r["with"] for r in pts], marker="o",
@@ -174,8 +175,7 @@ def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("Accuracy vs reversal steps")
-    _savefig(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
