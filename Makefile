@@ -31,12 +31,14 @@ train-cifar10: data
 corruptions-cifar10: data
 	$(PY) -W ignore::RuntimeWarning:runpy -m datamodules.corruptions --data-dir $(DATA_DIR) --out $(DATA_DIR)/CIFAR-10-C $(ARGS)
 
-# Robustness evaluation of a checkpoint: clean / PGD / CW / APGD-CE / AutoAttack without and with the reversal,
-# adaptive attacks on the reversal, worst case per example, sweeps, sanity checks (experiments/cifar10/eval.yaml).
-# Report: results/eval/cifar10/robustness.{md,json} + plots; resumes there if interrupted.
+# Robustness evaluation of a checkpoint: attacks on the classifier and on the whole randomized defense, every
+# reversed input scored over several draws and batch compositions, worst case per example, sweeps, sanity checks.
+# EVAL=eval (GPU profile, experiments/cifar10/eval.yaml) or EVAL=eval_quick (2-core CPU, 64 images).
+# Report: results/eval/cifar10*/robustness.{md,json} + plots; resumes there if interrupted or preempted.
+EVAL ?= eval
 eval-cifar10: data
-	@if [ -z "$(CKPT)" ]; then echo "usage: make eval-cifar10 CKPT=path/to/checkpoint.ckpt [DATA_DIR=data] [ARGS=...]"; exit 2; fi
-	$(CLI) test --config experiments/cifar10/eval.yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
+	@if [ -z "$(CKPT)" ]; then echo "usage: make eval-cifar10 CKPT=path/to/checkpoint.ckpt [EVAL=eval|eval_quick] [DATA_DIR=data] [ARGS=...]"; exit 2; fi
+	$(CLI) test --config experiments/cifar10/$(EVAL).yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
 
 # Throughput (experiments/bench.py): PGD-10 AT, FGSM-RS, the reversal and AutoAttack in images/s and against the
 # FLOP floor. `bench`: CPU, tiny model (CI, < 60 s). `bench-gpu`: PreActResNet-18 on one GPU, the speed options

@@ -27,19 +27,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
 
+from lightning_modules.evaluation.store import atomic_write_text
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _split_name(name: str) -> tuple[str, Optional[int]]:
@@ -79,7 +74,7 @@ def heatmap(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     """Save one corruption x severity panel (accuracy %) per summary side by side (matplotlib, Agg)."""
     import numpy as np
 
-    from lightning_modules.report import pyplot, save_figure
+    from lightning_modules.evaluation.report import pyplot, save_figure
 
     items = list(summaries.items())
     first = items[0][1]
@@ -218,8 +213,8 @@ class CorruptionReport(pl.Callback):
         md = markdown_table(summary, "accuracy (%) without reversal")
         if acc_rev:
             md += "\n" + markdown_table(report["reversal"], "accuracy (%) after reversal")
-        _atomic_write(out / "corruption_report.json", json.dumps(report, indent=2))
-        _atomic_write(out / "corruption_report.md", md)
+        atomic_write_text(out / "corruption_report.json", json.dumps(report, indent=2))
+        atomic_write_text(out / "corruption_report.md", md)
         panels = {"no reversal": summary}
         if acc_rev:
             panels["after reversal"] = report["reversal"]

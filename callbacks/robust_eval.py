@@ -1,48 +1,51 @@
-"""The full robustness evaluation during ``lightning test``: every attack, with and without the
-reversal, adaptive attacks, sweeps and sanity checks (:mod:`lightning_modules.evaluation`).
+"""The robustness evaluation during ``lightning test`` (:mod:`lightning_modules.evaluation`).
 
 On each test batch, :class:`RobustEvaluation` runs :class:`~lightning_modules.evaluation.RobustEvaluator`
-on the model's classifier and reversal (``pl_module.classifier``, ``.head``, ``.reversal_cfg``,
-``.hparams.temperature``) and saves the per-example results of this rank to
-``output_dir/per_example.rank<r>.json`` (atomically, after every batch). At the end of the test
-epoch rank 0 merges every rank's results by data-set index into ``output_dir/per_example.json``
-and writes the report (:mod:`lightning_modules.report`: ``robustness.json``, ``robustness.md``,
-plots, ``reversal_grid.png``) to ``output_dir`` and to the run's log dir, prints the Markdown
-report, and logs the table and the metrics to W&B when the logger is W&B.
+on the model's classifier and reversal and saves this rank's per-example results to
+``output_dir/per_example.rank<r>.json`` after **every row** (atomically). A SIGTERM (as a cluster
+sends before preemption) stops the evaluation before the next row, with everything done so far
+saved. At the end of the test epoch rank 0 merges the ranks' results by data-set index into
+``output_dir/per_example.json`` and writes the report (``robustness.json``, ``robustness.md``,
+plots, ``reversal_grid.png``) to ``output_dir`` and the run's log dir, prints it, and logs the
+table, the metrics, whether the headline is reliable and the grid to W&B.
 
-A later run with the same ``output_dir`` resumes: the results already stored for a batch (same
-weights, reversal, data and row settings) are not recomputed; a store written for other weights
-is refused with an error naming the file (``resume: false`` starts over).
+A later run with the same ``output_dir`` resumes only if every setting that can change a result is
+the same (weights, reversal, evaluation settings, data, eval batch size, world size, versions);
+otherwise it stops with an error naming the settings that differ (``resume: false`` starts over).
 
 Example (config; ``experiments/cifar10/eval.yaml`` holds the full list)::
 
     trainer:
       callbacks+:
         - class_path: callbacks.RobustEvaluation
-          init_args: {output_dir: results/eval/cifar10, threat_models: {Linf: 8/255, L2: 0.5}}
+          init_args:
+            output_dir: results/eval/cifar10
+            config: {threat_models: {Linf: 8/255}, draws: 5, attacks: [pgd, apgd_ce_bpda]}
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
-import time
+import subprocess
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_modules.adaptive import ReversalFns
-from lightning_modules.attacks import pgd
-from lightning_modules.autoattack import frozen_params
+from lightning_modules.attacks import frozen_params, logits_of, pgd
 from lightning_modules.evaluation import EvalConfig, ResultStore, RobustEvaluator
-from lightning_modules.report import failed_checks, flat_metrics, markdown_report, write_report
+from lightning_modules.evaluation.report import failed_checks, flat_metrics, markdown_report, write_report
 
 from .images import reversal_grid
 
 STORE = "per_example.json"
+REPO = Path(__file__).resolve().parent.parent
+NOT_RESULTS = ("progress", "sanity_checks", "zero_tolerance", "noise_tolerance")  # settings that change no result
 
 
 def model_fingerprint(module: torch.nn.Module) -> str:
@@ -53,73 +56,53 @@ def model_fingerprint(module: torch.nn.Module) -> str:
             continue
         h.update(k.encode())
         h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if v.numel() else b"")
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
 
+def versions() -> dict[str, Optional[str]]:
+    """The package, its commit, and the libraries whose code decides a result."""
+    out: dict[str, Optional[str]] = {}
+    for dist in ("ssl-reversal", "torch", "pyautoattack", "kornia"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    try:
+        out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                       timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["commit"] = None
+    return out
+
+
 class RobustEvaluation(pl.Callback):
-    """Robust accuracy without and with the reversal, adaptive attacks and sanity checks at test time.
+    """Robust accuracy without and with the reversal, attacks on the whole defense, sanity checks.
 
     Args:
+        config: what runs (:class:`~lightning_modules.evaluation.EvalConfig`); ``standard_model: null``
+            means true for a model trained with ``training: standard`` on its own backbone.
         output_dir: where the per-example store and the report go (also copied to the run's log dir).
-        resume: reuse results stored in ``output_dir`` by an earlier run on the same weights.
+        resume: reuse results stored in ``output_dir`` by an earlier run of the same evaluation.
         reversal: overrides of the model's reversal settings (``{steps: 20}``...; the model's own
             settings come from the checkpoint, so change them here).
+        transfer_from: a checkpoint of an independently trained model: the transfer attack's surrogate
+            (loaded with ``weights_only=True``). Without one the transfer row is absent, and the report says why.
         n_images: images in the clean / attacked / reversed grid.
         print_report: print the Markdown report at the end.
         dataloader_idx: the test loader to evaluate.
-        threat_models ... seed: see :class:`~lightning_modules.evaluation.EvalConfig` (None keeps its
-            default). ``standard_model`` defaults to true for a model trained with
-            ``training: standard`` (not a RobustBench or frozen backbone).
     """
 
     replaces_test_attacks = True  # ReversalModule.test_step then only logs clean accuracy
 
-    def __init__(
-        self,
-        output_dir: str = "results/eval",
-        resume: bool = True,
-        reversal: Optional[dict[str, Any]] = None,
-        n_images: int = 16,
-        print_report: bool = True,
-        dataloader_idx: int = 0,
-        threat_models: Optional[dict[str, Union[float, str]]] = None,
-        attacks: Optional[list[str]] = None,
-        adaptive: Optional[list[str]] = None,
-        steps: Optional[int] = None,
-        restarts: Optional[int] = None,
-        step_size: Optional[float] = None,
-        apgd_steps: Optional[int] = None,
-        adaptive_steps: Optional[int] = None,
-        eot_samples: Optional[int] = None,
-        defense_aware_lambda: Optional[float] = None,
-        full_gradient_steps: Optional[int] = None,
-        full_gradient_smooth: Optional[float] = None,
-        full_gradient_checkpoint: Optional[bool] = None,
-        full_gradient_batch: Optional[int] = None,
-        transfer_steps: Optional[int] = None,
-        eps_sweep: Optional[list[Union[float, str]]] = None,
-        eps_sweep_norm: Optional[str] = None,
-        eps_sweep_attacks: Optional[list[str]] = None,
-        eps_sweep_n: Optional[int] = None,
-        attack_steps_sweep: Optional[list[int]] = None,
-        steps_sweep_attacks: Optional[list[str]] = None,
-        reversal_steps_sweep: Optional[list[int]] = None,
-        reversal_sweep_attacks: Optional[list[str]] = None,
-        steps_sweep_n: Optional[int] = None,
-        sanity_checks: Optional[bool] = None,
-        standard_model: Optional[bool] = None,
-        zero_tolerance: Optional[float] = None,
-        noise_tolerance: Optional[float] = None,
-        seed: Optional[int] = None,
-    ) -> None:
-        args = dict(locals())
-        fields = {f.name for f in dataclasses.fields(EvalConfig)}
-        self._cfg_kwargs = {k: v for k, v in args.items() if k in fields and v is not None}
-        self._standard_given = standard_model is not None
-        EvalConfig(**self._cfg_kwargs)  # fail at construction on bad settings
+    def __init__(self, config: Optional[EvalConfig] = None, output_dir: str = "results/eval", resume: bool = True,
+                 reversal: Optional[dict[str, Any]] = None, transfer_from: Optional[str] = None, n_images: int = 16,
+                 print_report: bool = True, dataloader_idx: int = 0) -> None:
+        self.config = config or EvalConfig()
         self.output_dir, self.resume, self.reversal = Path(output_dir), resume, dict(reversal or {})
+        self.transfer_from = transfer_from
+        if transfer_from is not None and not Path(transfer_from).is_file():
+            raise FileNotFoundError(f"transfer_from: no checkpoint at {transfer_from}")
         self.n_images, self.print_report, self.dataloader_idx = n_images, print_report, dataloader_idx
         self.evaluator: Optional[RobustEvaluator] = None
         self.summary: Optional[dict] = None
@@ -128,24 +111,44 @@ class RobustEvaluation(pl.Callback):
 
     # -- setup ----------------------------------------------------------------------------------
     def _config(self, pl_module: pl.LightningModule) -> EvalConfig:
-        kw = dict(self._cfg_kwargs)
-        if not self._standard_given:
-            h = getattr(pl_module, "hparams", {})
-            kw["standard_model"] = (h.get("training") == "standard" and not h.get("robustbench_model")
-                                    and not h.get("freeze_backbone") and not h.get("noise_std"))
-        return EvalConfig(**kw)
+        if self.config.standard_model is not None:
+            return self.config
+        h = getattr(pl_module, "hparams", {})
+        standard = (h.get("training") == "standard" and not h.get("robustbench_model") and not h.get("freeze_backbone")
+                    and not h.get("noise_std"))
+        return dataclasses.replace(self.config, standard_model=bool(standard))
 
-    def _meta(self, trainer: pl.Trainer, pl_module: pl.LightningModule, fns: ReversalFns, cfg: EvalConfig) -> dict:
+    def _surrogate(self, pl_module: pl.LightningModule) -> tuple[Optional[torch.nn.Module], Optional[str]]:
+        if self.transfer_from is None:
+            return None, None
+        from lightning_modules import ReversalModule
+
+        try:
+            sur = ReversalModule.load_from_checkpoint(self.transfer_from, map_location=pl_module.device,
+                                                      weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure to read it is the file's problem
+            raise ValueError(f"transfer_from: cannot load {self.transfer_from} as a model of this package ({e})") from e
+        sha = model_fingerprint(sur.classifier)
+        if sha == model_fingerprint(pl_module.classifier):
+            raise ValueError(f"transfer_from: {self.transfer_from} holds the evaluated model's own weights; a transfer "
+                             "attack needs an independently trained surrogate")
+        return sur.eval(), sha
+
+    def _meta(self, trainer: pl.Trainer, pl_module: pl.LightningModule, fns: ReversalFns, cfg: EvalConfig,
+              surrogate_sha: Optional[str]) -> dict:
         dm = getattr(trainer, "datamodule", None)
+        h = pl_module.hparams
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RESULTS}
         return json.loads(json.dumps({
-            "model": type(pl_module).__name__ + (f" ({pl_module.hparams.get('robustbench_model')})"
-                                                  if pl_module.hparams.get("robustbench_model") else
-                                                  f" ({pl_module.hparams.get('backbone')})"),
+            "model": type(pl_module).__name__ + f" ({h.get('robustbench_model') or h.get('backbone')})",
             "weights_sha1": model_fingerprint(pl_module),
             "reversal": dataclasses.asdict(fns.cfg), "temperature": fns.temperature,
-            "data": {"class": type(dm).__name__ if dm is not None else None,
-                     "data_dir": str(getattr(dm, "data_dir", "")), "dataloader_idx": self.dataloader_idx},
-            "seed": cfg.seed,
+            "evaluation": settings, "transfer_from_sha1": surrogate_sha,
+            "data": {"class": type(dm).__name__ if dm is not None else None, "data_dir": str(getattr(dm, "data_dir", "")),
+                     "dataloader_idx": self.dataloader_idx, "n_examples": getattr(dm, "n_examples", None),
+                     "eval_batch_size": getattr(dm, "eval_batch_size", None)},
+            "world_size": trainer.world_size,
+            "versions": versions(),
         }, default=str))
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -155,24 +158,33 @@ class RobustEvaluation(pl.Callback):
                                 f"(a ReversalModule); {type(pl_module).__name__} has no .{attr}")
         fns = ReversalFns.from_module(pl_module, **self.reversal)
         cfg = self._config(pl_module)
-        meta = self._meta(trainer, pl_module, fns, cfg)
+        surrogate, sha = self._surrogate(pl_module)
+        meta = self._meta(trainer, pl_module, fns, cfg, sha)
         store = ResultStore(meta)
         if self.resume:
             for f in sorted(self.output_dir.glob("per_example*.json")):
-                store.merge(ResultStore.load(f, meta))
+                store.merge(ResultStore.load(f, meta), str(f))
         else:  # start over: stale results must not be merged at the end
             if trainer.is_global_zero:
                 for f in self.output_dir.glob("per_example*.json"):
                     f.unlink()
             trainer.strategy.barrier("robust_eval_fresh")
-        self.evaluator = RobustEvaluator.for_reversal(fns, cfg, store=store)
+        n_batches = None
+        try:
+            n_batches = int(trainer.num_test_batches[self.dataloader_idx])
+        except (AttributeError, IndexError, TypeError, ValueError, OverflowError):
+            pass
+        part = self.output_dir / f"per_example.rank{trainer.global_rank}.json"
+        self.evaluator = RobustEvaluator.for_reversal(
+            fns, cfg, surrogate_fn=(lambda x: logits_of(surrogate.classifier, x)) if surrogate is not None else None,
+            store=store, should_stop=lambda: bool(getattr(trainer, "received_sigterm", False)),
+            on_row_done=lambda: store.save(part), n_batches=n_batches,
+            log=(lambda s: rank_zero_info(s)) if cfg.progress else (lambda s: None))
+        self._surrogate_module = surrogate
         self._grid_batch, self.summary = None, None
         self._checkpoint = trainer.ckpt_path
 
     # -- per batch ------------------------------------------------------------------------------
-    def _part(self, trainer: pl.Trainer) -> Path:
-        return self.output_dir / f"per_example.rank{trainer.global_rank}.json"
-
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx != self.dataloader_idx or self.evaluator is None:
@@ -191,27 +203,23 @@ class RobustEvaluation(pl.Callback):
                 self._grid_batch = (x[: self.n_images].detach(), y[: self.n_images].detach())
             was = pl_module.training
             pl_module.eval()
-            t0 = time.perf_counter()
             try:
-                with frozen_params(pl_module):
-                    self.evaluator.evaluate_batch(x, y, idx)
+                with frozen_params(pl_module, self._surrogate_module):
+                    self.evaluator.evaluate_batch(x, y, idx, batch_idx)
             finally:
                 pl_module.train(was)
-        self.evaluator.store.save(self._part(trainer))
-        rank_zero_info(f"robust evaluation: test batch {batch_idx} ({len(idx)} images, idx {int(idx.min())}.."
-                       f"{int(idx.max())}) done in {time.perf_counter() - t0:.1f} s")
 
     # -- end ------------------------------------------------------------------------------------
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.evaluator is None:
             return
         ev = self.evaluator
-        ev.store.save(self._part(trainer))
+        ev.store.save(self.output_dir / f"per_example.rank{trainer.global_rank}.json")
         trainer.strategy.barrier("robust_eval_parts")
         summary = None
         if trainer.is_global_zero:
             for f in sorted(self.output_dir.glob("per_example.rank*.json")):
-                ev.store.merge(ResultStore.load(f, ev.store.meta))
+                ev.store.merge(ResultStore.load(f, ev.store.meta), str(f))
             ev.store.save(self.output_dir / STORE)
             for f in self.output_dir.glob("per_example.rank*.json"):
                 f.unlink(missing_ok=True)
@@ -241,13 +249,13 @@ class RobustEvaluation(pl.Callback):
                 save_image(grid, tmp)
                 tmp.replace(d / "reversal_grid.png")
             self.paths["grid"] = self.output_dir / "reversal_grid.png"
-        md = markdown_report(summary)
         if self.print_report:
-            print("\n" + md + "\n", flush=True)
+            print("\n" + markdown_report(summary) + "\n", flush=True)
         bad = failed_checks(summary)
         if bad:
-            print(f"WARNING: {len(bad)} robustness sanity check(s) FAILED (see {self.paths.get('markdown')}):",
-                  *[f"  - {s['name']}: {s['detail']}" for s in bad], sep="\n", flush=True)
+            print(f"WARNING: {len(bad)} robustness sanity check(s) FAILED, the headline is UNRELIABLE "
+                  f"(see {self.paths.get('markdown')}):", *[f"  - {s['name']}: {s['detail']}" for s in bad],
+                  sep="\n", flush=True)
         self._log_wandb(trainer, summary, grid)
 
     @staticmethod
@@ -263,18 +271,18 @@ class RobustEvaluation(pl.Callback):
 
     def _grid(self, pl_module: pl.LightningModule) -> Optional[torch.Tensor]:
         """Clean / PGD (first threat model, on the classifier) / reversed, and the differences."""
-        if self._grid_batch is None or self.evaluator is None or self.evaluator.reverse_fn is None:
+        ev = self.evaluator
+        if self._grid_batch is None or ev is None or ev.defense.reverse_fn is None:
             return None
         x, y = self._grid_batch
-        ev = self.evaluator
-        norm, eps = next(iter(ev.cfg.threat_models.items()))
+        norm, eps = ev.cfg.main
         was = pl_module.training
         pl_module.eval()
         try:
             with torch.inference_mode(False), torch.enable_grad(), frozen_params(pl_module):
                 torch.manual_seed(ev.cfg.seed)
-                x_adv = pgd(ev.model_fn, x, y, eps, ev.cfg.step_size * eps, ev.cfg.steps, norm)
-                x_rev = ev.reverse_fn(x_adv)
+                x_adv = pgd(ev.defense.model_fn, x, y, eps, ev.cfg.step_size * eps, ev.cfg.steps, norm)
+                x_rev = ev.defense.reverse_fn(x_adv)
         finally:
             pl_module.train(was)
         return reversal_grid(x, x_adv, x_rev)
@@ -284,15 +292,22 @@ class RobustEvaluation(pl.Callback):
         for logger in trainer.loggers:
             if type(logger).__name__ != "WandbLogger":
                 continue
-            cols = ["threat", "eps", "attack", "type", "acc_without_reversal", "acc_with_reversal", "n"]
-            data = [["clean", "0", "none", "-", summary["clean"]["without"], summary["clean"]["with"],
-                     summary["clean"]["n"]]]
-            data += [[r["threat"], r["eps_label"], r["label"], r["kind"], r["without"], r["with"], r["n"]]
-                     for r in summary["rows"]]
-            data += [[w["threat"], w["eps_label"], "worst case per example", "all", w["without"], w["with"], w["n"]]
-                     for w in summary["worst_case"]]
+            cols = ["threat", "eps", "attack", "type", "acc_without_reversal", "acc_with_reversal_all_draws",
+                    "acc_with_reversal_mean", "draw_disagreement", "acc_with_worst_composition", "n", "time_s"]
+            c = summary["clean"]
+
+            def vals(r: dict) -> list:
+                return [r.get("without"), r.get("with"), r.get("with_mean"), r.get("with_disagreement"),
+                        r.get("with_worst"), r.get("n"), r.get("time_s")]
+
+            data = [["clean", "0", "none", "-", *vals(c)]]
+            data += [[r["threat"], r["eps_label"], r["label"], r["kind"], *vals(r)] for r in summary["rows"]]
+            tag = "" if summary.get("reliable", True) else " (UNRELIABLE)"
+            data += [[w["threat"], w["eps_label"], "worst case per example" + tag, "all", w["without"], w["with"],
+                      None, None, None, w["n"], None] for w in summary["worst_case"]]
             logger.log_table(key="eval/robustness", columns=cols, data=data)
-            logger.experiment.summary.update({k: v for k, v in flat_metrics(summary).items()})
+            logger.experiment.summary.update(flat_metrics(summary))
+            logger.experiment.summary["eval/headline_reliable"] = bool(summary.get("reliable", True))
             logger.experiment.summary["eval/sanity_failed_names"] = [s["name"] for s in failed_checks(summary)]
             if grid is not None:
                 logger.log_image(key="eval/x__x_adv__x_rev__diffs", images=[grid])

@@ -43,10 +43,12 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .attacks import LOSSES, check_eps, logits_of, pgd, projected_gradient
+from .defense_attacks import StandIn, chunks
 from .fast_views import make_views
 from .reversal import ReversalConfig, reverse, ssl_loss
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+Observer = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,63 +206,57 @@ def _with_restarts(run: Callable[[], torch.Tensor], x: torch.Tensor, y: torch.Te
 
 def defense_aware(model_fn: Fn, ssl_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
                   steps: int, norm: str = "Linf", lam: float = 1.0, restarts: int = 1, loss: str = "ce",
-                  defended: Optional[Fn] = None) -> torch.Tensor:
-    """Mao et al.'s defense-aware attack: PGD ascending ``loss(f(x), y) - lam * ssl_fn(x)``."""
+                  defended: Optional[Fn] = None,
+                  on_step: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
+    """Mao et al.'s defense-aware attack: PGD ascending ``loss(f(x), y) - lam * ssl_fn(x)``;
+    ``on_step(k, x_k)`` sees every iterate (its forward pass never runs the reversal)."""
     check_eps(eps, norm)
     lf = _loss(loss)
 
     def objective(xa: torch.Tensor) -> torch.Tensor:
         return lf(logits_of(model_fn, xa), y) - lam * ssl_fn(xa)
 
-    return _with_restarts(lambda: projected_gradient(objective, x, eps, alpha, steps, norm), x, y, restarts, defended)
-
-
-def straight_through(reverse_fn: Fn) -> Fn:
-    """BPDA with the identity: forward ``reverse_fn(x)``, backward as if it were ``x``."""
-
-    def f(x: torch.Tensor) -> torch.Tensor:
-        return x + (reverse_fn(x.detach()) - x).detach()
-
-    return f
+    return _with_restarts(lambda: projected_gradient(objective, x, eps, alpha, steps, norm, on_step=on_step), x, y,
+                          restarts, defended)
 
 
 def bpda_eot(model_fn: Fn, reverse_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
              steps: int, norm: str = "Linf", eot: int = 4, restarts: int = 1, loss: str = "ce",
-             defended: Optional[Fn] = None) -> torch.Tensor:
-    """PGD on ``loss(f(reverse(x)), y)`` with the reversal straight-through, the gradient summed over
-    ``eot`` independent reversals (fresh random views each)."""
+             defended: Optional[Fn] = None, observe: Optional[Observer] = None) -> torch.Tensor:
+    """PGD on ``loss(f(reverse(x)), y)`` with the reversal straight-through, the gradient averaged over
+    ``eot`` independent reversals (fresh random views each). ``observe(x, logits)`` sees every
+    defended draw (:class:`~lightning_modules.defense_attacks.BestIterate`)."""
     check_eps(eps, norm)
-    lf, st = _loss(loss), straight_through(reverse_fn)
+    lf, net = _loss(loss), StandIn(model_fn, reverse_fn, mode="bpda", observe=observe)
 
     def objective(xa: torch.Tensor) -> torch.Tensor:
-        return sum(lf(logits_of(model_fn, st(xa)), y) for _ in range(max(1, eot))) / max(1, eot)
+        return sum(lf(net(xa), y) for _ in range(max(1, eot))) / max(1, eot)
 
     return _with_restarts(lambda: projected_gradient(objective, x, eps, alpha, steps, norm), x, y, restarts, defended)
 
 
 def full_gradient(model_fn: Fn, reverse_diff_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
                   steps: int, norm: str = "Linf", eot: int = 1, restarts: int = 1, loss: str = "ce",
-                  batch_size: Optional[int] = None, defended: Optional[Fn] = None) -> torch.Tensor:
+                  batch_size: Optional[int] = None, defended: Optional[Fn] = None,
+                  observe: Optional[Observer] = None) -> torch.Tensor:
     """PGD on ``loss(f(reverse_diff_fn(x)), y)``, back-propagating through the unrolled reversal,
     averaged over ``eot`` draws. ``batch_size`` attacks the batch in chunks to save memory (the
-    attacker's reversal then sees only the chunk as negatives; the defense is evaluated as deployed)."""
+    attacker's reversal then sees only the chunk as negatives; the defense is evaluated as deployed).
+    ``observe(x, logits)`` sees every draw (the unrolled forward pass is the exact reversal)."""
     check_eps(eps, norm)
     lf = _loss(loss)
+    net = StandIn(model_fn, reverse_diff_fn=reverse_diff_fn, mode="full", observe=observe)
 
     def run_chunk(xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
         def objective(xa: torch.Tensor) -> torch.Tensor:
-            return sum(lf(logits_of(model_fn, reverse_diff_fn(xa)), yc) for _ in range(max(1, eot))) / max(1, eot)
+            return sum(lf(net(xa), yc) for _ in range(max(1, eot))) / max(1, eot)
 
         return projected_gradient(objective, xc, eps, alpha, steps, norm)
 
     def run() -> torch.Tensor:
         if batch_size is None or batch_size >= len(x):
             return run_chunk(x, y)
-        starts = list(range(0, len(x), batch_size))
-        if len(x) - starts[-1] < 2 and len(starts) > 1:  # the reversal needs >= 2 images per chunk
-            starts.pop()
-        ends = starts[1:] + [len(x)]
-        return torch.cat([run_chunk(x[s:e], y[s:e]) for s, e in zip(starts, ends)])
+        return torch.cat([run_chunk(x[s:e], y[s:e]) for s, e in chunks(len(x), batch_size)])
 
     return _with_restarts(run, x, y, restarts, defended)
 
@@ -271,5 +267,5 @@ def transfer(surrogate_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, alp
     return pgd(surrogate_fn, x, y, eps, alpha, steps, norm, loss=loss, restarts=restarts)
 
 
-__all__ = ["smooth_sign", "reverse_differentiable", "ReversalFns", "defense_aware", "straight_through", "bpda_eot",
+__all__ = ["smooth_sign", "reverse_differentiable", "ReversalFns", "defense_aware", "bpda_eot",
            "full_gradient", "transfer"]

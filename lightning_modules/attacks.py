@@ -74,11 +74,13 @@ def projected_gradient(
     ascend: bool = True,
     init: Optional[torch.Tensor] = None,
     amp: bool = False,
+    on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Signed (L-inf) or normalized (L2) gradient steps on ``objective`` within the eps-ball of ``x``.
 
     ``objective(x)`` returns a per-example loss; each example's step depends only on its own
-    loss's gradient. ``ascend=False`` descends (the reversal). Returns ``x + delta`` in ``[0, 1]``.
+    loss's gradient. ``ascend=False`` descends (the reversal). ``on_step(k, x_k)`` sees the iterate
+    after step ``k`` (1-based). Returns ``x + delta`` in ``[0, 1]``.
     """
     norm = ThreatModel(norm)
     x = x.detach().float()
@@ -90,7 +92,7 @@ def projected_gradient(
         delta = torch.zeros_like(x)
     delta = ((x + _project(delta, eps, norm)).clamp(0, 1) - x).detach()
     sign = 1.0 if ascend else -1.0
-    for _ in range(steps):
+    for k in range(steps):
         delta.requires_grad_(True)
         with torch.enable_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             loss = objective(x + delta).float().sum()
@@ -102,6 +104,8 @@ def projected_gradient(
                 step = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
             delta = _project(delta + sign * alpha * step, eps, norm)
             delta = ((x + delta).clamp(0, 1) - x).detach()
+        if on_step is not None:
+            on_step(k + 1, (x + delta).detach())
     return (x + delta).detach()
 
 

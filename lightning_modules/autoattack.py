@@ -19,10 +19,9 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -42,23 +41,6 @@ class _Logits(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             return logits_of(self.model, x.float()).float()
-
-
-@contextlib.contextmanager
-def frozen_params(*modules: Optional[nn.Module]) -> Iterator[None]:
-    """Turn off ``requires_grad`` of every parameter inside the block (restored after).
-
-    Attacks only need input gradients; FAB calls ``.backward()``, which would otherwise fill (and
-    leave behind) parameter ``.grad`` buffers, and parameter gradients cost time in every attack.
-    """
-    saved = [(p, p.requires_grad) for m in modules if m is not None for p in m.parameters()]
-    for p, _ in saved:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, r in saved:
-            p.requires_grad_(r)
 
 
 def _check(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> str:
@@ -109,4 +91,4 @@ def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255
         return attack.perturb(x.detach().float(), y.detach()).detach()
 
 
-__all__ = ["STANDARD_ATTACKS", "autoattack", "apgd", "frozen_params"]
+__all__ = ["STANDARD_ATTACKS", "autoattack", "apgd"]

@@ -71,6 +71,19 @@ class ReversalCLI(LightningCLI):
                 return
             raise UnsafeCheckpointError(_unsafe_message(cfg.get("ckpt_path"), e)) from None
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse; a setting of the evaluation's earlier flat layout gets a line saying where it lives now."""
+        from lightning_modules.evaluation.config import legacy_hint
+
+        subs = getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}) or {}
+        for p in [parser, *subs.values()]:
+            def error(message: str, *a, _orig=p.error, **k):
+                hint = legacy_hint(str(message))
+                return _orig(f"{message}\n{hint}" if hint else message, *a, **k)
+
+            p.error = error
+        super().parse_arguments(parser, args)
+
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)

@@ -1,46 +1,45 @@
 """``lightning test --config experiments/cifar10/eval.yaml --ckpt_path ...`` end to end on tiny
-data: the report files, the printed table, resuming, merging rank parts, refusing another model's
-results, and a RobustBench backbone + trained head."""
+data: the report files, the printed table, resuming, merging rank parts, refusing the results of
+another evaluation, a RobustBench backbone + trained head, the old layout's keys, and SIGTERM."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
-import torch
 import torch.nn as nn
 
 from callbacks.robust_eval import RobustEvaluation, model_fingerprint
 from lightning_modules.cli import run_cli
-from lightning_modules.evaluation import EvalConfig, ResultStore, RobustEvaluator
+from lightning_modules.evaluation import ResultStore, registry
+from tests.cli_runs import popen_lightning
 from tests.conftest import write_cifar10
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL = str(REPO / "experiments" / "cifar10" / "eval.yaml")
-
+CB = "--trainer.callbacks.init_args."
+FAST = ("{threat_models: {Linf: 8/255}, attacks: [pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer], draws: 2, "
+        "composition: [batch2], steps: 2, apgd_steps: 2, adaptive_steps: 1, eot: 1, judge_draws: 1, "
+        "adaptive_n: null, eps_sweep: [0/255, 64/255], eps_sweep_attacks: [pgd], eps_sweep_n: 4, "
+        "attack_steps_sweep: [1, 2], steps_sweep_attacks: [pgd], eot_sweep: [], reversal_steps_sweep: [0, 1], "
+        "steps_sweep_n: 4, progress: false}")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
-def common(data: Path, root: Path) -> list[str]:
+def common(data: Path, root: Path, eval_batch: int = 4) -> list[str]:
     return ["--data.init_args.data_dir", str(data), "--data.init_args.strict_counts", "false",
-            "--data.init_args.batch_size", "16", "--data.init_args.eval_batch_size", "4",
+            "--data.init_args.batch_size", "16", "--data.init_args.eval_batch_size", str(eval_batch),
             "--data.init_args.n_examples", "8",
             "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", str(root / "logs"), "--trainer.logger.init_args.save_dir", str(root / "logs")]
 
 
-def fast_eval(out: Path) -> list[str]:
-    """The callback of eval.yaml with settings that run in seconds (every attack kind still runs)."""
-    cb = "--trainer.callbacks.init_args."
-    return [cb + "output_dir", str(out), cb + "threat_models", "{Linf: 8/255}", cb + "attacks", "[pgd, apgd-ce]",
-            cb + "steps", "2", cb + "apgd_steps", "2", cb + "adaptive_steps", "1", cb + "eot_samples", "1",
-            cb + "full_gradient_steps", "1", cb + "transfer_steps", "2", cb + "reversal", "{steps: 1}",
-            cb + "eps_sweep", "[0/255, 64/255]", cb + "eps_sweep_attacks", "[pgd]",
-            cb + "attack_steps_sweep", "[1, 2]", cb + "steps_sweep_attacks", "[pgd]",
-            cb + "reversal_steps_sweep", "[0, 1]", cb + "eps_sweep_n", "4", cb + "steps_sweep_n", "4",
-            cb + "n_images", "4"]
+def fast_eval(out: Path, config: str = FAST) -> list[str]:
+    return [CB + "output_dir", str(out), CB + "config", config, CB + "reversal", "{steps: 1}", CB + "n_images", "4"]
 
 
 def fit_tiny(data: Path, root: Path, name: str, *extra: str):
@@ -58,60 +57,73 @@ def fit_tiny(data: Path, root: Path, name: str, *extra: str):
     return cli.model, ckpt
 
 
-def test_eval_yaml_end_to_end_report_resume_and_refusal(tmp_path: Path, capsys, monkeypatch):
+def summary_of(cli) -> dict:
+    return next(c for c in cli.trainer.callbacks if isinstance(c, RobustEvaluation)).summary
+
+
+def test_eval_yaml_end_to_end_report_resume_and_refusals(tmp_path: Path, capsys, monkeypatch):
     data = write_cifar10(tmp_path / "data", n_train=32, n_test=16, learnable=True)
     model, ckpt = fit_tiny(data, tmp_path, "a")
+    _, other = fit_tiny(data, tmp_path, "b", "--seed_everything", "1")
     out = tmp_path / "eval"
-    cli = run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out)])
-    cb = next(c for c in cli.trainer.callbacks if isinstance(c, RobustEvaluation))
-    s = cb.summary
-    # the report: files in output_dir and the run's log dir, parsed back; the table printed
+    args = ["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out),
+            CB + "transfer_from", str(other)]
+    cli = run_cli(args)
+    s = summary_of(cli)
     for name in ("robustness.json", "robustness.md", "robust_acc_vs_eps.png", "acc_vs_reversal_steps.png",
                  "reversal_grid.png", "per_example.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "robustness.json").read_text()) == json.loads(json.dumps(s))
     assert (Path(cli.trainer.log_dir) / "robustness" / "robustness.md").read_text() == (out / "robustness.md").read_text()
     printed = capsys.readouterr().out
-    assert "| Threat model | Attack | Type | Without reversal | With reversal | n |" in printed
+    assert "| Threat model | Attack | Type | Without reversal | With reversal (all 2 draws) |" in printed
     assert "worst case per example" in printed
-    attacks = [r["attack"] for r in s["rows"]]
-    assert attacks == ["pgd", "apgd-ce", "defense_aware", "bpda_eot", "full_gradient", "transfer"]
-    assert all(r["n"] == 8 for r in s["rows"]) and s["clean"]["n"] == 8
+    assert [r["attack"] for r in s["rows"]] == ["pgd", "apgd-ce", "bpda_eot", "apgd_ce_bpda", "transfer"]
+    assert all(r["n"] == 8 and "with@batch2" in r for r in s["rows"]) and s["clean"]["n"] == 8
     assert s["meta"]["weights_sha1"] == model_fingerprint(model)  # the checkpoint's weights were evaluated
     assert s["meta"]["reversal"]["steps"] == 1 and s["meta"]["checkpoint"] == str(ckpt)
-    assert s["sanity"] and {r["attack"] for r in s["sweeps"]["eps"]} == {"pgd"}
+    assert s["meta"]["data"]["eval_batch_size"] == 4 and s["meta"]["world_size"] == 1
+    assert s["meta"]["versions"]["torch"] and s["meta"]["transfer_from_sha1"]
     m = cli.trainer.callback_metrics
     assert "test/clean_acc" in m and "test/pgd_acc" not in m  # test_step stays light with the callback
     assert abs(float(m["eval/clean_acc"]) - s["clean"]["without"]) < 1e-6
-    assert "eval/Linf_8_255/robust_acc_reversed" in m
+    assert "eval/Linf_8_255/robust_acc_reversed" in m and "eval/headline_reliable" in m
 
     # resume: nothing is recomputed; a part left by another rank is merged by idx
     part = ResultStore(json.loads((out / "per_example.json").read_text())["meta"])
     part.add("clean|without", [100], [True])
     part.save(out / "per_example.rank1.json")
-
-    def no_attacks(*a, **k):
-        raise AssertionError("resumed run recomputed an attack")
-
-    monkeypatch.setattr(RobustEvaluator, "craft", no_attacks)
-    cli = run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out)])
-    s2 = next(c for c in cli.trainer.callbacks if isinstance(c, RobustEvaluation)).summary
-    for r1, r2 in zip(s["rows"], s2["rows"]):
-        assert r1 == r2, (r1, r2)
-    assert s2["n_examples"] == 9 and s2["clean"] == s["clean"]
+    for name, a in list(registry.ATTACKS.items()):
+        monkeypatch.setitem(registry.ATTACKS, name, a.__class__(**{**a.__dict__, "craft": (
+            lambda j: (_ for _ in ()).throw(AssertionError("resumed run recomputed an attack")))}))
+    s2 = summary_of(run_cli(args))
+    assert s2["rows"] == s["rows"] and s2["n_examples"] == 9
     assert not list(out.glob("per_example.rank*.json"))
     monkeypatch.undo()
 
-    # results of other weights are refused, naming the file
-    _, other = fit_tiny(data, tmp_path, "b", "--seed_everything", "1")
-    with pytest.raises(ValueError, match="per_example.json holds results of a different evaluation"):
+    # results of other weights, or of another batch layout, are refused naming what differs
+    with pytest.raises(ValueError, match=r"per_example.json holds results of a different evaluation \(differs in "
+                                         r"\['transfer_from_sha1', 'weights_sha1'\]\)"):
         run_cli(["test", "--config", EVAL, "--ckpt_path", str(other), *common(data, tmp_path), *fast_eval(out)])
+    with pytest.raises(ValueError, match=r"differs in \['data.eval_batch_size'\]"):
+        run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path, eval_batch=8),
+                 *fast_eval(out), CB + "transfer_from", str(other)])
+    with pytest.raises(ValueError, match="holds the evaluated model's own weights"):
+        run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out),
+                 CB + "transfer_from", str(ckpt), CB + "resume", "false"])
+
+
+def test_old_layout_keys_fail_naming_the_new_key(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["test", "--config", EVAL, CB + "eot_samples", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "'eot_samples' is now config.eot"
 
 
 def test_robustbench_backbone_with_trained_head(tmp_path: Path, monkeypatch):
     """``ReversalModule(robustbench_model=...)`` trains the head only; ``--ckpt_path`` rebuilds the
-    module from the checkpoint's hyperparameters (RobustBench name included) and evaluates the
-    checkpoint's weights. The zoo loader is replaced by a tiny network (no weights on this machine)."""
+    module from the checkpoint's hyperparameters and evaluates the checkpoint's weights. The zoo
+    loader is replaced by a tiny network (no weights on this machine)."""
     import lightning_modules.robustbench_models as rb
 
     def tiny_zoo_model(name, dataset="cifar10", threat_model="Linf", model_dir="models", trust=False):
@@ -123,20 +135,49 @@ def test_robustbench_backbone_with_trained_head(tmp_path: Path, monkeypatch):
     data = write_cifar10(tmp_path / "data", n_train=32, n_test=16, learnable=True)
     model, ckpt = fit_tiny(data, tmp_path, "rb", "--model.init_args.robustbench_model", "Standard")
     assert model.freeze_backbone and not any(p.requires_grad for p in model.classifier.parameters())
-    out = tmp_path / "eval"
-    cb = "--trainer.callbacks.init_args."
-    cli = run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out),
-                   cb + "attacks", "[pgd]", cb + "adaptive", "[bpda_eot]"])
+    cli = run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path),
+                   *fast_eval(tmp_path / "eval", FAST.replace("apgd-ce, bpda_eot, apgd_ce_bpda, transfer",
+                                                              "bpda_eot"))])
     assert cli.model.hparams.robustbench_model == "Standard"
-    s = next(c for c in cli.trainer.callbacks if isinstance(c, RobustEvaluation)).summary
+    s = summary_of(cli)
     assert s["meta"]["weights_sha1"] == model_fingerprint(model)
     assert s["meta"]["model"] == "ReversalModule (Standard)"
     assert [r["attack"] for r in s["rows"]] == ["pgd", "bpda_eot"]
-    assert not s["meta"]["config"]["standard_model"]  # a zoo backbone: no standard-model check
+    assert s["meta"]["config"]["standard_model"] is False  # a zoo backbone: no standard-model check
+    assert "transfer" not in s["meta"]["skipped"]  # not asked for
 
 
-def test_callback_defaults_are_the_engine_defaults():
-    cb = RobustEvaluation()
-    assert EvalConfig(**cb._cfg_kwargs) == EvalConfig()
-    with pytest.raises(ValueError, match="unknown attacks"):
-        RobustEvaluation(attacks=["fgsm"])
+def test_sigterm_stops_within_a_row_with_everything_saved(tmp_path: Path):
+    """A SIGTERM during the evaluation (a preempted job) stops it before the next row, with every finished
+    row in the store; the same command then resumes and finishes."""
+    data = write_cifar10(tmp_path / "data", n_train=32, n_test=16, learnable=True)
+    _, ckpt = fit_tiny(data, tmp_path, "a")
+    out = tmp_path / "eval"
+    slow = FAST.replace("attacks: [pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer]",
+                        "attacks: [pgd, cw, bpda_eot, apgd_ce_bpda]").replace("adaptive_steps: 1", "adaptive_steps: 40")
+    args = ["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out, slow),
+            CB + "reversal", "{steps: 8}"]
+    log = tmp_path / "run.log"
+    proc = popen_lightning(*args, cwd=REPO, log=log)
+    part = out / "per_example.rank0.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if part.is_file() and any(k.startswith("main|") for k in json.loads(part.read_text())["rows"]):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    rc = proc.wait(timeout=120)
+    stopped_in = time.time() - t0
+    text = log.read_text()
+    assert rc != 0 and "evaluation stopped (SIGTERM) before row" in text, text[-3000:]
+    rows = json.loads(part.read_text())["rows"]
+    assert "clean|with" in rows and any(k.startswith("main|") for k in rows)
+    assert stopped_in < 60  # within one row, not after the whole batch's rows
+    assert not (out / "robustness.json").exists()
+    done = set(rows)
+    proc = popen_lightning(*args, cwd=REPO, log=tmp_path / "resume.log")
+    assert proc.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    final = json.loads((out / "per_example.json").read_text())["rows"]
+    assert done < set(final) and all(final[k] == rows[k] for k in done)

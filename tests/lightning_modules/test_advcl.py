@@ -211,8 +211,8 @@ def test_linear_probe_runs_through_the_robust_evaluation(pretrained):
     m = LinearProbeModule(str(path), **SMALL)
     fns = ReversalFns.from_module(m, steps=1)
     assert fns.classifier is m.classifier and fns.head is m.head and fns.temperature == m.hparams.temperature
-    cfg = EvalConfig(threat_models={"Linf": 8 / 255}, attacks=["pgd"], adaptive=[], steps=1, eot_samples=1,
-                     eps_sweep=[], attack_steps_sweep=[], reversal_steps_sweep=[])
+    cfg = EvalConfig(threat_models={"Linf": 8 / 255}, attacks=["pgd"], steps=1, draws=2, composition=[],
+                     eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[], progress=False)
     ev = RobustEvaluator.for_reversal(fns, cfg)
     ev.evaluate_batch(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.arange(4))
     assert [r["attack"] for r in ev.summary()["rows"]] == ["pgd"]

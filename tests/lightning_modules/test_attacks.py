@@ -96,3 +96,19 @@ def test_undefended_trained_toy_model_goes_to_zero_under_pgd():
         accs.append((net(xa).argmax(1) == y).float().mean().item())
     assert accs[0] >= accs[1] >= accs[2]
     assert accs[2] == 0.0
+
+
+@pytest.mark.parametrize("steps", [1, 7])
+def test_pgd_matches_torchattacks_from_the_same_start(steps):
+    """The package's L-inf PGD and torchattacks' PGD, both starting at ``x`` (no random start): the same
+    adversarial examples, on a small nonlinear model."""
+    import torchattacks
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 8 * 8, 10)).eval()
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    ours = pgd(net, x, y, eps=8 / 255, alpha=2 / 255, steps=steps, random_start=False)
+    ref = torchattacks.PGD(net, eps=8 / 255, alpha=2 / 255, steps=steps, random_start=False)(x, y)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert (ours - x).abs().max() > min(steps * 2, 8) / 255 - 1e-4  # the attack moved

@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from lightning_modules.autoattack import apgd, autoattack, frozen_params
+from lightning_modules.attacks import frozen_params
+from lightning_modules.autoattack import apgd, autoattack
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead

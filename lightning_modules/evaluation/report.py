@@ -4,18 +4,18 @@ Input is :meth:`lightning_modules.evaluation.RobustEvaluator.summary`. :func:`wr
 writes into a folder:
 
 - ``robustness.json`` — the whole summary (rows, worst cases, sweeps, sanity checks, settings);
-- ``robustness.md`` — :func:`markdown_report`: the main table (clean and every attack, without
-  and with the reversal, the worst case per example per threat model), the sweeps, the sanity
-  checks, with a loud banner when any failed;
+- ``robustness.md`` — :func:`markdown_report`: the headline (marked UNRELIABLE when a sanity check
+  failed), the main table (clean and every attack without and with the reversal: correct on every
+  draw, mean over draws, draw disagreement, worst batch composition, time), the sweeps, the checks;
 - ``robust_acc_vs_eps.png`` — robust accuracy vs eps, without and with the reversal;
 - ``acc_vs_reversal_steps.png`` — accuracy vs reversal steps (clean and attacked).
 
 Example:
-    >>> from lightning_modules.report import markdown_table
-    >>> summary = {"clean": {"without": 0.9, "with": 0.88, "n": 10}, "rows": [], "worst_case": [],
-    ...            "sanity": [], "sweeps": {"eps": [], "attack_steps": [], "reversal_steps": []}}
+    >>> from lightning_modules.evaluation.report import markdown_table
+    >>> summary = {"draws": 5, "clean": {"without": 0.9, "with": 0.88, "with_mean": 0.9, "with_disagreement": 0.04,
+    ...            "with_worst": 0.86, "n": 10, "time_s": 1.0}, "rows": [], "worst_case": []}
     >>> print(markdown_table(summary).splitlines()[2])
-    | clean | none | - | 90.00% | 88.00% | 10 |
+    | clean | - | - | 90.00% | 88.00% | 90.00% | 4.00% | 86.00% | 10 | 1 s |
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .evaluation import atomic_write_text
+from .checks import failed_checks
+from .store import atomic_write_text
 
 REPORT_NAME = "robustness"
 
@@ -33,25 +34,31 @@ def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
+def _cells(r: dict) -> str:
+    return (f"{_pct(r.get('without'))} | {_pct(r.get('with'))} | {_pct(r.get('with_mean'))} | "
+            f"{_pct(r.get('with_disagreement'))} | {_pct(r.get('with_worst'))} | {r.get('n', 0)} | "
+            f"{r.get('time_s', 0):.0f} s")
+
+
 def markdown_table(summary: dict) -> str:
-    """The main table: one row per (threat model, attack) plus the worst case per threat model."""
-    lines = ["| Threat model | Attack | Type | Without reversal | With reversal | n |",
-             "|---|---|---|---:|---:|---:|"]
-    c = summary["clean"]
-    lines.append(f"| clean | none | - | {_pct(c.get('without'))} | {_pct(c.get('with'))} | {c.get('n', 0)} |")
+    """The main table: clean, one row per (threat model, attack, variant), the worst case per threat model."""
+    d = summary.get("draws", 1)
+    lines = [f"| Threat model | Attack | Type | Without reversal | With reversal (all {d} draws) | With, mean over "
+             "draws | Draw disagreement | With, worst batch composition | n | time |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines.append(f"| clean | - | - | {_cells(summary['clean'])} |")
     worst = {(w["threat"], w["eps"]): w for w in summary.get("worst_case", [])}
-    threats: list[tuple] = []
-    for r in summary.get("rows", []):
-        if (r["threat"], r["eps"]) not in threats:
-            threats.append((r["threat"], r["eps"]))
+    threats = list(dict.fromkeys((r["threat"], r["eps"]) for r in summary.get("rows", [])))
+    unreliable = "" if summary.get("reliable", True) else " (UNRELIABLE: a sanity check failed)"
     for t in threats:
         for r in (r for r in summary["rows"] if (r["threat"], r["eps"]) == t):
-            lines.append(f"| {r['threat']} {r['eps_label']} | {r['label']} | {r['kind']} | {_pct(r['without'])} | "
-                         f"{_pct(r['with'])} | {r['n']} |")
+            sub = f" [idx < {r['subset']}]" if r.get("subset") else ""
+            lines.append(f"| {r['threat']} {r['eps_label']} | {r['label']}{sub} | {r['kind']} | {_cells(r)} |")
         w = worst.get(t)
         if w is not None:
-            lines.append(f"| {w['threat']} {w['eps_label']} | **worst case per example (all attacks)** | all | "
-                         f"**{_pct(w['without'])}** | **{_pct(w['with'])}** | {w['n']} |")
+            lines.append(f"| {w['threat']} {w['eps_label']} | **worst case per example (every attack, draw and "
+                         f"composition)**{unreliable} | all | **{_pct(w['without'])}** | **{_pct(w['with'])}** | | | | "
+                         f"{w['n']} | |")
     return "\n".join(lines)
 
 
@@ -63,47 +70,46 @@ def sanity_lines(summary: dict) -> list[str]:
     return out
 
 
-def failed_checks(summary: dict) -> list[dict]:
-    return [s for s in summary.get("sanity", []) if s["passed"] is False]
+def _sweep_table(title: str, rows: list[dict], setting: str) -> list[str]:
+    if not rows:
+        return []
+    md = [f"## {title}", "", f"| attack | {setting} | Without reversal | With reversal (all draws) | With, mean | n |",
+          "|---|---:|---:|---:|---:|---:|"]
+    md += [f"| {r['attack']} | {r['eps_label'] if setting == 'eps' else r['setting']} | {_pct(r.get('without'))} | "
+           f"{_pct(r.get('with'))} | {_pct(r.get('with_mean'))} | {r['n']} |" for r in rows]
+    return md + [""]
 
 
 def markdown_report(summary: dict, title: str = "Robustness evaluation") -> str:
-    """The full Markdown report (table, headline, sweeps, sanity checks, notes)."""
+    """The full Markdown report (headline, table, sweeps, sanity checks, what did not run)."""
     md = [f"# {title}", ""]
     bad = failed_checks(summary)
     if bad:
-        md += [f"> **WARNING: {len(bad)} SANITY CHECK(S) FAILED** — the numbers below may not be reliable:",
+        md += [f"> **WARNING: {len(bad)} SANITY CHECK(S) FAILED — the headline is UNRELIABLE:**",
                *[f"> - {s['name']}: {s['detail']}" for s in bad], ""]
     meta = summary.get("meta", {})
     if meta.get("model"):
         md += [f"Model: `{meta['model']}`" + (f", checkpoint `{meta['checkpoint']}`" if meta.get("checkpoint") else ""), ""]
     heads = summary.get("worst_case", [])
     if heads:
-        md += ["**Headline** (worst case per example over every attack):", ""]
+        tag = "" if summary.get("reliable", True) else " — **UNRELIABLE** (see the failed checks)"
+        md += [f"**Headline** (worst case per example over every attack, draw and batch composition){tag}:", ""]
         md += [f"- {w['threat']} {w['eps_label']}: robust accuracy {_pct(w['without'])} without the reversal, "
                f"**{_pct(w['with'])} with the reversal** (n={w['n']})" for w in heads]
         md.append("")
     md += [markdown_table(summary), "",
            "Non-adaptive attacks are crafted on the classifier alone; *with reversal* reverses those examples before "
-           "classifying. Adaptive attacks are crafted against the reversal; *without reversal* classifies their "
-           "examples with the classifier alone. The worst case counts an example as robust only if it is classified "
-           "correctly clean and under every attack of its threat model.", ""]
+           "classifying. Adaptive attacks are crafted against the whole defense and keep their best iterate per "
+           f"example; *without reversal* classifies their examples with the classifier alone. Every reversed input "
+           f"is reversed {summary.get('draws', 1)} times with independent randomness and counts as correct only if "
+           "every draw is; *draw disagreement* is the share of examples whose draws differ. The worst case counts "
+           "an example as robust only if it is classified correctly clean and under every attack of its threat "
+           "model, every draw and every batch composition.", ""]
     sw = summary.get("sweeps", {})
-    if sw.get("eps"):
-        md += ["## Accuracy vs eps", "", "| eps | attack | Without reversal | With reversal | n |", "|---|---|---:|---:|---:|"]
-        md += [f"| {r['norm']} {r['eps_label']} | {r['attack']} | {_pct(r['without'])} | {_pct(r['with'])} | {r['n']} |"
-               for r in sw["eps"]]
-        md.append("")
-    if sw.get("attack_steps"):
-        md += ["## Accuracy vs attack steps", "", "| attack | steps | Without reversal | With reversal | n |",
-               "|---|---:|---:|---:|---:|"]
-        md += [f"| {r['attack']} | {r['steps']} | {_pct(r['without'])} | {_pct(r['with'])} | {r['n']} |"
-               for r in sw["attack_steps"]]
-        md.append("")
-    if sw.get("reversal_steps"):
-        md += ["## Accuracy vs reversal steps", "", "| reversal steps | input | With reversal | n |", "|---:|---|---:|---:|"]
-        md += [f"| {r['reversal_steps']} | {r['attack']} | {_pct(r['with'])} | {r['n']} |" for r in sw["reversal_steps"]]
-        md.append("")
+    md += _sweep_table("Accuracy vs eps", sw.get("eps", []), "eps")
+    md += _sweep_table("Accuracy vs attack steps (convergence)", sw.get("attack_steps", []), "steps")
+    md += _sweep_table("Accuracy vs EOT draws (convergence)", sw.get("eot", []), "EOT")
+    md += _sweep_table("Accuracy vs reversal steps", sw.get("reversal_steps", []), "reversal steps")
     if summary.get("sanity"):
         md += ["## Sanity checks", "", *sanity_lines(summary), ""]
     skipped = meta.get("skipped") or {}
@@ -166,9 +172,9 @@ def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
         return None
     fig, ax = pyplot().subplots(figsize=(6, 4))
     for attack in dict.fromkeys(r["attack"] for r in rows):
-        pts = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["reversal_steps"])
-        ax.plot([r["reversal_steps"] for r in pts], [100 * r["with"] for r in pts], marker="o",
-                label=attack if attack == "clean" else f"{attack} ({'adaptive' if attack != 'pgd' else 'non-adaptive'})")
+        pts = sorted((r for r in rows if r["attack"] == attack and r.get("with") is not None), key=lambda r: r["setting"])
+        ax.plot([r["setting"] for r in pts], [100 * r["with"] for r in pts], marker="o",
+                label=attack if attack == "clean" else f"{attack} ({pts[0]['kind'] if pts else ''})")
     ax.set_xlabel("reversal steps")
     ax.set_ylabel("accuracy after reversal (%)")
     ax.set_ylim(-2, 102)
@@ -196,7 +202,7 @@ def write_report(summary: dict, out_dir: str | Path, name: str = REPORT_NAME, pl
 
 
 def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
-    """Scalar metrics for loggers: clean, every row and the worst cases (``None`` values dropped)."""
+    """Scalar metrics for loggers: clean, every row, the worst cases and whether the headline is reliable."""
     m: dict[str, float] = {}
 
     def put(k: str, v: Optional[float]) -> None:
@@ -207,15 +213,19 @@ def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
     put("clean_acc_reversed", summary["clean"].get("with"))
     for r in summary.get("rows", []):
         t = f"{r['threat']}_{r['eps_label'].replace('/', '_')}"
-        put(f"{t}/{r['attack']}_acc", r["without"])
-        put(f"{t}/{r['attack']}_acc_reversed", r["with"])
+        name = r["key"].split("|")[-1]
+        put(f"{t}/{name}_acc", r["without"])
+        put(f"{t}/{name}_acc_reversed", r["with"])
+        put(f"{t}/{name}_acc_reversed_mean", r.get("with_mean"))
     for w in summary.get("worst_case", []):
         t = f"{w['threat']}_{w['eps_label'].replace('/', '_')}"
         put(f"{t}/robust_acc", w["without"])
         put(f"{t}/robust_acc_reversed", w["with"])
+    put("clean_draw_disagreement", summary["clean"].get("with_disagreement"))
     put("sanity_failed", float(len(failed_checks(summary))))
+    put("headline_reliable", float(summary.get("reliable", True)))
     return m
 
 
 __all__ = ["markdown_table", "markdown_report", "write_report", "plot_eps", "plot_reversal_steps", "flat_metrics",
-           "failed_checks"]
+           "failed_checks", "pyplot", "save_figure"]

@@ -1,0 +1,22 @@
+"""The robustness evaluation, read top to bottom along the data flow:
+
+- :mod:`.config` — :class:`EvalConfig`: which rows run (attacks, budgets, draws, compositions, sweeps);
+- :mod:`.registry` — one entry per attack (name, kind, threat models, label, identity, craft function);
+- :mod:`.defense` — the defended model as scored: several draws, several batch compositions;
+- :mod:`.engine` — :class:`RobustEvaluator`: every row on every batch, resumable, stoppable, with progress;
+- :mod:`.store` — :class:`ResultStore`: per-example correct-draw counts on disk, with what they belong to;
+- :mod:`.summary` and :mod:`.checks` — the worst case per example and the sanity checks (pure functions);
+- :mod:`.report` — JSON, Markdown and plots.
+
+``callbacks.RobustEvaluation`` runs it during ``lightning test``; everything here also works
+without Lightning (see :class:`RobustEvaluator`'s example).
+"""
+from .config import EvalConfig, eps_label, legacy_hint, parse_eps
+from .defense import Defense
+from .engine import EvaluationStopped, RobustEvaluator, Row
+from .registry import ATTACKS, Attack, Job
+from .store import ResultStore, atomic_write_text
+from .summary import summarize
+
+__all__ = ["EvalConfig", "parse_eps", "eps_label", "legacy_hint", "Defense", "RobustEvaluator", "EvaluationStopped",
+           "Row", "ATTACKS", "Attack", "Job", "ResultStore", "atomic_write_text", "summarize"]

@@ -1,0 +1,303 @@
+"""The evaluator loop: every row of :class:`~lightning_modules.evaluation.config.EvalConfig` on each batch.
+
+:meth:`RobustEvaluator.catalog` lists the rows once (main table, sweeps, sanity rows), each a
+:class:`Row` with a key that spells out every setting that changes its result; :meth:`evaluate_batch`
+crafts each row's attack on the batch (seeded from the row and the batch's indices) and stores,
+per example, the classifier's verdict (``without``) and the count of correct draws of the reversal
+(``with``, and one ``with@<composition>`` column per batch composition). Rows already stored for a
+batch are skipped (resume). After every row ``on_row_done`` runs (the callback saves the store) and
+``should_stop`` is asked (SIGTERM): the evaluation then stops with :class:`EvaluationStopped`,
+everything done so far saved. ``log`` receives one progress line per row with the time left.
+
+Example:
+    >>> import torch
+    >>> from lightning_modules.adaptive import ReversalFns
+    >>> from lightning_modules.backbones import build_backbone
+    >>> from lightning_modules.evaluation import EvalConfig, RobustEvaluator
+    >>> from lightning_modules.heads import ContrastiveHead
+    >>> from lightning_modules.reversal import ReversalConfig
+    >>> net, head = build_backbone("small_cnn", width=8).eval(), ContrastiveHead(32, 64, 16).eval()
+    >>> fns = ReversalFns(net, head, ReversalConfig(steps=2))
+    >>> cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot"], steps=2, eot=1, draws=2,
+    ...                  composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[],
+    ...                  progress=False)
+    >>> ev = RobustEvaluator.for_reversal(fns, cfg)
+    >>> ev.evaluate_batch(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.arange(4))
+    >>> [r["attack"] for r in ev.summary()["rows"]]
+    ['pgd', 'bpda_eot']
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from .config import EvalConfig
+from .defense import Defense
+from .registry import ATTACKS, WHY_MISSING, Job, main_setting
+from .store import ResultStore
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class EvaluationStopped(SystemExit):
+    """The evaluation was asked to stop (SIGTERM) between two rows; what was done is saved."""
+
+
+@dataclass
+class Row:
+    """One row: an attack (or ``clean``) with its settings, on examples ``idx < subset``."""
+
+    key: str
+    group: str                 # main | eps-sweep | steps-sweep | eot-sweep | rev-sweep | sanity | clean
+    attack: str
+    norm: str = ""
+    eps: float = 0.0
+    cfg: Optional[EvalConfig] = None
+    params: dict = field(default_factory=dict)
+    columns: tuple[str, ...] = ("without",)
+    subset: Optional[int] = None
+    seed_key: Optional[str] = None
+    reuse: Optional[str] = None        # a row with the same result: copy it
+    reversal_steps: Optional[int] = None
+    label: str = ""
+    kind: str = "non-adaptive"
+    setting: Optional[int] = None      # the swept value (steps, EOT, reversal steps)
+
+    def describe(self) -> dict[str, Any]:
+        return {"key": self.key, "group": self.group, "attack": self.attack, "norm": self.norm, "eps": self.eps,
+                "params": self.params, "columns": list(self.columns), "subset": self.subset, "label": self.label,
+                "kind": self.kind, "setting": self.setting}
+
+
+def key(*parts: Any) -> str:
+    return "|".join(f"{p:.6g}" if isinstance(p, float) else str(p) for p in parts)
+
+
+class RobustEvaluator:
+    """Runs the rows on batches and summarizes them (see the module doc).
+
+    Args:
+        defense: the defended model's callables (:class:`~lightning_modules.evaluation.defense.Defense`).
+        cfg: the rows to run.
+        store: per-example results to resume from (default: empty).
+        should_stop: asked before every row; True stops with :class:`EvaluationStopped`.
+        on_row_done: called after every row (save the store here).
+        log: progress lines (default: stderr when ``cfg.progress``).
+        n_batches: batches this process will see (for the time left).
+    """
+
+    def __init__(self, defense: Defense, cfg: Optional[EvalConfig] = None, store: Optional[ResultStore] = None, *,
+                 should_stop: Optional[Callable[[], bool]] = None, on_row_done: Optional[Callable[[], None]] = None,
+                 log: Optional[Callable[[str], None]] = None, n_batches: Optional[int] = None) -> None:
+        self.defense, self.cfg = defense, cfg or EvalConfig()
+        self.store = store if store is not None else ResultStore()
+        self.should_stop, self.on_row_done, self.n_batches = should_stop, on_row_done, n_batches
+        self.log = log or ((lambda s: print(s, file=sys.stderr, flush=True)) if self.cfg.progress else (lambda s: None))
+        self.skipped: dict[str, str] = {n: self.missing(n) for n in self.cfg.attacks if self.missing(n)}
+        if self.cfg.reversal_steps_sweep and (defense.reverse_fn is None or defense.reverse_steps_fn is None):
+            self.skipped["reversal_steps_sweep"] = "needs the reversal (reverse_steps_fn)"
+        self._batches_done, self._batch_seconds = 0, 0.0
+
+    @classmethod
+    def for_reversal(cls, fns: Any, cfg: Optional[EvalConfig] = None, surrogate_fn: Optional[Fn] = None,
+                     **kw: Any) -> "RobustEvaluator":
+        """Wire every callable from a :class:`~lightning_modules.adaptive.ReversalFns`."""
+        return cls(Defense.from_fns(fns, surrogate_fn), cfg, **kw)
+
+    def missing(self, name: str) -> Optional[str]:
+        """Why attack ``name`` cannot run on this defense (None: it can)."""
+        absent = [n for n in ATTACKS[name].needs if not self.defense.has(n)]
+        return WHY_MISSING[absent[0]] if absent else None
+
+    # -- the rows -------------------------------------------------------------------------------
+    def _columns(self, attack: str, group: str) -> tuple[str, ...]:
+        c, rev = self.cfg, self.defense.reverse_fn is not None
+        cols = ("without",) + (("with",) if rev else ())
+        if rev and group == "main" and c.with_composition(attack):
+            cols += tuple(f"with@{m}" for m in c.composition)
+        return cols
+
+    def _attack_row(self, group: str, name: str, norm: str, eps: float, cfg: EvalConfig, params: dict,
+                    subset: Optional[int], **kw: Any) -> Row:
+        a = ATTACKS[name]
+        ident = a.ident(cfg, params)
+        sub = min(x for x in (subset, a.subset(cfg)) if x is not None) if (subset or a.subset(cfg)) else None
+        return Row(key(group, norm, eps, ident), group, name, norm, eps, cfg, params, self._columns(name, group), sub,
+                   label=a.label(cfg, params), kind=a.kind, **kw)
+
+    def catalog(self) -> list[Row]:
+        """Every row of the evaluation, in the order they run."""
+        c, rows = self.cfg, []
+        rev = self.defense.reverse_fn is not None
+        clean_cols = ("without",) + (("with",) if rev else ()) + (tuple(
+            f"with@{m}" for m in c.composition if m != "clean_mates") if rev and c.with_composition("clean") else ())
+        rows.append(Row("clean", "clean", "clean", columns=clean_cols, label="clean"))
+        live = [a for a in c.attacks if a not in self.skipped]
+        main: dict[tuple, str] = {}
+        for norm, eps in c.threat_models.items():
+            for name in live:
+                if norm not in ATTACKS[name].norms:
+                    continue
+                for v in ATTACKS[name].variants(c):
+                    r = self._attack_row("main", name, norm, eps, c, v, None)
+                    main[(norm, eps, name, r.key.split("|")[-1])] = r.key
+                    rows.append(r)
+        for eps in c.eps_sweep:
+            for name in c.eps_sweep_attacks:
+                if self.missing(name) or eps == 0:  # eps 0: the clean rows
+                    continue
+                r = self._attack_row("eps-sweep", name, c.eps_sweep_norm, eps, c, ATTACKS[name].variants(c)[0],
+                                     c.eps_sweep_n, setting=None)
+                r.reuse = main.get((c.eps_sweep_norm, eps, name, r.key.split("|")[-1]))
+                rows.append(r)
+        norm0, eps0 = c.main
+        for name in c.steps_sweep_attacks if c.attack_steps_sweep else []:
+            if self.missing(name):
+                continue
+            for s in sorted({main_setting(c, name), *c.attack_steps_sweep}):
+                cs = dataclasses.replace(c, **{ATTACKS[name].steps_field: s})
+                r = self._attack_row("steps-sweep", name, norm0, eps0, cs, ATTACKS[name].variants(c)[0],
+                                     c.steps_sweep_n, seed_key=key("steps-sweep", name), setting=s)
+                r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
+                rows.append(r)
+        for name in c.eot_sweep_attacks if c.eot_sweep else []:
+            if self.missing(name):
+                continue
+            for e in sorted({c.eot, *c.eot_sweep}):
+                ce = dataclasses.replace(c, eot=e)
+                r = self._attack_row("eot-sweep", name, norm0, eps0, ce, ATTACKS[name].variants(c)[0],
+                                     c.steps_sweep_n, seed_key=key("eot-sweep", name), setting=e)
+                r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
+                rows.append(r)
+        if "reversal_steps_sweep" not in self.skipped:
+            for k in c.reversal_steps_sweep:
+                rows.append(Row(key("rev-sweep", k, "clean"), "rev-sweep", "clean", columns=("with",),
+                                subset=c.steps_sweep_n, reversal_steps=k, label="clean", setting=k))
+                for name in c.reversal_sweep_attacks:
+                    if self.missing(name):
+                        continue
+                    r = self._attack_row("rev-sweep", name, norm0, eps0, c, {}, c.steps_sweep_n, reversal_steps=k,
+                                         setting=k)
+                    r.key, r.columns = key("rev-sweep", k, norm0, eps0, ATTACKS[name].ident(c, {})), ("with",)
+                    if name == "pgd":  # crafted once on the classifier: seeded as the main PGD row
+                        r.seed_key = key("main", norm0, eps0, ATTACKS["pgd"].ident(c, {}))
+                    rows.append(r)
+        if c.sanity_checks and c.standard_model:
+            cs = dataclasses.replace(c, steps=20)
+            r = self._attack_row("sanity", "pgd", "Linf", 8 / 255, cs, {}, c.steps_sweep_n)
+            r.columns = ("without",)
+            rows.append(r)
+        return rows
+
+    # -- one batch ------------------------------------------------------------------------------
+    def _seed(self, seed_key: str, idx: torch.Tensor) -> int:
+        s = (self.cfg.seed * 1_000_003 + zlib.crc32(seed_key.encode()) + 7919 * int(idx.min())) % (2 ** 31 - 1)
+        torch.manual_seed(s)
+        return s
+
+    def _select(self, row: Row, idx: torch.Tensor) -> Optional[torch.Tensor]:
+        """Positions of the batch the row runs on (at least two when the reversal runs on them)."""
+        if row.subset is None:
+            return torch.arange(len(idx))
+        sel = (idx < row.subset).nonzero().flatten()
+        if len(sel) == 0 or (len(sel) == 1 and any(c.startswith("with") for c in row.columns)):
+            return None
+        return sel
+
+    def _run_row(self, row: Row, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+        c, d, st = self.cfg, self.defense, self.store
+        sel = self._select(row, idx)
+        if sel is None:
+            return
+        ids = idx[sel]
+        todo = [col for col in row.columns if not st.has(f"{row.key}|{col}", ids.tolist())]
+        if not todo:
+            return
+        if row.reuse is not None and all(st.has(f"{row.reuse}|{col}", ids.tolist()) for col in todo):
+            for col in todo:
+                src = f"{row.reuse}|{col}"
+                st.add(f"{row.key}|{col}", ids, [st.rows[src][int(i)] for i in ids], draws=st.draws[src])
+            return
+        xs, ys = x[sel.to(x.device)], y[sel.to(y.device)]
+        t0 = time.perf_counter()
+        seed = self._seed(row.seed_key or row.key, ids)
+        rev = (lambda xa: d.reverse_steps_fn(xa, row.reversal_steps)) if row.reversal_steps is not None else None
+        if row.attack == "clean":
+            x_adv = xs
+        else:
+            job = Job(xs, ys, row.norm, row.eps, row.cfg or c, d, row.params, seed,
+                      reverse_fn=rev if ATTACKS[row.attack].adaptive else None)
+            x_adv = ATTACKS[row.attack].craft(job) if row.eps > 0 else xs
+        self._seed(key(row.seed_key or row.key, "score"), ids)
+        for col in todo:
+            if col == "without":
+                st.add(f"{row.key}|without", ids, d.predict(x_adv) == ys)
+            else:
+                comp = col.split("@", 1)[1] if "@" in col else "batch"
+                st.add(f"{row.key}|{col}", ids, d.correct_draws(x_adv, ys, c.draws, comp, xs, c.mates_groups, rev),
+                       draws=c.draws)
+        st.seconds[f"{row.key}|{todo[0]}"] = st.seconds.get(f"{row.key}|{todo[0]}", 0.0) + time.perf_counter() - t0
+
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batch_idx: Optional[int] = None) -> None:
+        """Record every row for this batch (``x`` in ``[0, 1]``); rows already stored are skipped."""
+        x, y, idx = x.detach().float(), y.detach(), torch.as_tensor(idx).detach().cpu()
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError("evaluate_batch expects images in [0, 1] (normalization happens inside the model)")
+        if len(x) != len(y) or len(x) != len(idx):
+            raise ValueError(f"batch sizes differ: x {len(x)}, y {len(y)}, idx {len(idx)}")
+        if self.defense.reverse_fn is not None and len(x) < 2:
+            raise ValueError("the reversal needs batches of at least 2 images")
+        rows = self.catalog()
+        b = self._batches_done if batch_idx is None else batch_idx
+        t_batch = time.perf_counter()
+        for i, row in enumerate(rows):
+            if self.should_stop is not None and self.should_stop():
+                raise EvaluationStopped(f"evaluation stopped (SIGTERM) before row {i + 1}/{len(rows)} of batch {b + 1}: "
+                                        "every finished row is saved; rerun the same command to resume")
+            t0 = time.perf_counter()
+            self._run_row(row, x, y, idx)
+            if self.on_row_done is not None:
+                self.on_row_done()
+            self.log(self._progress(b, i, len(rows), row, time.perf_counter() - t0, time.perf_counter() - t_batch))
+        self._batches_done += 1
+        self._batch_seconds += time.perf_counter() - t_batch
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
+        """Convenience loop over tensors (``idx`` = position, a 1-image tail merged); returns :meth:`summary`."""
+        from ..defense_attacks import chunks
+
+        spans = chunks(len(x), batch_size) if self.defense.reverse_fn is not None else [
+            (s, min(len(x), s + batch_size)) for s in range(0, len(x), batch_size)]
+        self.n_batches = self.n_batches or len(spans)
+        for b, (s, e) in enumerate(spans):
+            self.evaluate_batch(x[s:e], y[s:e], torch.arange(s, e), b)
+        return self.summary()
+
+    def _progress(self, b: int, i: int, n_rows: int, row: Row, dt: float, in_batch: float) -> str:
+        nb = f"/{self.n_batches}" if self.n_batches else ""
+        where = f"{row.group} {row.norm} {row.label}".replace("  ", " ").strip()
+        left = ""
+        if self.n_batches:
+            per_batch = (self._batch_seconds / self._batches_done if self._batches_done
+                         else in_batch / (i + 1) * n_rows)
+            rest = per_batch * (self.n_batches - self._batches_done) - in_batch
+            left = f", about {_duration(max(rest, 0.0))} left" + ("" if self._batches_done else " (first batch: rough)")
+        return f"[eval] batch {b + 1}{nb} row {i + 1}/{n_rows} {where}: {dt:.1f} s{left}"
+
+    def summary(self) -> dict:
+        from .summary import summarize
+
+        return summarize(self.store, self.catalog(), self.cfg, self.skipped)
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+__all__ = ["RobustEvaluator", "EvaluationStopped", "Row", "key"]

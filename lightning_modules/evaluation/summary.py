@@ -1,0 +1,130 @@
+"""The summary of an evaluation: pure functions of the per-example store and the row catalog.
+
+- every row: accuracy without the reversal, with it (correct on **every** draw), the mean over
+  draws, the share of examples whose draws disagree, and one column per batch composition;
+- per threat model the **worst case per example** over clean and every row run at its budget
+  (main rows, every composition, the steps and EOT sweeps): the headline;
+- the sweeps, the sanity checks (:mod:`~lightning_modules.evaluation.checks`) and whether the
+  headline is reliable (no check failed).
+
+Example:
+    >>> from lightning_modules.evaluation.engine import Row
+    >>> from lightning_modules.evaluation.store import ResultStore
+    >>> s = ResultStore({"m": 1})
+    >>> s.add("clean|without", [0, 1], [1, 1]); s.add("clean|with", [0, 1], [5, 2], draws=5)
+    >>> clean = column_stats(s, Row("clean", "clean", "clean", columns=("without", "with")))
+    >>> clean["without"], clean["with"], clean["with_mean"], clean["with_disagreement"]
+    (1.0, 0.5, 0.7, 0.5)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from .config import EvalConfig, eps_label
+from .store import ResultStore, jsonable
+
+TOP_GROUPS = ("main", "steps-sweep", "eot-sweep")  # rows at a threat model's budget: all count in its worst case
+
+
+def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
+    """Accuracy per column of one row on the examples every column has."""
+    keys = [f"{row.key}|{c}" for c in row.columns if f"{row.key}|{c}" in st.rows]
+    common = st.common(keys)
+    out: dict[str, Any] = {"n": len(common), "time_s": round(sum(st.seconds.get(k, 0.0) for k in keys), 3),
+                           "with_mean": None, "with_disagreement": None}
+    for col in dict.fromkeys(("without", "with", *row.columns)):
+        k = f"{row.key}|{col}"
+        out[col] = st.accuracy([k], common)[0] if k in st.rows else None
+        if col == "with" and k in st.rows:
+            stats = st.draw_stats(k, common)
+            out["with_mean"], out["with_disagreement"] = stats["mean"], stats["disagreement"]
+    withs = [k for k in keys if k.rsplit("|", 1)[1].startswith("with")]
+    out["with_worst"] = st.accuracy(withs, common)[0] if withs else None
+    return out
+
+
+def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[dict[str, Any]]:
+    """Per example, robust only if clean and every row at ``(norm, eps)`` (each column, each draw) got it right.
+
+    The examples counted are those that clean and every full-size main row have; rows that run on a
+    subset (``adaptive_n``, Square, the sweeps) count on the examples they have."""
+    mine = [r for r in rows if r.group in TOP_GROUPS and r.norm == norm and abs(r.eps - eps) < 1e-12]
+    mine += [r for r in rows if r.group == "eps-sweep" and r.norm == norm and abs(r.eps - eps) < 1e-12]
+    if not mine:
+        return None
+    clean = next(r for r in rows if r.group == "clean")
+    full = [clean] + [r for r in mine if r.group == "main" and r.subset is None]
+    entry: dict[str, Any] = {"threat": norm, "eps": eps, "eps_label": eps_label(eps, norm)}
+    for side in ("without", "with"):
+        base = [f"{r.key}|{side}" for r in full if f"{r.key}|{side}" in st.rows]
+        if not base or (side == "with" and "clean|with" not in st.rows):
+            entry[side] = None
+            continue
+        ids = st.common(base)
+        keys = [f"{r.key}|{c}" for r in [clean] + mine for c in r.columns
+                if (c == side or c.startswith(side + "@")) and f"{r.key}|{c}" in st.rows]
+        ok = sum(all(st.robust(k, i) for k in keys if i in st.rows[k]) for i in ids)
+        entry[side] = ok / len(ids) if ids else None
+        entry[f"n_{side}"] = len(ids)
+        entry[f"columns_{side}"] = len(keys)
+    entry["n"] = entry.get("n_without", 0)
+    entry["attacks"] = sorted({r.attack for r in mine})
+    return entry
+
+
+def sweep_rows(st: ResultStore, rows: list, group: str) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        if r.group != group or not any(f"{r.key}|{c}" in st.rows for c in r.columns):
+            continue
+        out.append({"norm": r.norm, "eps": r.eps, "eps_label": eps_label(r.eps, r.norm) if r.norm else "0",
+                    "attack": r.attack, "kind": r.kind, "setting": r.setting, "label": r.label, "key": r.key,
+                    **column_stats(st, r)})
+    return out
+
+
+def _eps_sweep(st: ResultStore, rows: list, cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The eps sweep, with the clean rows as its eps-0 points."""
+    out = sweep_rows(st, rows, "eps-sweep")
+    if 0 in cfg.eps_sweep and out:
+        clean = column_stats(st, next(r for r in rows if r.group == "clean"))
+        for attack, kind in dict.fromkeys((r["attack"], r["kind"]) for r in out):
+            out.insert(0, {"norm": cfg.eps_sweep_norm, "eps": 0.0, "eps_label": "0", "attack": attack, "kind": kind,
+                           "setting": None, "label": "clean", "key": "clean", **clean})
+    return out
+
+
+def summarize(st: ResultStore, rows: list, cfg: EvalConfig, skipped: Optional[dict] = None) -> dict[str, Any]:
+    """Everything the report needs (JSON-serializable)."""
+    from .checks import sanity_checks
+
+    clean_row = next(r for r in rows if r.group == "clean")
+    table = []
+    for r in rows:
+        if r.group == "main" and any(f"{r.key}|{c}" in st.rows for c in r.columns):
+            table.append({"threat": r.norm, "eps": r.eps, "eps_label": eps_label(r.eps, r.norm), "attack": r.attack,
+                          "label": r.label, "kind": r.kind, "key": r.key, "params": r.params, "subset": r.subset,
+                          **column_stats(st, r)})
+    worst = [w for w in (worst_case(st, rows, n, e) for n, e in cfg.threat_models.items()) if w is not None]
+    summary: dict[str, Any] = {
+        "meta": {**st.meta, "config": jsonable(dataclasses.asdict(cfg)), "skipped": dict(skipped or {})},
+        "n_examples": len(set().union(*[set(r) for r in st.rows.values()])) if st.rows else 0,
+        "draws": cfg.draws,
+        "clean": column_stats(st, clean_row),
+        "rows": table,
+        "worst_case": worst,
+        "sweeps": {"eps": _eps_sweep(st, rows, cfg), "attack_steps": sweep_rows(st, rows, "steps-sweep"),
+                   "eot": sweep_rows(st, rows, "eot-sweep"), "reversal_steps": sweep_rows(st, rows, "rev-sweep"),
+                   "sanity": sweep_rows(st, rows, "sanity")},
+    }
+    summary["sanity"] = sanity_checks(summary, cfg) if cfg.sanity_checks else []
+    failed = [s["name"] for s in summary["sanity"] if s["passed"] is False]
+    summary["reliable"] = not failed
+    summary["headline"] = {f"{w['threat']} {w['eps_label']}": {"without": w["without"], "with": w["with"],
+                                                                "n": w["n"], "reliable": not failed}
+                           for w in worst}
+    return summary
+
+
+__all__ = ["summarize", "column_stats", "worst_case", "sweep_rows", "TOP_GROUPS"]
