@@ -36,7 +36,6 @@ import torch
 from lightning_modules.evaluation.store import atomic_write_text
 
 
-
 def _split_name(name: str) -> tuple[str, Optional[int]]:
     head, _, tail = name.rpartition("/")
     if head and tail.isdigit():
