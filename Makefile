@@ -6,7 +6,7 @@ PACK      ?= ../shared/data/cifar10-jpeg.npz
 CKPT      ?=
 ARGS      ?=
 
-.PHONY: install test data train-cifar10 eval-cifar10 bench corruptions-cifar10 clean
+.PHONY: install test data train-cifar10 eval-cifar10 certify-cifar10 kap-scaling bench corruptions-cifar10 clean
 
 install:
 	python3 -m venv .venv
@@ -37,6 +37,14 @@ corruptions-cifar10: data
 eval-cifar10: data
 	@if [ -z "$(CKPT)" ]; then echo "usage: make eval-cifar10 CKPT=path/to/checkpoint.ckpt [DATA_DIR=data] [ARGS=...]"; exit 2; fi
 	$(CLI) test --config experiments/cifar10/eval.yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
+
+# Randomized-smoothing certification of a noise-trained checkpoint (experiments/cifar10/smoothing_sigma_*.yaml):
+# certified accuracy at L2 radii 0-1, abstention, PREDICT, time (experiments/cifar10/certify.yaml);
+# report under results/certify/cifar10. For a quick CPU look: ARGS='--data.init_args.n_examples 100
+# --trainer.callbacks.init_args.n 2000'.
+certify-cifar10: data
+	@if [ -z "$(CKPT)" ]; then echo "usage: make certify-cifar10 CKPT=path/to/checkpoint.ckpt [DATA_DIR=data] [ARGS=...]"; exit 2; fi
+	$(CLI) test --config experiments/cifar10/certify.yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
 
 # Throughput (experiments/bench.py): PGD-10 AT, FGSM-RS, the reversal and AutoAttack in images/s and against the
 # FLOP floor. `bench`: CPU, tiny model (CI, < 60 s). `bench-gpu`: PreActResNet-18 on one GPU, the speed options
