@@ -46,6 +46,14 @@ certify-cifar10: data
 	@if [ -z "$(CKPT)" ]; then echo "usage: make certify-cifar10 CKPT=path/to/checkpoint.ckpt [DATA_DIR=data] [ARGS=...]"; exit 2; fi
 	$(CLI) test --config experiments/cifar10/certify.yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
 
+# KAP scaling study (experiments/kap_scaling.py): a depth x width grid with and without KAP, trained and evaluated
+# (clean / Gaussian noise / PGD / AutoAttack) with one command; table, JSON and accuracy-vs-parameters plot under
+# results/kap_scaling/$(PROFILE), W&B offline. PROFILE=cpu (small_cnn, ~15 min on 2 cores) or PROFILE=gpu (WRN grid,
+# CIFAR-10 and CIFAR-100). A rerun resumes from the stored grid points.
+PROFILE ?= cpu
+kap-scaling: data
+	$(PY) experiments/kap_scaling.py --profile $(PROFILE) --data-dir $(DATA_DIR) $(ARGS)
+
 # Throughput (experiments/bench.py): PGD-10 AT, FGSM-RS, the reversal and AutoAttack in images/s and against the
 # FLOP floor. `bench`: CPU, tiny model (CI, < 60 s). `bench-gpu`: PreActResNet-18 on one GPU, the speed options
 # one by one (fp32 baseline; bf16 + channels_last + fast views + sync-free EMA; + torch.compile), JSON under
