@@ -9,6 +9,7 @@
 - :mod:`~lightning_modules.kap` — kernel average pooling layers (Bashivan et al.).
 - :mod:`~lightning_modules.advcl` — adversarial contrastive pretraining (ACL/AdvCL) and linear probing.
 - :mod:`~lightning_modules.ascl` — adversarial supervised contrastive learning (loss: :mod:`~lightning_modules.supcon`).
+- :mod:`~lightning_modules.smoothing` — randomized smoothing (Cohen et al.): CERTIFY / PREDICT, batched.
 - :mod:`~lightning_modules.robustbench_models` — RobustBench zoo models from local files.
 """
 from .attacks import ThreatModel, fgsm_rs, pgd, projected_gradient, trades_attack
