@@ -6,7 +6,7 @@ PACK      ?= ../shared/data/cifar10-jpeg.npz
 CKPT      ?=
 ARGS      ?=
 
-.PHONY: install test data train-cifar10 eval-cifar10 bench corruptions-cifar10 clean
+.PHONY: install test data train-cifar10 eval-cifar10 certify-cifar10 kap-scaling bench corruptions-cifar10 clean
 
 install:
 	python3 -m venv .venv
@@ -39,6 +39,22 @@ EVAL ?= eval
 eval-cifar10: data
 	@if [ -z "$(CKPT)" ]; then echo "usage: make eval-cifar10 CKPT=path/to/checkpoint.ckpt [EVAL=eval|eval_quick] [DATA_DIR=data] [ARGS=...]"; exit 2; fi
 	$(CLI) test --config experiments/cifar10/$(EVAL).yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
+
+# Randomized-smoothing certification of a noise-trained checkpoint (experiments/cifar10/smoothing_sigma_*.yaml):
+# certified accuracy at L2 radii 0-1, abstention, PREDICT, time (experiments/cifar10/certify.yaml);
+# report under results/certify/cifar10. For a quick CPU look: ARGS='--data.init_args.n_examples 100
+# --trainer.callbacks.init_args.n 2000'.
+certify-cifar10: data
+	@if [ -z "$(CKPT)" ]; then echo "usage: make certify-cifar10 CKPT=path/to/checkpoint.ckpt [DATA_DIR=data] [ARGS=...]"; exit 2; fi
+	$(CLI) test --config experiments/cifar10/certify.yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
+
+# KAP scaling study (experiments/kap_scaling.py): a depth x width grid with and without KAP, trained and evaluated
+# (clean / Gaussian noise / PGD / AutoAttack) with one command; table, JSON and accuracy-vs-parameters plot under
+# results/kap_scaling/$(PROFILE), W&B offline. PROFILE=cpu (small_cnn, ~15 min on 2 cores) or PROFILE=gpu (WRN grid,
+# CIFAR-10 and CIFAR-100). A rerun resumes from the stored grid points.
+PROFILE ?= cpu
+kap-scaling: data
+	$(PY) experiments/kap_scaling.py --profile $(PROFILE) --data-dir $(DATA_DIR) $(ARGS)
 
 # Throughput (experiments/bench.py): PGD-10 AT, FGSM-RS, the reversal and AutoAttack in images/s and against the
 # FLOP floor. `bench`: CPU, tiny model (CI, < 60 s). `bench-gpu`: PreActResNet-18 on one GPU, the speed options

@@ -16,3 +16,7 @@ __all__ += ["RobustEvaluation"]
 from .ema import DeviceEMA  # noqa: E402  (issue 4: EMA of the weights without host syncs)
 
 __all__ += ["DeviceEMA"]
+
+from .smoothing_report import SmoothingCertification  # noqa: E402
+
+__all__ += ["SmoothingCertification"]

@@ -8,6 +8,8 @@
 - :mod:`~lightning_modules.backbones`, :mod:`~lightning_modules.heads` — networks.
 - :mod:`~lightning_modules.kap` — kernel average pooling layers (Bashivan et al.).
 - :mod:`~lightning_modules.advcl` — adversarial contrastive pretraining (ACL/AdvCL) and linear probing.
+- :mod:`~lightning_modules.ascl` — adversarial supervised contrastive learning (loss: :mod:`~lightning_modules.supcon`).
+- :mod:`~lightning_modules.smoothing` — randomized smoothing (Cohen et al.): CERTIFY / PREDICT, batched.
 - :mod:`~lightning_modules.robustbench_models` — RobustBench zoo models from local files.
 """
 from .attacks import ThreatModel, fgsm_rs, pgd, projected_gradient, trades_attack
@@ -19,9 +21,10 @@ from .module import ReversalModule
 from .reversal import ReversalConfig, reverse
 from .kap import KernelAveragePool, insert_kap
 from .advcl import AdvCLModule, LinearProbeModule
+from .ascl import ASCLConfig, ASCLModule
 
 __all__ = [
     "ThreatModel", "fgsm_rs", "pgd", "projected_gradient", "trades_attack", "SimCLRViews", "BackboneName",
     "Classifier", "build_backbone", "ContrastiveHead", "info_nce", "ReversalModule", "ReversalConfig", "reverse",
-    "KernelAveragePool", "insert_kap", "AdvCLModule", "LinearProbeModule",
+    "KernelAveragePool", "insert_kap", "AdvCLModule", "LinearProbeModule", "ASCLConfig", "ASCLModule",
 ]

@@ -121,17 +121,23 @@ class WideResNet(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """A few-layer CNN for tests and CPU benchmarks (not a research backbone)."""
+    """A few-layer CNN for tests, CPU benchmarks and the scaling study (not a research backbone).
 
-    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+    Three stages of ``depth`` conv-BN-ReLU layers each (``width``, ``2 width``, ``4 width`` channels),
+    max-pooling between stages. ``depth=1`` is the original 3-conv network (same state-dict keys).
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 32, depth: int = 1) -> None:
         super().__init__()
-        w = width
-        self.body = nn.Sequential(
-            nn.Conv2d(3, w, 3, 1, 1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, 1, 1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, 1, 1), nn.BatchNorm2d(4 * w), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
+        if depth < 1:
+            raise ValueError(f"small_cnn depth must be >= 1, got {depth}")
+        w, layers, cin = width, [], 3
+        for i, c in enumerate((w, 2 * w, 4 * w)):
+            for _ in range(depth):
+                layers += [nn.Conv2d(cin, c, 3, 1, 1), nn.BatchNorm2d(c), nn.ReLU()]
+                cin = c
+            layers += [nn.MaxPool2d(2)] if i < 2 else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
         self.linear = nn.Linear(4 * w, num_classes)
         self.feature_dim = 4 * w
 
@@ -192,6 +198,7 @@ class BackboneName(str, Enum):
     wrn34_10 = "wrn34_10"
     resnet50 = "resnet50"
     small_cnn = "small_cnn"
+    wide_resnet = "wide_resnet"  # any depth (6n+4) and widen factor: backbone_kwargs {depth, widen}
 
 
 def _stats(dataset: str) -> tuple[Sequence[float], Sequence[float]]:
@@ -212,7 +219,8 @@ def build_backbone(
     """Build a backbone by name (see :class:`BackboneName`), returning a :class:`Classifier`.
 
     ``weights_path`` loads a local torchvision-style state dict (ResNet-50 ImageNet weights, say)
-    with ``weights_only=True``. ``kwargs`` go to the network (e.g. ``width`` for small_cnn), except
+    with ``weights_only=True``. ``kwargs`` go to the network (``width``/``depth`` for small_cnn,
+    ``depth``/``widen`` for wide_resnet), except
     ``kap={window, after, padding}``, which inserts kernel-average-pooling layers after the named
     submodules (:func:`lightning_modules.kap.insert_kap`; after loading ``weights_path``).
     """
@@ -232,6 +240,8 @@ def build_backbone(
         net = WideResNet(34, 10, num_classes, **kwargs)
     elif key is BackboneName.small_cnn:
         net = SmallCNN(num_classes, **kwargs)
+    elif key is BackboneName.wide_resnet:
+        net = WideResNet(num_classes=num_classes, **kwargs)
     else:
         import torchvision
 

@@ -56,3 +56,16 @@ def test_load_state_dict_is_weights_only(tmp_path):
         load_state_dict(evil)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_state_dict(tmp_path / "missing.pt")
+
+
+def test_small_cnn_depth_and_any_wide_resnet():
+    keys = [k for k in build_backbone("small_cnn", width=4).state_dict() if k.endswith("weight")]
+    assert keys == ["net.body.0.weight", "net.body.1.weight", "net.body.4.weight", "net.body.5.weight",
+                    "net.body.8.weight", "net.body.9.weight", "net.linear.weight"]  # depth 1: old checkpoints load
+    deep = build_backbone("small_cnn", width=4, depth=3).net
+    assert sum(isinstance(m, nn.Conv2d) for m in deep.modules()) == 9
+    assert deep(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        build_backbone("small_cnn", depth=0)
+    wrn = build_backbone("wide_resnet", depth=10, widen=2, num_classes=100).net
+    assert len(wrn.layer1) == 1 and wrn.linear.out_features == 100 and wrn.feature_dim == 128
