@@ -57,7 +57,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def plot_certified(radius: torch.Tensor, correct: torch.Tensor, radii: list[float], sigma: float, path: Path) -> None:
     """Certified accuracy against the radius (a step curve, the requested radii marked)."""
-    from lightning_modules.report import pyplot, save_figure
+    from lightning_modules.evaluation.report import pyplot, save_figure
 
     top = max(max(radii), float(radius.max()) if len(radius) else 0.0) * 1.05 + 1e-6
     grid = torch.linspace(0, top, 200)

@@ -80,7 +80,7 @@ def test_ascl_rejects_bad_settings():
 
 
 def test_ascl_config_trains_and_the_evaluation_runs_on_it(tiny_cifar10, tmp_path, monkeypatch):
-    from tests.callbacks.test_robust_eval import common, fast_eval
+    from tests.callbacks.test_robust_eval import FAST, common, fast_eval
 
     monkeypatch.chdir(tmp_path)
     small = ["--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", "{width: 4}",
@@ -97,8 +97,8 @@ def test_ascl_config_trains_and_the_evaluation_runs_on_it(tiny_cifar10, tmp_path
     cli.trainer.save_checkpoint(ckpt)
     out = tmp_path / "eval"
     cli = run_cli(["test", "--config", str(REPO / "experiments/cifar10/eval.yaml"), "--ckpt_path", str(ckpt),
-                   *common(tiny_cifar10, tmp_path), *fast_eval(out), "--trainer.callbacks.init_args.attacks", "[pgd]",
-                   "--trainer.callbacks.init_args.adaptive", "[]"])
+                   *common(tiny_cifar10, tmp_path),
+                   *fast_eval(out, FAST.replace("pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer", "pgd"))])
     assert isinstance(cli.model, ASCLModule)  # rebuilt from the checkpoint's class and settings
     report = json.loads((out / "robustness.json").read_text())
     assert report["clean"]["n"] == 8 and any(r["attack"] == "pgd" for r in report["rows"])
