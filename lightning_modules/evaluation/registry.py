@@ -89,6 +89,7 @@ class Attack:
     norms: tuple[str, ...] = ("Linf", "L2")
     variants: Callable[[EvalConfig], list[dict]] = lambda c: [{}]
     subset: Callable[[EvalConfig], Optional[int]] = lambda c: None   # runs on idx < subset
+    partial: bool = False                          # meant for a smaller subset: does not narrow the headline
 
     @property
     def adaptive(self) -> bool:
@@ -217,7 +218,7 @@ ATTACKS: dict[str, Attack] = {a.name: a for a in [
     Attack("square", "adaptive", _square,
            lambda c, v: f"Square-{c.square_queries} (gradient-free, on the randomized defense)",
            lambda c, v: f"square{c.square_queries}-j{c.judge_draws}", needs=_R, steps_field="square_queries",
-           subset=lambda c: min(c.square_n, c.adaptive_n or c.square_n)),
+           subset=lambda c: min(c.square_n, c.adaptive_n or c.square_n), partial=True),
     Attack("transfer", "adaptive", _transfer,
            lambda c, v: f"Transfer: PGD-{c.n_transfer_steps} on an independent surrogate model",
            lambda c, v: f"transfer{c.n_transfer_steps}x{c.restarts}-{_a(c)}", needs=("reverse_fn", "surrogate_fn"),

@@ -22,6 +22,7 @@ import dataclasses
 from typing import Any, Optional
 
 from .config import EvalConfig, eps_label
+from .registry import ATTACKS
 from .store import ResultStore, jsonable
 
 TOP_GROUPS = ("main", "steps-sweep", "eot-sweep")  # rows at a threat model's budget: all count in its worst case
@@ -47,14 +48,15 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
 def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[dict[str, Any]]:
     """Per example, robust only if clean and every row at ``(norm, eps)`` (each column, each draw) got it right.
 
-    The examples counted are those that clean and every full-size main row have; rows that run on a
-    subset (``adaptive_n``, Square, the sweeps) count on the examples they have."""
+    The examples counted are those that clean and every main row have (with ``adaptive_n``, the first
+    ``adaptive_n``: every attack on the defense ran on them); rows meant for a smaller subset (Square,
+    the sweeps) count on the examples they have."""
     mine = [r for r in rows if r.group in TOP_GROUPS and r.norm == norm and abs(r.eps - eps) < 1e-12]
     mine += [r for r in rows if r.group == "eps-sweep" and r.norm == norm and abs(r.eps - eps) < 1e-12]
     if not mine:
         return None
     clean = next(r for r in rows if r.group == "clean")
-    full = [clean] + [r for r in mine if r.group == "main" and r.subset is None]
+    full = [clean] + [r for r in mine if r.group == "main" and not ATTACKS[r.attack].partial]
     entry: dict[str, Any] = {"threat": norm, "eps": eps, "eps_label": eps_label(eps, norm)}
     for side in ("without", "with"):
         base = [f"{r.key}|{side}" for r in full if f"{r.key}|{side}" in st.rows]

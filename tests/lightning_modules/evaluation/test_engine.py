@@ -124,3 +124,14 @@ def test_real_pyautoattack_resnet18_is_broken_by_pgd(real_cifar10):
     assert s["clean"]["without"] >= 0.8, s["clean"]
     assert s["rows"][0]["without"] == 0.0, s["rows"][0]
     assert {c["name"]: c["passed"] for c in s["sanity"]}["standard model ~0% under PGD-20 at 8/255"] is True
+
+
+def test_headline_is_on_the_examples_every_attack_on_the_defense_ran_on():
+    fns = toy_fns(steps=2)
+    x, y = toy_data(8)
+    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot", "square"], steps=2, eot=1,
+                     adaptive_n=6, square_n=2, square_queries=3, judge_draws=1, **QUIET)
+    s = RobustEvaluator.for_reversal(fns, cfg).evaluate(x, y, batch_size=8)
+    rows = {r["attack"]: r for r in s["rows"]}
+    assert rows["pgd"]["n"] == 8 and rows["bpda_eot"]["n"] == 6 and rows["square"]["n"] == 2
+    assert s["worst_case"][0]["n"] == 6  # not 8: the attacks on the defense ran on the first 6 only
