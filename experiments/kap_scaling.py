@@ -125,8 +125,8 @@ def train(key: dict[str, Any], profile: Profile, args: argparse.Namespace):
 
 def evaluate(model, dm, profile: Profile, args: argparse.Namespace) -> dict[str, float]:
     """Clean, noise, PGD and AutoAttack accuracy on the first test images."""
-    from lightning_modules.attacks import pgd
-    from lightning_modules.autoattack import autoattack, frozen_params
+    from lightning_modules.attacks import frozen_params, pgd
+    from lightning_modules.autoattack import autoattack
 
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(args.seed)
