@@ -144,7 +144,8 @@ class RobustEvaluation(pl.Callback):
             "weights_sha1": model_fingerprint(pl_module),
             "reversal": dataclasses.asdict(fns.cfg), "temperature": fns.temperature,
             "evaluation": settings, "transfer_from_sha1": surrogate_sha,
-            "data": {"class": type(dm).__name__ if dm is not None else None, "data_dir": str(getattr(dm, "data_dir", "")),
+            "data": {"class": type(dm).__name__ if dm is not None else None,
+                     "data_dir": str(getattr(dm, "data_dir", "")),
                      "dataloader_idx": self.dataloader_idx, "n_examples": getattr(dm, "n_examples", None),
                      "eval_batch_size": getattr(dm, "eval_batch_size", None)},
             "world_size": trainer.world_size,
@@ -233,7 +234,7 @@ class RobustEvaluation(pl.Callback):
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, summary: dict) -> None:
         dirs = [self.output_dir]
-        run_dir = self._run_dir(trainer)
+        run_dir = log_run_dir(trainer)
         if run_dir is not None and run_dir.resolve() != self.output_dir.resolve():
             dirs.append(run_dir)
         for d in dirs:
@@ -256,18 +257,7 @@ class RobustEvaluation(pl.Callback):
             print(f"WARNING: {len(bad)} robustness sanity check(s) FAILED, the headline is UNRELIABLE "
                   f"(see {self.paths.get('markdown')}):", *[f"  - {s['name']}: {s['detail']}" for s in bad],
                   sep="\n", flush=True)
-        self._log_wandb(trainer, summary, grid)
-
-    @staticmethod
-    def _run_dir(trainer: pl.Trainer) -> Optional[Path]:
-        """``robustness/`` in the run's own folder: the W&B run's files dir (uploaded with the run),
-        else the logger's versioned log dir."""
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                d = getattr(logger.experiment, "dir", None)
-                if d:
-                    return Path(d) / "robustness"
-        return Path(trainer.log_dir) / "robustness" if trainer.log_dir else None
+        log_wandb(trainer, summary, grid)
 
     def _grid(self, pl_module: pl.LightningModule) -> Optional[torch.Tensor]:
         """Clean / PGD (first threat model, on the classifier) / reversed, and the differences."""
@@ -287,27 +277,39 @@ class RobustEvaluation(pl.Callback):
             pl_module.train(was)
         return reversal_grid(x, x_adv, x_rev)
 
-    @staticmethod
-    def _log_wandb(trainer: pl.Trainer, summary: dict, grid: Optional[torch.Tensor]) -> None:
-        for logger in trainer.loggers:
-            if type(logger).__name__ != "WandbLogger":
-                continue
-            cols = ["threat", "eps", "attack", "type", "acc_without_reversal", "acc_with_reversal_all_draws",
-                    "acc_with_reversal_mean", "draw_disagreement", "acc_with_worst_composition", "n", "time_s"]
-            c = summary["clean"]
 
-            def vals(r: dict) -> list:
-                return [r.get("without"), r.get("with"), r.get("with_mean"), r.get("with_disagreement"),
-                        r.get("with_worst"), r.get("n"), r.get("time_s")]
+def log_run_dir(trainer: pl.Trainer) -> Optional[Path]:
+    """``robustness/`` in the run's own folder: the W&B run's files dir (uploaded with the run),
+    else the logger's versioned log dir."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            d = getattr(logger.experiment, "dir", None)
+            if d:
+                return Path(d) / "robustness"
+    return Path(trainer.log_dir) / "robustness" if trainer.log_dir else None
 
-            data = [["clean", "0", "none", "-", *vals(c)]]
-            data += [[r["threat"], r["eps_label"], r["label"], r["kind"], *vals(r)] for r in summary["rows"]]
-            tag = "" if summary.get("reliable", True) else " (UNRELIABLE)"
-            data += [[w["threat"], w["eps_label"], "worst case per example" + tag, "all", w["without"], w["with"],
-                      None, None, None, w["n"], None] for w in summary["worst_case"]]
-            logger.log_table(key="eval/robustness", columns=cols, data=data)
-            logger.experiment.summary.update(flat_metrics(summary))
-            logger.experiment.summary["eval/headline_reliable"] = bool(summary.get("reliable", True))
-            logger.experiment.summary["eval/sanity_failed_names"] = [s["name"] for s in failed_checks(summary)]
-            if grid is not None:
-                logger.log_image(key="eval/x__x_adv__x_rev__diffs", images=[grid])
+
+def log_wandb(trainer: pl.Trainer, summary: dict, grid: Optional[torch.Tensor]) -> None:
+    """The evaluation table, its metrics, whether the headline is reliable and the grid, to every W&B logger."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ != "WandbLogger":
+            continue
+        cols = ["threat", "eps", "attack", "type", "acc_without_reversal", "acc_with_reversal_all_draws",
+                "acc_with_reversal_mean", "draw_disagreement", "acc_with_worst_composition", "n", "time_s"]
+        c = summary["clean"]
+
+        def vals(r: dict) -> list:
+            return [r.get("without"), r.get("with"), r.get("with_mean"), r.get("with_disagreement"),
+                    r.get("with_worst"), r.get("n"), r.get("time_s")]
+
+        data = [["clean", "0", "none", "-", *vals(c)]]
+        data += [[r["threat"], r["eps_label"], r["label"], r["kind"], *vals(r)] for r in summary["rows"]]
+        tag = "" if summary.get("reliable", True) else " (UNRELIABLE)"
+        data += [[w["threat"], w["eps_label"], "worst case per example" + tag, "all", w["without"], w["with"],
+                  None, None, None, w["n"], None] for w in summary["worst_case"]]
+        logger.log_table(key="eval/robustness", columns=cols, data=data)
+        logger.experiment.summary.update(flat_metrics(summary))
+        logger.experiment.summary["eval/headline_reliable"] = bool(summary.get("reliable", True))
+        logger.experiment.summary["eval/sanity_failed_names"] = [s["name"] for s in failed_checks(summary)]
+        if grid is not None:
+            logger.log_image(key="eval/x__x_adv__x_rev__diffs", images=[grid])

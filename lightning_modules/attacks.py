@@ -47,6 +47,15 @@ def check_eps(eps: float, norm: str = "Linf") -> float:
     return eps
 
 
+def check_batch(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf") -> str:
+    """Validate an attack's images (B, C, H, W), labels (B,) and budget; returns the threat model's name."""
+    norm = ThreatModel(norm).value
+    check_eps(eps, norm)
+    if x.ndim != 4 or len(x) != len(y):
+        raise ValueError(f"expected images (B, C, H, W) and B labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+    return norm
+
+
 def _project(delta: torch.Tensor, eps: float, norm: ThreatModel) -> torch.Tensor:
     if norm is ThreatModel.Linf:
         return delta.clamp(-eps, eps)
@@ -206,5 +215,5 @@ def trades_attack(model: Callable, x: torch.Tensor, eps: float = 8 / 255, alpha:
     return projected_gradient(objective, x, eps, alpha, steps, "Linf", init=init, amp=amp)
 
 
-__all__ = ["ThreatModel", "check_eps", "projected_gradient", "pgd", "fgsm_rs", "trades_attack", "trades_kl",
-           "logits_of", "frozen_params"]
+__all__ = ["ThreatModel", "check_eps", "check_batch", "projected_gradient", "pgd", "fgsm_rs", "trades_attack",
+           "trades_kl", "logits_of", "frozen_params"]

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .attacks import ThreatModel, check_eps, logits_of
+from .attacks import check_batch, logits_of
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 
@@ -43,14 +43,6 @@ class _Logits(nn.Module):
             return logits_of(self.model, x.float()).float()
 
 
-def _check(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> str:
-    norm = ThreatModel(norm).value
-    check_eps(eps, norm)
-    if x.ndim != 4 or len(x) != len(y):
-        raise ValueError(f"expected images (B, C, H, W) and B labels, got {tuple(x.shape)} and {tuple(y.shape)}")
-    return norm
-
-
 def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, norm: str = "Linf",
                seed: int = 0, batch_size: Optional[int] = None, state_path: Optional[str | Path] = None,
                verbose: bool = False) -> torch.Tensor:
@@ -59,7 +51,7 @@ def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8
     one was found, else ``x`` itself; correctness is ``model(x_adv).argmax(1) == y``."""
     from pyautoattack import AutoAttack
 
-    norm = _check(x, y, eps, norm)
+    norm = check_batch(x, y, eps, norm)
     logger = logging.getLogger("auto-attack")
     level = logger.level
     if not verbose:
@@ -82,7 +74,7 @@ def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255
     ``restarts`` random restarts; returns ``x_adv`` (``x`` where no adversarial example was found)."""
     from pyautoattack.autopgd_base import APGDAttack
 
-    norm = _check(x, y, eps, norm)
+    norm = check_batch(x, y, eps, norm)
     if loss not in ("ce", "dlr"):
         raise ValueError(f"APGD loss must be 'ce' or 'dlr', got '{loss}'")
     attack = APGDAttack(_Logits(model), n_iter=steps, norm=norm, n_restarts=restarts, eps=float(eps), seed=seed,

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .attacks import ThreatModel, check_eps, logits_of
+from .attacks import check_batch, logits_of
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -141,14 +141,6 @@ class StandIn(nn.Module):
         return z
 
 
-def _check(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> str:
-    norm = ThreatModel(norm).value
-    check_eps(eps, norm)
-    if x.ndim != 4 or len(x) != len(y):
-        raise ValueError(f"expected images (B, C, H, W) and B labels, got {tuple(x.shape)} and {tuple(y.shape)}")
-    return norm
-
-
 def apgd_eot(stand_in: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
              steps: int = 100, eot: int = 20, loss: str = "ce", n_targets: int = 3,
              seed: int = 0) -> list[torch.Tensor]:
@@ -160,7 +152,7 @@ def apgd_eot(stand_in: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     observer kept."""
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-    norm = _check(x, y, eps, norm)
+    norm = check_batch(x, y, eps, norm)
     log = logging.getLogger("auto-attack")
     x, y = x.detach().float(), y.detach()
     if loss == "ce":
@@ -194,7 +186,7 @@ def square(defended: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str
     """pyautoattack's Square attack (margin loss, ``queries`` queries) on the real randomized defense."""
     from pyautoattack.square import SquareAttack
 
-    norm = _check(x, y, eps, norm)
+    norm = check_batch(x, y, eps, norm)
 
     def predict(xa: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(xa.device.type, enabled=False):

@@ -3,6 +3,7 @@
 - :mod:`.config` — :class:`EvalConfig`: which rows run (attacks, budgets, draws, compositions, sweeps);
 - :mod:`.registry` — one entry per attack (name, kind, threat models, label, identity, craft function);
 - :mod:`.defense` — the defended model as scored: several draws, several batch compositions;
+- :mod:`.catalog` — every row of an evaluation (attack, settings, columns, examples), keyed by its settings;
 - :mod:`.engine` — :class:`RobustEvaluator`: every row on every batch, resumable, stoppable, with progress;
 - :mod:`.store` — :class:`ResultStore`: per-example correct-draw counts on disk, with what they belong to;
 - :mod:`.summary` and :mod:`.checks` — the worst case per example and the sanity checks (pure functions);
@@ -13,10 +14,11 @@ without Lightning (see :class:`RobustEvaluator`'s example).
 """
 from .config import EvalConfig, eps_label, legacy_hint, parse_eps
 from .defense import Defense
-from .engine import EvaluationStopped, RobustEvaluator, Row
+from .catalog import Row, build_catalog
+from .engine import EvaluationStopped, RobustEvaluator
 from .registry import ATTACKS, Attack, Job
 from .store import ResultStore, atomic_write_text
 from .summary import summarize
 
 __all__ = ["EvalConfig", "parse_eps", "eps_label", "legacy_hint", "Defense", "RobustEvaluator", "EvaluationStopped",
-           "Row", "ATTACKS", "Attack", "Job", "ResultStore", "atomic_write_text", "summarize"]
+           "Row", "build_catalog", "ATTACKS", "Attack", "Job", "ResultStore", "atomic_write_text", "summarize"]

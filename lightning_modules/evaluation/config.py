@@ -164,7 +164,8 @@ class EvalConfig:
         _check_names("reversal_sweep_attacks", self.reversal_sweep_attacks, ("pgd", "bpda_eot"))
         for c in self.composition:
             if c != "clean_mates" and not (c.startswith("batch") and c[5:].isdigit() and int(c[5:]) >= 2):
-                raise ValueError(f"unknown composition '{c}'; use clean_mates or batch<N> with N >= 2 (batch2, batch16)")
+                raise ValueError(f"unknown composition '{c}'; use clean_mates or batch<N> with N >= 2 "
+                                 "(batch2, batch16)")
         for name in ("draws", "steps", "restarts", "apgd_steps", "apgd_targets", "eot", "judge_draws", "mates_groups",
                      "square_queries", "square_n", "eps_sweep_n", "steps_sweep_n"):
             if getattr(self, name) < 1:
@@ -179,7 +180,8 @@ class EvalConfig:
             raise ValueError("defense_aware_lambdas and full_gradient_taus need at least one value each")
         if any(t < 0 for t in self.full_gradient_taus):
             raise ValueError(f"full_gradient_taus must be >= 0, got {self.full_gradient_taus}")
-        if any(s < 1 for s in self.attack_steps_sweep + self.eot_sweep) or any(s < 0 for s in self.reversal_steps_sweep):
+        if (any(s < 1 for s in self.attack_steps_sweep + self.eot_sweep)
+                or any(s < 0 for s in self.reversal_steps_sweep)):
             raise ValueError("attack_steps_sweep and eot_sweep need values >= 1, reversal_steps_sweep values >= 0")
         self.attack_steps_sweep = sorted(set(int(s) for s in self.attack_steps_sweep))
         self.eot_sweep = sorted(set(int(s) for s in self.eot_sweep))

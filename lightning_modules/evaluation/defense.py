@@ -60,7 +60,8 @@ class Defense:
         with torch.no_grad():
             return logits_of(self.model_fn, x).argmax(1)
 
-    def reverse(self, x: torch.Tensor, reverse_fn: Optional[Fn] = None, mates: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def reverse(self, x: torch.Tensor, reverse_fn: Optional[Fn] = None,
+                mates: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The reversal of ``x``; a single image is reversed beside ``mates[0]`` (it needs a negative)."""
         rev = reverse_fn or self.reverse_fn
         if len(x) >= 2:

@@ -28,18 +28,17 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 
+from .catalog import Row, build_catalog, key
 from .config import EvalConfig
 from .defense import Defense
-from .registry import ATTACKS, WHY_MISSING, Job, main_setting
+from .registry import ATTACKS, WHY_MISSING, Job
 from .store import ResultStore
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -47,36 +46,6 @@ Fn = Callable[[torch.Tensor], torch.Tensor]
 
 class EvaluationStopped(SystemExit):
     """The evaluation was asked to stop (SIGTERM) between two rows; what was done is saved."""
-
-
-@dataclass
-class Row:
-    """One row: an attack (or ``clean``) with its settings, on examples ``idx < subset``."""
-
-    key: str
-    group: str                 # main | eps-sweep | steps-sweep | eot-sweep | rev-sweep | sanity | clean
-    attack: str
-    norm: str = ""
-    eps: float = 0.0
-    cfg: Optional[EvalConfig] = None
-    params: dict = field(default_factory=dict)
-    columns: tuple[str, ...] = ("without",)
-    subset: Optional[int] = None
-    seed_key: Optional[str] = None
-    reuse: Optional[str] = None        # a row with the same result: copy it
-    reversal_steps: Optional[int] = None
-    label: str = ""
-    kind: str = "non-adaptive"
-    setting: Optional[int] = None      # the swept value (steps, EOT, reversal steps)
-
-    def describe(self) -> dict[str, Any]:
-        return {"key": self.key, "group": self.group, "attack": self.attack, "norm": self.norm, "eps": self.eps,
-                "params": self.params, "columns": list(self.columns), "subset": self.subset, "label": self.label,
-                "kind": self.kind, "setting": self.setting}
-
-
-def key(*parts: Any) -> str:
-    return "|".join(f"{p:.6g}" if isinstance(p, float) else str(p) for p in parts)
 
 
 class RobustEvaluator:
@@ -116,84 +85,10 @@ class RobustEvaluator:
         return WHY_MISSING[absent[0]] if absent else None
 
     # -- the rows -------------------------------------------------------------------------------
-    def _columns(self, attack: str, group: str) -> tuple[str, ...]:
-        c, rev = self.cfg, self.defense.reverse_fn is not None
-        cols = ("without",) + (("with",) if rev else ())
-        if rev and group == "main" and c.with_composition(attack):
-            cols += tuple(f"with@{m}" for m in c.composition)
-        return cols
-
-    def _attack_row(self, group: str, name: str, norm: str, eps: float, cfg: EvalConfig, params: dict,
-                    subset: Optional[int], **kw: Any) -> Row:
-        a = ATTACKS[name]
-        ident = a.ident(cfg, params)
-        sub = min(x for x in (subset, a.subset(cfg)) if x is not None) if (subset or a.subset(cfg)) else None
-        return Row(key(group, norm, eps, ident), group, name, norm, eps, cfg, params, self._columns(name, group), sub,
-                   label=a.label(cfg, params), kind=a.kind, **kw)
-
     def catalog(self) -> list[Row]:
-        """Every row of the evaluation, in the order they run."""
-        c, rows = self.cfg, []
-        rev = self.defense.reverse_fn is not None
-        clean_cols = ("without",) + (("with",) if rev else ()) + (tuple(
-            f"with@{m}" for m in c.composition if m != "clean_mates") if rev and c.with_composition("clean") else ())
-        rows.append(Row("clean", "clean", "clean", columns=clean_cols, label="clean"))
-        live = [a for a in c.attacks if a not in self.skipped]
-        main: dict[tuple, str] = {}
-        for norm, eps in c.threat_models.items():
-            for name in live:
-                if norm not in ATTACKS[name].norms:
-                    continue
-                for v in ATTACKS[name].variants(c):
-                    r = self._attack_row("main", name, norm, eps, c, v, None)
-                    main[(norm, eps, name, r.key.split("|")[-1])] = r.key
-                    rows.append(r)
-        for eps in c.eps_sweep:
-            for name in c.eps_sweep_attacks:
-                if self.missing(name) or eps == 0:  # eps 0: the clean rows
-                    continue
-                r = self._attack_row("eps-sweep", name, c.eps_sweep_norm, eps, c, ATTACKS[name].variants(c)[0],
-                                     c.eps_sweep_n, setting=None)
-                r.reuse = main.get((c.eps_sweep_norm, eps, name, r.key.split("|")[-1]))
-                rows.append(r)
-        norm0, eps0 = c.main
-        for name in c.steps_sweep_attacks if c.attack_steps_sweep else []:
-            if self.missing(name):
-                continue
-            for s in sorted({main_setting(c, name), *c.attack_steps_sweep}):
-                cs = dataclasses.replace(c, **{ATTACKS[name].steps_field: s})
-                r = self._attack_row("steps-sweep", name, norm0, eps0, cs, ATTACKS[name].variants(c)[0],
-                                     c.steps_sweep_n, seed_key=key("steps-sweep", name), setting=s)
-                r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
-                rows.append(r)
-        for name in c.eot_sweep_attacks if c.eot_sweep else []:
-            if self.missing(name):
-                continue
-            for e in sorted({c.eot, *c.eot_sweep}):
-                ce = dataclasses.replace(c, eot=e)
-                r = self._attack_row("eot-sweep", name, norm0, eps0, ce, ATTACKS[name].variants(c)[0],
-                                     c.steps_sweep_n, seed_key=key("eot-sweep", name), setting=e)
-                r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
-                rows.append(r)
-        if "reversal_steps_sweep" not in self.skipped:
-            for k in c.reversal_steps_sweep:
-                rows.append(Row(key("rev-sweep", k, "clean"), "rev-sweep", "clean", columns=("with",),
-                                subset=c.steps_sweep_n, reversal_steps=k, label="clean", setting=k))
-                for name in c.reversal_sweep_attacks:
-                    if self.missing(name):
-                        continue
-                    r = self._attack_row("rev-sweep", name, norm0, eps0, c, {}, c.steps_sweep_n, reversal_steps=k,
-                                         setting=k)
-                    r.key, r.columns = key("rev-sweep", k, norm0, eps0, ATTACKS[name].ident(c, {})), ("with",)
-                    if name == "pgd":  # crafted once on the classifier: seeded as the main PGD row
-                        r.seed_key = key("main", norm0, eps0, ATTACKS["pgd"].ident(c, {}))
-                    rows.append(r)
-        if c.sanity_checks and c.standard_model:
-            cs = dataclasses.replace(c, steps=20)
-            r = self._attack_row("sanity", "pgd", "Linf", 8 / 255, cs, {}, c.steps_sweep_n)
-            r.columns = ("without",)
-            rows.append(r)
-        return rows
+        """Every row of the evaluation, in the order they run (:func:`~.catalog.build_catalog`)."""
+        return build_catalog(self.cfg, self.defense.reverse_fn is not None, self.missing,
+                             "reversal_steps_sweep" not in self.skipped)
 
     # -- one batch ------------------------------------------------------------------------------
     def _seed(self, seed_key: str, idx: torch.Tensor) -> int:
@@ -244,7 +139,8 @@ class RobustEvaluator:
                        draws=c.draws)
         st.seconds[f"{row.key}|{todo[0]}"] = st.seconds.get(f"{row.key}|{todo[0]}", 0.0) + time.perf_counter() - t0
 
-    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batch_idx: Optional[int] = None) -> None:
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                       batch_idx: Optional[int] = None) -> None:
         """Record every row for this batch (``x`` in ``[0, 1]``); rows already stored are skipped."""
         x, y, idx = x.detach().float(), y.detach(), torch.as_tensor(idx).detach().cpu()
         if x.min() < 0 or x.max() > 1:
@@ -258,7 +154,8 @@ class RobustEvaluator:
         t_batch = time.perf_counter()
         for i, row in enumerate(rows):
             if self.should_stop is not None and self.should_stop():
-                raise EvaluationStopped(f"evaluation stopped (SIGTERM) before row {i + 1}/{len(rows)} of batch {b + 1}: "
+                raise EvaluationStopped(f"evaluation stopped (SIGTERM) before row {i + 1}/{len(rows)} of batch "
+                                        f"{b + 1}: "
                                         "every finished row is saved; rerun the same command to resume")
             t0 = time.perf_counter()
             self._run_row(row, x, y, idx)

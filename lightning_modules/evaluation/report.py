@@ -89,7 +89,8 @@ def markdown_report(summary: dict, title: str = "Robustness evaluation") -> str:
                *[f"> - {s['name']}: {s['detail']}" for s in bad], ""]
     meta = summary.get("meta", {})
     if meta.get("model"):
-        md += [f"Model: `{meta['model']}`" + (f", checkpoint `{meta['checkpoint']}`" if meta.get("checkpoint") else ""), ""]
+        ckpt = f", checkpoint `{meta['checkpoint']}`" if meta.get("checkpoint") else ""
+        md += [f"Model: `{meta['model']}`{ckpt}", ""]
     heads = summary.get("worst_case", [])
     if heads:
         tag = "" if summary.get("reliable", True) else " — **UNRELIABLE** (see the failed checks)"
@@ -137,6 +138,18 @@ def save_figure(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Labels, a 0-100% axis, grid and legend; then save atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    save_figure(fig, path)
+    return path
+
+
 def plot_eps(summary: dict, path: Path) -> Optional[Path]:
     """Robust accuracy vs eps, one line per (attack, without/with reversal)."""
     rows = summary.get("sweeps", {}).get("eps", [])
@@ -155,14 +168,8 @@ def plot_eps(summary: dict, path: Path) -> Optional[Path]:
             if any(v is not None for v in ys):
                 lab = f"{attack} ({kind}), {col} reversal"
                 ax.plot(xs, [v if v is not None else float("nan") for v in ys], style, marker="o", label=lab)
-    ax.set_xlabel(f"eps ({norm}" + (", x/255)" if linf else ")"))
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Robust accuracy vs eps")
-    save_figure(fig, path)
-    return path
+    xlabel = f"eps ({norm}" + (", x/255)" if linf else ")")
+    return _finish(fig, ax, xlabel, "accuracy (%)", "Robust accuracy vs eps", path)
 
 
 def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
@@ -172,17 +179,11 @@ def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
         return None
     fig, ax = pyplot().subplots(figsize=(6, 4))
     for attack in dict.fromkeys(r["attack"] for r in rows):
-        pts = sorted((r for r in rows if r["attack"] == attack and r.get("with") is not None), key=lambda r: r["setting"])
+        pts = sorted((r for r in rows if r["attack"] == attack and r.get("with") is not None),
+                     key=lambda r: r["setting"])
         ax.plot([r["setting"] for r in pts], [100 * r["with"] for r in pts], marker="o",
                 label=attack if attack == "clean" else f"{attack} ({pts[0]['kind'] if pts else ''})")
-    ax.set_xlabel("reversal steps")
-    ax.set_ylabel("accuracy after reversal (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Accuracy vs reversal steps")
-    save_figure(fig, path)
-    return path
+    return _finish(fig, ax, "reversal steps", "accuracy after reversal (%)", "Accuracy vs reversal steps", path)
 
 
 def write_report(summary: dict, out_dir: str | Path, name: str = REPORT_NAME, plots: bool = True) -> dict[str, Path]:

@@ -8,7 +8,7 @@
   headline is reliable (no check failed).
 
 Example:
-    >>> from lightning_modules.evaluation.engine import Row
+    >>> from lightning_modules.evaluation.catalog import Row
     >>> from lightning_modules.evaluation.store import ResultStore
     >>> s = ResultStore({"m": 1})
     >>> s.add("clean|without", [0, 1], [1, 1]); s.add("clean|with", [0, 1], [5, 2], draws=5)

@@ -74,7 +74,8 @@ def test_eval_yaml_end_to_end_report_resume_and_refusals(tmp_path: Path, capsys,
                  "reversal_grid.png", "per_example.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "robustness.json").read_text()) == json.loads(json.dumps(s))
-    assert (Path(cli.trainer.log_dir) / "robustness" / "robustness.md").read_text() == (out / "robustness.md").read_text()
+    run_md = Path(cli.trainer.log_dir) / "robustness" / "robustness.md"
+    assert run_md.read_text() == (out / "robustness.md").read_text()
     printed = capsys.readouterr().out
     assert "| Threat model | Attack | Type | Without reversal | With reversal (all 2 draws) |" in printed
     assert "worst case per example" in printed
