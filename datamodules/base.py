@@ -12,7 +12,6 @@ from typing import Optional
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_info
 
 from .device_loader import DeviceLoader, random_crop_flip
 
@@ -27,7 +26,9 @@ def _as_tensors(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> t
 
 def _say_clamp(name: str, asked: int, have: int, split: str) -> None:
     if asked > have:
-        rank_zero_info(f"{name}={asked} is more than the {have} examples of the {split} split: using all {have}")
+        from lightning_modules.cli_checks import say
+
+        say(f"{name}={asked} is more than the {have} examples of the {split} split: using all {have}")
 
 
 class ArrayDataModule(pl.LightningDataModule):

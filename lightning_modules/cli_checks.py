@@ -26,7 +26,6 @@ from typing import Any, Optional, Sequence
 
 import torch
 import yaml
-from lightning.fabric.utilities.rank_zero import rank_zero_info
 
 # settings that change the weights' shapes: given values must equal the checkpoint's
 ARCH_KEYS = ("backbone", "backbone_kwargs", "num_classes", "normalization", "robustbench_model",
@@ -35,6 +34,14 @@ ARCH_KEYS = ("backbone", "backbone_kwargs", "num_classes", "normalization", "rob
 RESUME_FIXED_KEYS = ("lr", "momentum", "weight_decay", "nesterov", "schedule", "warmup")
 # the weights come from --ckpt_path, so a file given for them would be loaded and then replaced
 WEIGHT_FILE_KEYS = ("backbone_checkpoint",)
+
+
+def say(message: str) -> None:
+    """One line on stderr from the first process only (rank from the launcher's environment, so it
+    works before the Trainer exists); plain ``print`` so no logging setup can swallow it."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0" \
+            and os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
 
 
 class CLIError(ValueError):
@@ -57,7 +64,7 @@ def resolve_ckpt_path(value: Optional[str], folders: Sequence[Path]) -> Optional
             return str(max(found, key=lambda p: p.stat().st_mtime))
         where = ", ".join(str(d) for d in folders) or "(no checkpoint callback configured)"
         if value == "auto":
-            rank_zero_info(f"--ckpt_path auto: no last.ckpt in {where}; starting a new run")
+            say(f"--ckpt_path auto: no last.ckpt in {where}; starting a new run")
             return None
         raise CLIError(f"--ckpt_path last: no last*.ckpt in {where} (no earlier run of this experiment saved one "
                        "there). Drop --ckpt_path to start a new run, give the checkpoint file, or use "
@@ -193,7 +200,7 @@ def reconcile(subcommand: str, ckpt_path: str, hparams: dict, given: GivenModelF
         out[name] = value
         notes.append(f"{name} {plain(value)} (checkpoint: {plain(hparams[name])})")
     if notes:
-        rank_zero_info(f"{ckpt_path}: the command line's settings win over the checkpoint's: {'; '.join(notes)}")
+        say(f"{ckpt_path}: the command line's settings win over the checkpoint's: {'; '.join(notes)}")
     return out
 
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_info
+
+from .cli_checks import say
 
 
 def make_scheduler(opt: torch.optim.Optimizer, h: Any, total: int, done: int = 0):
@@ -60,7 +61,7 @@ def rebuild_schedule(module: Any, saved_total: int, total: int) -> None:
     for config in trainer.lr_scheduler_configs:
         config.scheduler = make_scheduler(config.scheduler.optimizer, module.hparams, total, done=step)
     lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-    rank_zero_info(f"resuming at step {step} with a budget of {total} steps (the checkpoint's "
+    say(f"resuming at step {step} with a budget of {total} steps (the checkpoint's "
                    f"{module.hparams.schedule} schedule was for {saved_total}): the schedule is rebuilt for "
                    f"{total} steps; learning rate now {lr:.4g}")
 

@@ -3,7 +3,6 @@ with another budget, untrained evaluations, overwritten outputs and configs, ran
 end the output with one line naming the culprit."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -33,17 +32,17 @@ def final_line(text: str) -> str:
 
 
 # -- settings given with --ckpt_path ---------------------------------------------------------------
-def test_evaluation_flags_win_over_the_checkpoint(data, tmp_path, caplog):
+def test_evaluation_flags_win_over_the_checkpoint(data, tmp_path, capsys):
     root = tmp_path / "run"
     fit(data, root, "--model.init_args.reversal", "{steps: 2, n_views: 3}", "--model.init_args.predict_attack_steps", "3")
     ckpt = str(last_ckpt(root))
-    with caplog.at_level(logging.INFO):
-        cli = run_cli(["predict", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.predict_attack", "none",
-                                             "--model.init_args.reversal", "{steps: 1}")])
+    cli = run_cli(["predict", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.predict_attack", "none",
+                                         "--model.init_args.reversal", "{steps: 1}")])
     assert cli.model.hparams.predict_attack == "none"
     assert (cli.model.reversal_cfg.steps, cli.model.reversal_cfg.n_views) == (1, 3)  # other fields: the checkpoint's
     assert cli.model.hparams.predict_attack_steps == 3
-    assert "the command line's settings win over the checkpoint's: predict_attack none (checkpoint: pgd)" in caplog.text
+    err = capsys.readouterr().err
+    assert "the command line's settings win over the checkpoint's: predict_attack none (checkpoint: pgd)" in err
     p = torch.load(root / "preds" / "predictions.pt", weights_only=True)
     assert torch.equal(p["pred_before"], p["pred_clean"])  # not attacked
     cli = run_cli(["test", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.reversal.steps", "4")])
@@ -64,15 +63,14 @@ def test_architecture_and_resume_flags_that_contradict_the_checkpoint_fail_namin
 
 
 # -- resuming with another budget ------------------------------------------------------------------
-def test_resume_with_a_larger_budget_rebuilds_the_schedule(data, tmp_path, caplog):
+def test_resume_with_a_larger_budget_rebuilds_the_schedule(data, tmp_path, capsys):
     root = tmp_path / "run"
     fit(data, root, "--model.init_args.schedule", "onecycle")
-    with caplog.at_level(logging.INFO):
-        cli = run_cli(["fit", *tiny_args(data, root, "--model.init_args.schedule", "onecycle", "--trainer.max_steps", "5",
-                                         "--ckpt_path", "last")])
+    cli = run_cli(["fit", *tiny_args(data, root, "--model.init_args.schedule", "onecycle", "--trainer.max_steps", "5",
+                                     "--ckpt_path", "last")])
     assert cli.trainer.global_step == 5
     assert "resuming at step 2 with a budget of 5 steps (the checkpoint's onecycle schedule was for 2): the " \
-           "schedule is rebuilt for 5 steps" in caplog.text
+           "schedule is rebuilt for 5 steps" in capsys.readouterr().err
     assert torch.load(last_ckpt(root), weights_only=True)["schedule_total_steps"] == 5
 
 
@@ -88,13 +86,12 @@ def test_resumed_run_draws_what_the_uninterrupted_run_draws(data, tmp_path):
 
 
 # -- --ckpt_path last / auto / untrained -----------------------------------------------------------
-def test_ckpt_path_last_without_a_checkpoint_fails_and_auto_starts_new(data, tmp_path, caplog):
+def test_ckpt_path_last_without_a_checkpoint_fails_and_auto_starts_new(data, tmp_path, capsys):
     root = tmp_path / "run"
     with pytest.raises(CLIError, match=r"--ckpt_path last: no last\*.ckpt in .*checkpoints/tiny.*--ckpt_path auto"):
         run_cli(["fit", *tiny_args(data, root, "--ckpt_path", "last")])
-    with caplog.at_level(logging.INFO):
-        cli = run_cli(["fit", *tiny_args(data, root, "--trainer.max_steps", "1", "--ckpt_path", "auto")])
-    assert cli.trainer.global_step == 1 and "--ckpt_path auto: no last.ckpt in" in caplog.text
+    cli = run_cli(["fit", *tiny_args(data, root, "--trainer.max_steps", "1", "--ckpt_path", "auto")])
+    assert cli.trainer.global_step == 1 and "--ckpt_path auto: no last.ckpt in" in capsys.readouterr().err
     cli = run_cli(["fit", *tiny_args(data, root, "--trainer.max_steps", "2", "--ckpt_path", "auto")])
     assert cli.trainer.global_step == 2 and cli.trainer.ckpt_path == str(last_ckpt(root))
 

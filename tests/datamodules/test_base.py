@@ -1,6 +1,5 @@
 """Sizes of the array DataModules: counts beyond the data are clamped in one printed line, batch sizes
 below 1 fail."""
-import logging
 
 import pytest
 
@@ -8,14 +7,14 @@ from datamodules import CIFAR10DataModule
 from tests.conftest import write_cifar10
 
 
-def test_counts_beyond_the_data_are_clamped_saying_so(tmp_path, caplog):
+def test_counts_beyond_the_data_are_clamped_saying_so(tmp_path, capsys):
     data = write_cifar10(tmp_path / "data", n_train=20, n_test=8)
     dm = CIFAR10DataModule(str(data), strict_counts=False, n_examples=20000, train_subset=500)
-    with caplog.at_level(logging.INFO):
-        dm.setup(None)
+    dm.setup(None)
     assert len(dm.splits["test"][0]) == 8 and len(dm.splits["train"][0]) == 20
-    assert "n_examples=20000 is more than the 8 examples of the test split: using all 8" in caplog.text
-    assert "train_subset=500 is more than the 20 examples of the training split: using all 20" in caplog.text
+    err = capsys.readouterr().err
+    assert "n_examples=20000 is more than the 8 examples of the test split: using all 8" in err
+    assert "train_subset=500 is more than the 20 examples of the training split: using all 20" in err
 
 
 @pytest.mark.parametrize("kw,match", [
