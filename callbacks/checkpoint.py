@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
@@ -71,6 +72,18 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and write a probe file there, or fail naming it before any training step."""
+    probe = Path(folder) / f"write-check.tmp-{os.getpid()}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"checkpoint folder {folder} is not writable ({e.strerror or e}): fix its permissions, or "
+                      "write elsewhere with --trainer.default_root_dir DIR") from None
+
+
 class AtomicCheckpoint(ModelCheckpoint):
     """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose every write is temp file + ``os.replace``.
 
@@ -78,9 +91,12 @@ class AtomicCheckpoint(ModelCheckpoint):
     removal, ``save_last`` / ``"link"``) is Lightning's.
     """
 
+    run_config: Optional[str] = None  # the run's config (set by the CLI), written beside its checkpoints
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero and stage == "fit" and self.dirpath is not None:
+            check_writable(self.dirpath)
             remove_stale_temporaries(self.dirpath)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -103,6 +119,9 @@ class AtomicCheckpoint(ModelCheckpoint):
         tmp = trainer.strategy.broadcast(f"{filepath}.tmp-{os.getpid()}")
         trainer.save_checkpoint(tmp, self.save_weights_only)  # collective; writes on rank 0 (+ barrier)
         if trainer.is_global_zero:
+            if not os.path.lexists(tmp):
+                raise OSError(f"checkpoint {filepath} was not written (its temporary file {tmp} is missing): is "
+                              f"{os.path.dirname(os.path.abspath(filepath))} writable, with space left?")
             if os.path.isfile(tmp):
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())
@@ -110,6 +129,11 @@ class AtomicCheckpoint(ModelCheckpoint):
                 shutil.rmtree(filepath)  # folder checkpoints (sharded strategies): replace the old one
             os.replace(tmp, filepath)
             _fsync_dir(os.path.dirname(os.path.abspath(filepath)))
+            if self.run_config is not None:
+                from lightning_modules.evaluation import atomic_write_text
+
+                atomic_write_text(Path(filepath).parent / "config.yaml", self.run_config)
+                self.run_config = None  # once per run
         trainer.strategy.barrier("atomic_checkpoint")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath

@@ -52,11 +52,23 @@ class PredictionWriter(BasePredictionWriter):
     parts are gathered on rank 0 (``torch.distributed.gather_object``), merged by ``idx`` (repeats
     from padded shards dropped) and written there once. The file is written atomically and only
     when the whole epoch succeeded: a failing ``predict`` leaves an existing file untouched.
-    Prints accuracy before and after the reversal."""
+    Prints accuracy before and after the reversal.
 
-    def __init__(self, output_dir: str = "results/predictions", save_images: bool = True) -> None:
+    An existing ``predictions.pt`` is not replaced unless ``overwrite`` (the CLI's
+    ``--overwrite true``): the run refuses before it starts. The run's config (``run_config``, set
+    by the CLI) is written beside the predictions as ``config.yaml``."""
+
+    def __init__(self, output_dir: str = "results/predictions", save_images: bool = True,
+                 overwrite: bool = False) -> None:
         super().__init__(write_interval="epoch")
-        self.output_dir, self.save_images = Path(output_dir), save_images
+        self.output_dir, self.save_images, self.overwrite = Path(output_dir), save_images, overwrite
+        self.run_config: Optional[str] = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        target = self.output_dir / "predictions.pt"
+        if stage == "predict" and not self.overwrite and trainer.is_global_zero and target.exists():
+            raise FileExistsError(f"{target} exists (an earlier predict run's): pass --overwrite true to replace "
+                                  "it, or move it away first")
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module, predictions, batch_indices) -> None:
         preds = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
@@ -69,6 +81,10 @@ class PredictionWriter(BasePredictionWriter):
         merged = merge_predictions(parts)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(merged, self.output_dir / "predictions.pt")
+        if self.run_config is not None:
+            from lightning_modules.evaluation import atomic_write_text
+
+            atomic_write_text(self.output_dir / "config.yaml", self.run_config)
         y = merged["y"]
         acc = {k: (merged[k] == y).float().mean().item() for k in ("pred_clean", "pred_before", "pred_after")}
         print(f"predictions: {len(y)} images -> {self.output_dir / 'predictions.pt'}; accuracy clean "

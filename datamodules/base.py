@@ -24,6 +24,13 @@ def _as_tensors(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> t
     return x.contiguous(), y
 
 
+def _say_clamp(name: str, asked: int, have: int, split: str) -> None:
+    if asked > have:
+        from lightning_modules.cli_checks import say
+
+        say(f"{name}={asked} is more than the {have} examples of the {split} split: using all {have}")
+
+
 class ArrayDataModule(pl.LightningDataModule):
     """Base class: train / validation / test splits as device-resident uint8 tensors.
 
@@ -33,8 +40,10 @@ class ArrayDataModule(pl.LightningDataModule):
         eval_batch_size: batch size for validation, test and predict (default: ``batch_size``).
         val_size: examples held out of the training split for validation (seeded, random); with 0
             validation runs on the test split's first ``n_examples``.
-        n_examples: evaluate on the first N test examples only (RobustBench convention).
-        train_subset: train on the first N examples of the training split only (quick runs).
+        n_examples: evaluate on the first N test examples only (RobustBench convention); more than the
+            split holds uses all of it, said in one line.
+        train_subset: train on the first N examples of the training split only (quick runs; clamped
+            the same way).
         augment: random crop (reflect pad 4) + horizontal flip on training batches.
         seed: seeds the validation hold-out and the per-epoch shuffles.
     """
@@ -63,9 +72,11 @@ class ArrayDataModule(pl.LightningDataModule):
             raise ValueError(f"val_size must be >= 0, got {val_size}")
         if n_examples is not None and n_examples < 1:
             raise ValueError(f"n_examples must be >= 1 or null, got {n_examples}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1 or null (= batch_size), got {eval_batch_size}")
         self.data_dir = data_dir
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.val_size, self.n_examples = val_size, n_examples
         self.augment, self.seed = augment, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -87,12 +98,14 @@ class ArrayDataModule(pl.LightningDataModule):
                 self.splits["val"] = (x[va], y[va])
                 x, y = x[tr], y[tr]
             if self.train_subset is not None:
+                _say_clamp("train_subset", self.train_subset, len(x), "training")
                 x, y = x[: self.train_subset], y[: self.train_subset]
             self.splits["train"] = (x, y)
         needs_test = stage in (None, "test", "predict", "validate") or (stage == "fit" and not self.val_size)
         if needs_test and "test" not in self.splits:
             x, y = _as_tensors(*self.load_split("test"))
             if self.n_examples is not None:
+                _say_clamp("n_examples", self.n_examples, len(x), "test")
                 x, y = x[: self.n_examples], y[: self.n_examples]
             self.splits["test"] = (x, y)
 

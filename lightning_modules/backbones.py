@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import difflib
 from enum import Enum
 from pathlib import Path
 from typing import Optional, Sequence
@@ -228,8 +229,10 @@ def build_backbone(
     try:
         key = BackboneName(name)
     except ValueError:
+        names = [b.value for b in BackboneName]
+        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.4)
         raise ValueError(
-            f"unknown backbone '{name}'; choose one of {[b.value for b in BackboneName]} "
+            f"unknown backbone '{name}'; choose one of {names}{f' (did you mean {close}?)' if close else ''} "
             "or load a RobustBench / checkpoint model with lightning_modules.robustbench_models"
         ) from None
     if key is BackboneName.preact_resnet18:

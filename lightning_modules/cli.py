@@ -13,10 +13,19 @@ Safety and resuming:
 - checkpoints of an experiment go to ``<trainer.default_root_dir>/checkpoints/<experiment>/``
   (``<experiment>`` is the first ``--config`` file's path under ``experiments/`` without
   ``.yaml``, e.g. ``cifar10/pgd_at``; ``default`` without one) unless the checkpoint callback sets
-  ``dirpath``; so ``--ckpt_path last`` after a crash resumes that experiment's newest ``last.ckpt``.
+  ``dirpath``; so ``--ckpt_path last`` after a crash resumes that experiment's newest ``last.ckpt``
+  (an error when there is none; ``--ckpt_path auto`` starts a new run then).
+- with ``--ckpt_path`` the model is rebuilt from the checkpoint's hyperparameters; settings given
+  on the command line win where they can (attack, reversal, views) and fail naming both values
+  where the checkpoint fixes them (architecture; optimizer on resume): :mod:`.cli_checks`.
+- ``validate`` / ``test`` / ``predict`` refuse to run without ``--ckpt_path`` unless
+  ``--allow_untrained true``; ``predict`` refuses to replace a predictions file unless
+  ``--overwrite true``. Each run's config goes to its own folders (:class:`RunConfig`).
+- an error ends the output with one line ``error: TYPE: MESSAGE`` naming the culprit.
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import sys
@@ -25,7 +34,10 @@ from pathlib import Path
 from typing import Optional
 
 import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from .cli_checks import (given_model_flags, read_checkpoint, reconcile, report_error, resolve_ckpt_path,
+                         untrained_error)
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO / "experiments" / "base.yaml"
@@ -57,24 +69,64 @@ def experiment_name(config_files: Optional[list]) -> str:
     return "default"
 
 
+class RunConfig(SaveConfigCallback):
+    """Saves the run's full config (after the checkpoint's settings were merged) where the run's own
+    outputs are, never in a folder that later runs share: the logger's run folder (CSV / TensorBoard
+    version folder, W&B run's ``files/``), and, through the callbacks' ``run_config``, beside the
+    checkpoints a fit writes and the predictions a predict writes."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        for cb in trainer.callbacks:
+            if hasattr(cb, "run_config"):
+                cb.run_config = text
+        folder = run_log_dir(trainer) if trainer.is_global_zero else None
+        if folder is not None:
+            from .evaluation import atomic_write_text
+
+            atomic_write_text(Path(folder) / self.config_filename, text)
+        self.already_saved = True
+
+
+def run_log_dir(trainer: pl.Trainer) -> Optional[str]:
+    """The first logger's per-run folder (``None`` without a logger or for loggers without one)."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            return getattr(logger.experiment, "dir", None)
+        if getattr(logger, "log_dir", None):
+            return logger.log_dir
+    return None
+
+
+def checkpoint_folders(cfg) -> list[Path]:
+    """The folders of the configured checkpoint callbacks (their ``dirpath``, else the experiment's)."""
+    trainer = cfg.get("trainer")
+    callbacks = trainer.get("callbacks") if trainer is not None else None
+    root = Path((trainer.get("default_root_dir") if trainer is not None else None) or ".")
+    folders = []
+    for item in (callbacks if isinstance(callbacks, list) else [callbacks]) if callbacks else []:
+        if str(getattr(item, "class_path", "")).endswith(CHECKPOINT_CALLBACKS):
+            args = item.get("init_args")
+            dirpath = args.get("dirpath") if args is not None else None
+            folders.append(Path(dirpath) if dirpath else root / "checkpoints" / experiment_name(cfg.get("config")))
+    return folders
+
+
 class ReversalCLI(LightningCLI):
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the hyperparameters of a --ckpt_path file (always weights_only=True)
-        try:
-            super()._parse_ckpt_path()
-        except pickle.UnpicklingError as e:
-            sub = self.config.get("subcommand")
-            cfg = self.config[sub] if sub else self.config
-            if cfg.get("weights_only") is False:  # trusted by the user: let the Trainer load it in full
-                warnings.warn(f"{cfg.get('ckpt_path')}: hyperparameters not read ({e.__class__.__name__}); "
-                              "using the configured model")
-                return
-            raise UnsafeCheckpointError(_unsafe_message(cfg.get("ckpt_path"), e)) from None
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="let validate / test / predict run without --ckpt_path (untrained weights)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="let predict replace an existing predictions file")
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse; a setting of the evaluation's earlier flat layout gets a line saying where it lives now."""
+        """Parse (remembering the command line); a setting of the evaluation's earlier flat layout gets a
+        line saying where it lives now."""
         from lightning_modules.evaluation.config import legacy_hint
 
+        self._argv = list(args) if isinstance(args, (list, tuple)) else (sys.argv[1:] if args is None else [])
         subs = getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}) or {}
         for p in [parser, *subs.values()]:
             def error(message: str, *a, _orig=p.error, **k):
@@ -83,6 +135,44 @@ class ReversalCLI(LightningCLI):
 
             p.error = error
         super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path`` (see :mod:`lightning_modules.cli_checks`), refuse untrained
+        evaluations, rebuild the model from the checkpoint's hyperparameters (as LightningCLI does)
+        and put the settings given on the command line back over them."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
+        cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_folders(cfg))
+        if sub != "fit" and not cfg.ckpt_path and not cfg.get("allow_untrained"):
+            raise untrained_error(sub, checkpoint_folders(cfg))
+        path = cfg.ckpt_path
+        if not path or not Path(path).is_file():
+            return
+        try:
+            hparams = dict(read_checkpoint(path).get("hyper_parameters") or {})
+        except pickle.UnpicklingError as e:
+            if cfg.get("weights_only") is False:  # trusted by the user: let the Trainer load it in full
+                warnings.warn(f"{path}: hyperparameters not read ({e.__class__.__name__}); using the configured model")
+                return
+            raise UnsafeCheckpointError(_unsafe_message(path, e)) from None
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        model = cfg.get("model")
+        pre = copy.deepcopy(model.get("init_args")) if model is not None else None
+        merged = dict(hparams)
+        if "_class_path" in merged:
+            merged = {"class_path": merged.pop("_class_path"), "dict_kwargs": merged}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": merged}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"error: the hyperparameters of checkpoint {path} do not parse (see above)\n")
+            raise
+        init_args = self.config[sub].model.get("init_args")
+        for name, value in reconcile(sub, path, hparams, given_model_flags(self._argv), pre, init_args).items():
+            init_args[name] = value
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -122,6 +212,13 @@ class ReversalCLI(LightningCLI):
             if item.init_args.get("dirpath") is None:
                 item.init_args.dirpath = str(folder)
 
+    def after_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("overwrite"):
+            for cb in getattr(self.trainer, "callbacks", []):
+                if hasattr(cb, "overwrite"):
+                    cb.overwrite = True
+
 
 def run_cli(args: Optional[list[str]] = None, run: bool = True) -> ReversalCLI:
     """Build (and with ``run``, execute) the CLI; returns it (tests read ``cli.trainer``, ``cli.model``)."""
@@ -135,6 +232,7 @@ def run_cli(args: Optional[list[str]] = None, run: bool = True) -> ReversalCLI:
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={sub: {"default_config_files": defaults} for sub in ("fit", "validate", "test", "predict")},
         args=args,
@@ -144,8 +242,15 @@ def run_cli(args: Optional[list[str]] = None, run: bool = True) -> ReversalCLI:
 
 
 def main(args: Optional[list[str]] = None) -> None:
-    """Console-script entry point (``lightning`` and ``ssl-reversal``)."""
-    run_cli(args)
+    """Console-script entry point (``lightning`` and ``ssl-reversal``): an error ends the output with one
+    line ``error: TYPE: MESSAGE`` (after the real error's traceback) and exit status 1."""
+    try:
+        run_cli(args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001
+        report_error(e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

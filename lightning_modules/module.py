@@ -10,7 +10,6 @@ Batches are ``(x, y, idx)`` with ``x`` uint8 in ``[0, 255]`` or float in ``[0, 1
 from __future__ import annotations
 
 import dataclasses
-import math
 from enum import Enum
 from typing import Any, Optional
 
@@ -26,7 +25,10 @@ from .fast_views import make_views
 from .backbones import Classifier, build_backbone, load_state_dict
 from .heads import ContrastiveHead
 from .losses import info_nce, trades_kl
+from .resume import (get_rng_states, load_pending_loader_states, make_scheduler, rebuild_schedule,
+                     saved_schedule_total, set_rng_states)
 from .reversal import ReversalConfig, reverse
+from .settings import check_settings
 
 
 class TrainingMode(str, Enum):
@@ -151,6 +153,11 @@ class ReversalModule(pl.LightningModule):
                 self._hparams_initial["reversal"] = dataclasses.asdict(reversal)
         self.training_mode = TrainingMode(training)
         check_eps(eps)
+        check_settings(steps=steps, alpha=alpha, predict_attack_steps=predict_attack_steps,
+                       val_attack_steps=val_attack_steps, n_views=n_views, head_hidden=head_hidden, head_dim=head_dim,
+                       temperature=temperature, ssl_weight=ssl_weight, lr=lr, warmup=warmup, momentum=momentum,
+                       weight_decay=weight_decay, trades_beta=trades_beta, label_smoothing=label_smoothing,
+                       image_size=image_size, num_classes=num_classes)
         if noise_std < 0 or (noise_std > 0 and self.training_mode is not TrainingMode.standard):
             raise ValueError(f"noise_std={noise_std}: Gaussian-noise training needs noise_std >= 0 and "
                              f"training: standard (got '{training}')")
@@ -211,7 +218,9 @@ class ReversalModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture with a message naming both (Lightning calls
-        this before its strict ``load_state_dict``, whose error lists keys only)."""
+        this before its strict ``load_state_dict``, whose error lists keys only); keep what a resumed
+        fit needs (:meth:`on_train_start`)."""
+        self._resumed = {"total": saved_schedule_total(checkpoint), "rng": checkpoint.get("rng_states")}
         sd, own = checkpoint.get("state_dict") or {}, self.state_dict()
         shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
         missing = [k for k in own if k not in sd and k.startswith("classifier.")]
@@ -409,16 +418,29 @@ class ReversalModule(pl.LightningModule):
         opt = torch.optim.SGD([{"params": decay, "weight_decay": h.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}],
                               lr=h.lr, momentum=h.momentum, nesterov=h.nesterov and h.momentum > 0)
-        if h.schedule == "constant":
+        total = self._schedule_total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = make_scheduler(opt, h, total)
+        if sched is None:
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        if h.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=total, pct_start=h.warmup,
-                                                        anneal_strategy="linear", div_factor=25, final_div_factor=1e3)
-        elif h.schedule == "cosine":
-            warm = max(1, int(h.warmup * total))
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-        else:
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.5 * total), int(0.75 * total)], 0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- resuming -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the schedule's step budget and the generators' states (:mod:`.resume`)."""
+        if getattr(self, "_schedule_total", None) is not None:
+            checkpoint["schedule_total_steps"] = self._schedule_total
+        checkpoint["rng_states"] = get_rng_states()
+
+    def on_train_start(self) -> None:
+        """On resume: rebuild the schedule for a changed budget, then restore the checkpoint's
+        generator states (here, after the sanity check, which draws random views)."""
+        saved = getattr(self, "_resumed", None)
+        if saved is None:
+            return
+        self._resumed = None
+        load_pending_loader_states(self.trainer)
+        total, saved_total = getattr(self, "_schedule_total", None), saved.get("total")
+        if total is not None and saved_total is not None and total != saved_total and self.trainer.lr_scheduler_configs:
+            rebuild_schedule(self, saved_total, total)
+        if saved.get("rng") is not None:
+            set_rng_states(saved["rng"])

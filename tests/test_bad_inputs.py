@@ -63,7 +63,7 @@ def test_cli_predict_on_bad_data_exits_nonzero_and_keeps_predictions(tmp_path):
     old.parent.mkdir(parents=True)
     torch.save({"idx": torch.arange(3)}, old)
     before = snapshot(old)
-    r = lightning("predict", *tiny_args(data, root), cwd=tmp_path)
+    r = lightning("predict", *tiny_args(data, root, "--allow_untrained", "true", "--overwrite", "true"), cwd=tmp_path)
     assert r.returncode != 0
     assert f"{bad}: corrupt or truncated pickle" in r.stderr or f"{bad}: pickle data was truncated" in r.stderr
     assert snapshot(old) == before
@@ -85,7 +85,7 @@ def test_predict_rejects_bad_pixels_and_keeps_predictions(tmp_path, bad, match):
     torch.save({"idx": torch.arange(3)}, out / "predictions.pt")
     before = snapshot(out / "predictions.pt")
     trainer = pl.Trainer(accelerator="cpu", logger=False, inference_mode=False, enable_progress_bar=False,
-                         callbacks=[PredictionWriter(str(out))])
+                         callbacks=[PredictionWriter(str(out), overwrite=True)])
     with pytest.raises(ValueError, match="predict input.*" + match):
         trainer.predict(small(predict_attack="none"), dataloaders=batches)
     assert snapshot(out / "predictions.pt") == before

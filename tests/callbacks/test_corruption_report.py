@@ -37,6 +37,7 @@ def test_lightning_test_writes_the_report(tmp_path, monkeypatch):
         "--data.init_args.severities", "[2, 5]", "--data.init_args.n_examples", "5",
         "--data.init_args.eval_batch_size", "4",
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
+        "--allow_untrained", "true",
     ])
     out = tmp_path / "results/corruptions/cifar10"
     report = json.loads((out / "corruption_report.json").read_text())

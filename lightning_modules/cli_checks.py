@@ -1,0 +1,235 @@
+"""Checks behind the ``lightning`` command line: what ``--ckpt_path`` means, which settings win over a
+checkpoint's, refusing untrained evaluations, and one closing error line.
+
+With ``--ckpt_path`` the model is rebuilt from the checkpoint's hyperparameters. Settings given on the
+command line (``--model.init_args.NAME VALUE``, ``--model.init_args.reversal.steps 5``) then win over
+the checkpoint's for everything that does not change the weights' shapes (attack, reversal, views,
+training attack); architecture settings that contradict the checkpoint fail naming both values; on
+``fit`` the optimizer settings that the resumed optimizer state fixes fail the same way. Config files
+and defaults do not count as given: the checkpoint's values replace them (so the experiment file that
+trained a model, with its command-line overrides, evaluates it).
+
+``--ckpt_path last`` resumes the newest ``last*.ckpt`` of the experiment's checkpoint folder and fails
+when there is none; ``--ckpt_path auto`` resumes it when there is one and starts a new run otherwise
+(for job scripts that are resubmitted).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import sys
+import traceback
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import yaml
+
+# settings that change the weights' shapes: given values must equal the checkpoint's
+ARCH_KEYS = ("backbone", "backbone_kwargs", "num_classes", "normalization", "robustbench_model",
+             "robustbench_dataset", "robustbench_threat_model", "head_hidden", "head_dim")
+# on ``fit --ckpt_path`` the optimizer (and its schedule) continue from the checkpoint's state
+RESUME_FIXED_KEYS = ("lr", "momentum", "weight_decay", "nesterov", "schedule", "warmup")
+# the weights come from --ckpt_path, so a file given for them would be loaded and then replaced
+WEIGHT_FILE_KEYS = ("backbone_checkpoint",)
+
+
+def say(message: str) -> None:
+    """One line on stderr from the first process only (rank from the launcher's environment, so it
+    works before the Trainer exists); plain ``print`` so no logging setup can swallow it."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0" \
+            and os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
+class CLIError(ValueError):
+    """A command-line setting that cannot be obeyed; the message says why and what to do."""
+
+
+class CheckpointFileError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, not a checkpoint); the message names it."""
+
+
+# -- --ckpt_path ----------------------------------------------------------------------------------
+def resolve_ckpt_path(value: Optional[str], folders: Sequence[Path]) -> Optional[str]:
+    """``last`` -> the newest ``last*.ckpt`` in ``folders`` (an error when none), ``auto`` -> the same or
+    ``None`` (a new run, said in one line), a path -> itself (an error when it does not exist)."""
+    if value is None or value in ("best", "hpc", "registry") or str(value).startswith("registry:"):
+        return value
+    if value in ("last", "auto"):
+        found = [p for d in folders if Path(d).is_dir() for p in Path(d).glob("last*.ckpt") if p.is_file()]
+        if found:
+            return str(max(found, key=lambda p: p.stat().st_mtime))
+        where = ", ".join(str(d) for d in folders) or "(no checkpoint callback configured)"
+        if value == "auto":
+            say(f"--ckpt_path auto: no last.ckpt in {where}; starting a new run")
+            return None
+        raise CLIError(f"--ckpt_path last: no last*.ckpt in {where} (no earlier run of this experiment saved one "
+                       "there). Drop --ckpt_path to start a new run, give the checkpoint file, or use "
+                       "--ckpt_path auto to resume when one exists and start a new run otherwise")
+    if not Path(value).exists():
+        raise CLIError(f"--ckpt_path {value}: no such file")
+    return value
+
+
+def read_checkpoint(path: str) -> dict:
+    """The checkpoint at ``path`` loaded with ``weights_only=True`` on the CPU; a file that is not a
+    readable checkpoint fails naming it (an unsafe one raises ``pickle.UnpicklingError`` unchanged)."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e) or "weights_only" in str(e):
+            raise
+        err: BaseException = e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        err = e
+    first = (str(err).splitlines() or [""])[0]
+    raise CheckpointFileError(f"checkpoint {path} cannot be read ({type(err).__name__}: {first}): it is truncated "
+                              "or not a checkpoint (an interrupted copy?). Give another file, e.g. an earlier "
+                              "epoch's checkpoint in the same folder") from None
+
+
+def untrained_error(subcommand: str, folders: Sequence[Path]) -> CLIError:
+    found = [str(p) for d in folders if Path(d).is_dir() for p in sorted(Path(d).glob("last*.ckpt"))]
+    hint = f" (this experiment's: {found[0]})" if found else ""
+    return CLIError(f"lightning {subcommand} without --ckpt_path would run a model that was never trained (random "
+                    f"weights). Pass --ckpt_path CKPT{hint}, or --allow_untrained true to run it anyway")
+
+
+# -- settings given on the command line -----------------------------------------------------------
+@dataclasses.dataclass
+class GivenModelFlags:
+    """``--model.*`` flags of a command line: ``names`` maps an ``init_args`` name to ``None`` (the
+    whole value given) or the set of its fields given (``{steps: 5}``, ``reversal.steps 5``)."""
+
+    names: dict[str, Optional[set]] = dataclasses.field(default_factory=dict)
+    class_path: Optional[str] = None
+    whole: Optional[str] = None  # ``--model VALUE`` with a dict / file (not just a class name)
+
+
+def given_model_flags(argv: Sequence[str]) -> GivenModelFlags:
+    out = GivenModelFlags()
+    argv = list(argv)
+    for i, tok in enumerate(argv):
+        if not tok.startswith("--model"):
+            continue
+        key, eq, val = tok[2:].partition("=")
+        value = val if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if key == "model":
+            if value and all(part.isidentifier() for part in value.split(".")):
+                out.class_path = value
+            else:
+                out.whole = value
+            continue
+        if not key.startswith("model."):
+            continue
+        parts = key.split(".")[1:]
+        if parts and parts[0] in ("init_args", "dict_kwargs"):
+            parts = parts[1:]
+        if not parts or parts[0] == "help":
+            continue
+        if parts[0] == "class_path":
+            out.class_path = value
+            continue
+        name, sub = parts[0], parts[1:]
+        try:
+            parsed = yaml.safe_load(value) if isinstance(value, str) else None
+        except yaml.YAMLError:
+            parsed = None
+        fields = {sub[0]} if sub else (set(parsed) if isinstance(parsed, dict) else None)
+        if fields is None or out.names.get(name, set()) is None:
+            out.names[name] = None
+        else:
+            out.names[name] = out.names.get(name, set()) | fields
+    return out
+
+
+def plain(v: Any) -> Any:
+    """Namespaces, dataclasses and tuples as dicts and lists, for comparing settings."""
+    if hasattr(v, "as_dict"):
+        v = v.as_dict()
+    elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+        v = dataclasses.asdict(v)
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    return v
+
+
+def reconcile(subcommand: str, ckpt_path: str, hparams: dict, given: GivenModelFlags, pre: Any,
+              merged: Any) -> dict[str, Any]:
+    """The ``init_args`` values to put back over the checkpoint's: each setting given on the command
+    line (``pre``: its parsed value before the checkpoint was merged; ``merged``: the value after).
+    Raises :class:`CLIError` for settings the checkpoint fixes."""
+    if given.whole is not None:
+        raise CLIError(f"--model {given.whole} with --ckpt_path {ckpt_path}: the model is rebuilt from the "
+                       "checkpoint's settings; give only the settings to change, one by one "
+                       "(--model.init_args.NAME VALUE)")
+    theirs_class = hparams.get("_class_path")
+    if given.class_path and theirs_class and given.class_path.rsplit(".", 1)[-1] != theirs_class.rsplit(".", 1)[-1]:
+        raise CLIError(f"--model.class_path {given.class_path} contradicts checkpoint {ckpt_path}, which holds a "
+                       f"{theirs_class}: drop the flag (the class comes from the checkpoint)")
+    out, notes = {}, []
+    for name, fields in given.names.items():
+        if pre is None or name not in pre:
+            continue
+        mine, theirs = pre[name], merged.get(name) if merged is not None else None
+        if fields is not None and (hasattr(theirs, "clone") or isinstance(theirs, dict)):
+            value = theirs.clone() if hasattr(theirs, "clone") else dict(theirs)
+            for f in fields:
+                value[f] = mine[f]
+        else:
+            value = mine
+        if name in WEIGHT_FILE_KEYS and value is not None:
+            raise CLIError(f"--model.init_args.{name} {value} with --ckpt_path {ckpt_path}: the weights come from "
+                           "the checkpoint; drop one of the two")
+        if name not in hparams or plain(value) == plain(hparams[name]):
+            out[name] = value
+            continue
+        if name in ARCH_KEYS:
+            raise CLIError(f"--model.init_args.{name} {plain(value)} contradicts checkpoint {ckpt_path}, which "
+                           f"was trained with {name} {plain(hparams[name])}: the architecture comes from the "
+                           "checkpoint; drop the flag (or train a new model with it)")
+        if subcommand == "fit" and name in RESUME_FIXED_KEYS:
+            raise CLIError(f"--model.init_args.{name} {plain(value)} differs from checkpoint {ckpt_path} "
+                           f"({name} {plain(hparams[name])}): a resumed fit continues the checkpoint's optimizer "
+                           "and schedule; drop the flag, or start a new run without --ckpt_path")
+        out[name] = value
+        notes.append(f"{name} {plain(value)} (checkpoint: {plain(hparams[name])})")
+    if notes:
+        say(f"{ckpt_path}: the command line's settings win over the checkpoint's: {'; '.join(notes)}")
+    return out
+
+
+# -- the closing error line -----------------------------------------------------------------------
+def _raised_in(e: BaseException, package: str) -> bool:
+    tb = e.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and f"{os.sep}{package}{os.sep}" in last.tb_frame.f_code.co_filename
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The error behind jsonargparse's wrappers (which repeat the whole parsed config)."""
+    while e.__cause__ is not None and _raised_in(e, "jsonargparse"):
+        e = e.__cause__
+    return e
+
+
+def report_error(e: BaseException, stream=None) -> None:
+    """Print the traceback of the real error, then one line ``error: TYPE: MESSAGE`` (last in the output)."""
+    stream = stream or sys.stderr
+    root = root_cause(e)
+    traceback.print_exception(type(root), root, root.__traceback__, file=stream)
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:  # its exit banner would come after
+        try:
+            wandb.finish(exit_code=1)
+        except Exception:  # noqa: BLE001  (the run's error matters, not the logger's)
+            pass
+    message = " ".join(str(root).split()) or repr(root)
+    print(f"error: {type(root).__name__}: {message}", file=stream, flush=True)

@@ -1,0 +1,115 @@
+"""What a resumed fit needs beyond Lightning's restore: the learning-rate schedule for a changed
+budget, and the random-number generators' states.
+
+**Budget.** Schedules are built for ``trainer.estimated_stepping_batches`` (``max_steps`` /
+``max_epochs``). A checkpoint records that total (``schedule_total_steps``); when a resumed fit has
+another budget, :func:`rebuild_schedule` builds the schedule for the new total, advanced to the
+checkpoint's step, and says so in one line (the restored one-cycle schedule would fail past its end).
+
+**Data position.** :func:`load_pending_loader_states` makes sure the training loader continues
+mid-epoch where the checkpoint was taken, whatever the schedule (see its docstring).
+
+**Random draws.** Checkpoints store the CPU, CUDA, numpy and Python generators' states
+(``rng_states``; tensors and plain numbers only, so they load with ``weights_only=True``);
+:func:`set_rng_states` puts them back when training starts, after the sanity check, so a run killed
+and resumed from a checkpoint draws the same augmentations, attack starts and views as the run that
+was not interrupted. Under DDP the checkpoint holds global rank 0's states and every rank gets
+them (ranks seeded alike start alike).
+"""
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cli_checks import say
+
+
+def make_scheduler(opt: torch.optim.Optimizer, h: Any, total: int, done: int = 0):
+    """The ``h.schedule`` schedule over ``total`` steps, advanced by ``done`` steps (None: constant)."""
+    if h.schedule == "constant":
+        return None
+    for group in opt.param_groups:  # start from the configured rate, not a restored schedule's
+        group.pop("initial_lr", None)
+        group["lr"] = h.lr
+    if h.schedule == "onecycle":
+        # torch divides by (warmup * total - 1): nudge that exact case (e.g. 0.2 of 5 steps) off zero
+        pct = h.warmup * 1.01 if abs(h.warmup * total - 1) < 1e-9 else h.warmup
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=total, pct_start=pct,
+                                                    anneal_strategy="linear", div_factor=25, final_div_factor=1e3)
+    elif h.schedule == "cosine":
+        warm = max(1, int(h.warmup * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    else:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.5 * total), int(0.75 * total)], 0.1)
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(min(done, total - 1) if h.schedule == "onecycle" else done):
+            sched.step()
+    return sched
+
+
+def rebuild_schedule(module: Any, saved_total: int, total: int) -> None:
+    """Replace the trainer's restored schedulers by ones built for ``total`` steps at the current step."""
+    trainer = module.trainer
+    step = trainer.global_step
+    for config in trainer.lr_scheduler_configs:
+        config.scheduler = make_scheduler(config.scheduler.optimizer, module.hparams, total, done=step)
+    lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+    say(f"resuming at step {step} with a budget of {total} steps (the checkpoint's "
+                   f"{module.hparams.schedule} schedule was for {saved_total}): the schedule is rebuilt for "
+                   f"{total} steps; learning rate now {lr:.4g}")
+
+
+def saved_schedule_total(checkpoint: dict) -> int | None:
+    """The step budget a checkpoint's schedule was built for (older checkpoints: the one-cycle state's)."""
+    if checkpoint.get("schedule_total_steps") is not None:
+        return int(checkpoint["schedule_total_steps"])
+    for state in checkpoint.get("lr_schedulers") or []:
+        if isinstance(state, dict) and state.get("total_steps") is not None:
+            return int(state["total_steps"])
+    return None
+
+
+def load_pending_loader_states(trainer: Any) -> None:
+    """Give the training loader its checkpointed position (mid-epoch resume) when Lightning has not.
+
+    Lightning 2.6 hands the loader its saved state only when the fit loop sets its data up after the
+    checkpoint was restored; ``trainer.estimated_stepping_batches`` (read by
+    ``configure_optimizers`` to size the schedule) sets the data up before, and the state would be
+    dropped: the resumed epoch would start over from its first batch."""
+    loop = trainer.fit_loop
+    states = getattr(loop, "_combined_loader_states_to_load", None)
+    if states and getattr(loop, "_combined_loader", None) is not None:
+        loop._combined_loader._load_state_dicts(states)
+        loop._combined_loader_states_to_load = []
+
+
+def get_rng_states() -> dict[str, Any]:
+    """The generators' states as tensors and plain numbers (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, gauss_next = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(state), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
