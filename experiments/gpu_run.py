@@ -2,7 +2,7 @@
 """One prepared GPU run: benchmark, train and evaluate PreActResNet-18 in one call, results to one folder.
 
 Stages, in order, each with a time budget (a stage that overruns is cut short, its failure is recorded,
-the next stage still runs; the whole run keeps to ``--total-seconds``):
+the next stage still runs; the whole run keeps to ``--total-seconds``, 520 s on a GPU: the device call allows 600):
 
 1. ``setup``    install the wheels of ``--wheels`` that the machine lacks (``make device-wheels`` prepares
                 them), unpack the CIFAR-10 pack (``--pack``) into ``--work``/data;
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -58,13 +59,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="small_cnn, synthetic data, budgets in seconds: the CI mode")
     p.add_argument("--wheels", default=".whl", help="wheels for what the machine lacks (make device-wheels)")
     p.add_argument("--pack", default="shared_pack/cifar10-jpeg.npz",
-                   help="the CIFAR-10 JPEG pack (make device-wheels copies it here); --tiny without it: synthetic")
+                   help="the CIFAR-10 JPEG pack (make device-wheels copies it here); --tiny: synthetic data instead")
     p.add_argument("--data-dir", default=None, help="an existing cifar-10-batches-py parent (skips the unpack)")
-    p.add_argument("--total-seconds", type=float, default=None, help="the whole run (540; 55 with --tiny)")
-    p.add_argument("--bench-seconds", type=float, default=None, help="bench budget (75; 14 with --tiny)")
-    p.add_argument("--train-seconds", type=float, default=None, help="training budget = max_time (270; 12)")
-    p.add_argument("--eval-seconds", type=float, default=None, help="evaluation budget (110; 8)")
-    p.add_argument("--adaptive-seconds", type=float, default=None, help="adaptive attack budget (45; 5)")
+    p.add_argument("--total-seconds", type=float, default=None,
+                   help="the whole run (520; 180 with --tiny: caps, about a minute is spent on an idle CPU)")
+    p.add_argument("--bench-seconds", type=float, default=None, help="bench budget (75; 45 with --tiny)")
+    p.add_argument("--train-seconds", type=float, default=None, help="training budget, max_time + 30 s (270; 60)")
+    p.add_argument("--eval-seconds", type=float, default=None, help="evaluation budget (110; 25)")
+    p.add_argument("--adaptive-seconds", type=float, default=None, help="adaptive attack budget (45; 20)")
     p.add_argument("--n-eval", type=int, default=None, help="test images evaluated (1000; 16 with --tiny)")
     p.add_argument("--eval-batch", type=int, default=None, help="evaluation batch = the reversal's batch (250; 8)")
     p.add_argument("--draws", type=int, default=3, help="reversal draws per reversed input")
@@ -74,10 +76,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="reversal steps in the evaluation (default: the model's, 40; 3 with --tiny)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: sized from the bench)")
     a = p.parse_args(argv)
-    big = {"total_seconds": 540, "bench_seconds": 75, "train_seconds": 270, "eval_seconds": 110,
+    big = {"total_seconds": 520, "bench_seconds": 75, "train_seconds": 270, "eval_seconds": 110,
            "adaptive_seconds": 45, "n_eval": 1000, "eval_batch": 250, "n_adaptive": 100}
-    tiny = {"total_seconds": 75, "bench_seconds": 25, "train_seconds": 25, "eval_seconds": 6,
-            "adaptive_seconds": 5, "n_eval": 16, "eval_batch": 8, "n_adaptive": 4, "reversal_steps": 3}
+    tiny = {"total_seconds": 180, "bench_seconds": 45, "train_seconds": 60, "eval_seconds": 25,
+            "adaptive_seconds": 20, "n_eval": 16, "eval_batch": 8, "n_adaptive": 4, "reversal_steps": 3}
     for k, v in (tiny if a.tiny else big).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -157,12 +159,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
 # -- stages ----------------------------------------------------------------------------------------
 def setup(run: Run, budget: float) -> dict:
     a, out = run.args, {}
-    missing = []
-    for name in NEEDED:
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
+    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]  # found, not imported
     if missing:
         wheels = sorted(Path(a.wheels).glob("*.whl")) if Path(a.wheels).is_dir() else []
         if not wheels:
@@ -184,9 +181,11 @@ def setup(run: Run, budget: float) -> dict:
 def prepare_data(a: argparse.Namespace, budget: float) -> Path:
     if a.data_dir:
         return Path(a.data_dir)
-    data = a.work / "data"
+    data = a.work / ("data_tiny" if a.tiny else "data")  # never one for the other
     if (data / "cifar-10-batches-py" / "test_batch").is_file():
         return data
+    if a.tiny:  # the same on every machine, with or without the pack
+        return synthetic_cifar10(data)
     pack = Path(a.pack)
     if pack.is_file():
         script = pack.with_name("cifar10_from_pack.py")
@@ -196,10 +195,8 @@ def prepare_data(a: argparse.Namespace, budget: float) -> Path:
         if rc != 0:
             raise RuntimeError(f"unpacking {pack} failed ({rc}): {text[-500:]}")
         return data
-    if not a.tiny:
-        raise FileNotFoundError(f"no CIFAR-10 pack at {pack}: run `make device-wheels` (copies it to shared_pack/) "
-                                "and name shared_pack in the device call's carry, or pass --data-dir")
-    return synthetic_cifar10(data)
+    raise FileNotFoundError(f"no CIFAR-10 pack at {pack}: run `make device-wheels` (copies it to shared_pack/) "
+                            "and name shared_pack in the device call's carry, or pass --data-dir")
 
 
 def bench(run: Run, budget: float) -> dict:
