@@ -99,7 +99,8 @@ def render(res: Optional[dict]) -> str:
             continue
         for name, r in (rec.get("results") or {}).items():
             ratio = f" ({r['ratio_to_floor']:.3f} of the FLOP floor)" if r.get("ratio_to_floor") else ""
-            lines.append(f"| bench {cfg}: {BENCH_NAMES.get(name, name)} | {_rate(r['images_per_s'])}{ratio} | "
+            label = f"reversal ({r['setting']})" if r.get("setting") else BENCH_NAMES.get(name, name)
+            lines.append(f"| bench {cfg}: {label} | {_rate(r['images_per_s'])}{ratio} | "
                          f"`{rec['command']}` |")
     tr = res.get("train") or {}
     if tr:

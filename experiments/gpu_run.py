@@ -228,6 +228,9 @@ def bench(run: Run, budget: float) -> dict:
             rec["device_name"] = reports[name].get("device_name")
             rec["results"] = {k: {"images_per_s": v["images_per_s"], "ratio_to_floor": v.get("ratio_to_floor")}
                               for k, v in reports[name]["results"].items()}
+            rev = reports[name]["results"].get("reversal", {}).get("reversal")
+            if rev:
+                rec["results"]["reversal"]["setting"] = f"{rev['steps']} steps x {rev['n_views']} views"
         else:  # cut at the budget or failed: the benches it printed before
             lines = chunks[i].splitlines() if i < len(chunks) else []
             rec["results"] = {ln.split()[1].rstrip(":"): {"images_per_s": float(ln.split()[2])}
@@ -271,7 +274,7 @@ def train(run: Run, budget: float) -> dict:
     rc, text, cut = run_logged(cmd, budget + 20, env={"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
     wall = time.monotonic() - t0
     ckpts = sorted(root.glob("checkpoints/**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    out = {"command": " ".join(["lightning", *cmd[3:]]).replace(str(root), "WORK/logs"), "epochs_planned": epochs,
+    out = {"command": " ".join(["lightning", *cmd[3:]]).replace(str(a.work), "WORK"), "epochs_planned": epochs,
            "max_time_s": max_time, "wall_s": round(wall, 1), "returncode": rc, "cut": cut}
     if not ckpts:
         raise RuntimeError(f"training left no last.ckpt under {root} (return code {rc}, killed at budget: {cut})")
