@@ -60,9 +60,8 @@ def targets(res: Optional[dict]) -> list[tuple[str, str, str]]:
          "bench, tuned settings"),
         (">= 1,000 images/s reversal (40 steps x 4 views)", got(_bench(res, "tuned", "reversal"), _rate),
          "bench, tuned settings"),
-        (">= 80% clean, fast recipe, <= 5 min of training", got(clean.get("without"), _pct) + (n + trained if
-                                                                                              clean.get("without") is not None else ""),
-         "eval after train"),
+        (">= 80% clean, fast recipe, <= 5 min of training",
+         got(clean.get("without"), _pct) + (n + trained if clean.get("without") is not None else ""), "eval after train"),
         (">= 46% AutoAttack (first 1,000 test images), same run",
          got(aa and aa.get("without"), _pct) + (f" on {aa['n']} images" if aa and aa.get("without") is not None else ""),
          "eval: standard AutoAttack"),

@@ -262,7 +262,8 @@ def train(run: Run, budget: float) -> dict:
     max_time = max(5, int(budget - 30)) if not a.tiny else 5  # the rest: start-up and the last checkpoint
     cmd = [sys.executable, "-m", "lightning_modules.cli", "fit", "--config", "experiments/cifar10/fast_recipe.yaml",
            "--data.init_args.data_dir", run.results["setup"]["data_dir"], "--trainer.default_root_dir", str(root),
-           "--trainer.max_time", f"00:{max_time // 3600:02d}:{max_time // 60 % 60:02d}:{max_time % 60:02d}", "--trainer.max_epochs", str(epochs),
+           "--trainer.max_time", f"00:{max_time // 3600:02d}:{max_time // 60 % 60:02d}:{max_time % 60:02d}",
+           "--trainer.max_epochs", str(epochs),
            "--trainer.enable_progress_bar", "false"]  # a bar would fill the log
     if a.tiny:
         cmd += ["--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", "{width: 8}",
@@ -275,7 +276,7 @@ def train(run: Run, budget: float) -> dict:
     wall = time.monotonic() - t0
     ckpts = sorted(root.glob("checkpoints/**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
     out = {"command": " ".join(["lightning", *cmd[3:]]).replace(str(a.work), "WORK"), "epochs_planned": epochs,
-           "max_time_s": max_time, "wall_s": round(wall, 1), "returncode": rc, "cut": cut}
+           "max_time_s": max_time, "wall_s": round(wall, 1), "returncode": rc, "cut": cut or rc != 0}
     if not ckpts:
         raise RuntimeError(f"training left no last.ckpt under {root} (return code {rc}, killed at budget: {cut})")
     run.ckpt = ckpts[-1]

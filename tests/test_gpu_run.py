@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def tiny_run(tmp_path_factory) -> Path:
     proc = subprocess.run([sys.executable, "experiments/gpu_run.py", "--device", "cpu", "--tiny", "--out", str(out),
                            "--work", str(root / "work"), "--total-seconds", "900", "--bench-seconds", "240",
                            "--train-seconds", "240", "--eval-seconds", "120", "--adaptive-seconds", "120"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
