@@ -31,8 +31,22 @@ from .attacks import check_batch, logits_of
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward returns a contiguous gradient: pyautoattack ``view``s input gradients, and a
+    channels-last model (``channels_last: true``) hands back channels-last ones, which ``view`` refuses."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class _Logits(nn.Module):
-    """``x -> logits`` in fp32 for a model returning logits or ``(logits, features)``."""
+    """``x -> logits`` in fp32 for a model returning logits or ``(logits, features)``; input gradients
+    come back contiguous whatever the model's memory format."""
 
     def __init__(self, model: Callable) -> None:
         super().__init__()
@@ -40,7 +54,7 @@ class _Logits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return logits_of(self.model, x.float()).float()
+            return logits_of(self.model, _ContiguousGrad.apply(x.float())).float()
 
 
 def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, norm: str = "Linf",
@@ -61,7 +75,7 @@ def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8
         adversary = AutoAttack(net, norm=norm, eps=float(eps), seed=seed, version="standard", device=x.device)
         adversary.verbose = verbose
         x_adv, _ = adversary.run_standard_evaluation(
-            x.detach().float(), y.detach(), batch_size=batch_size or len(x),
+            x.detach().float().contiguous(), y.detach(), batch_size=batch_size or len(x),
             state_path=Path(state_path) if state_path is not None else None)
     finally:
         logger.setLevel(level)
@@ -80,7 +94,7 @@ def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255
     attack = APGDAttack(_Logits(model), n_iter=steps, norm=norm, n_restarts=restarts, eps=float(eps), seed=seed,
                         loss=loss, eot_iter=1, rho=0.75, device=x.device, logger=logging.getLogger("auto-attack"))
     with torch.enable_grad():
-        return attack.perturb(x.detach().float(), y.detach()).detach()
+        return attack.perturb(x.detach().float().contiguous(), y.detach()).detach()
 
 
 __all__ = ["STANDARD_ATTACKS", "autoattack", "apgd"]

@@ -67,3 +67,17 @@ def test_apgd_wrapper_matches_apgd_and_runs_in_fp32():
     assert torch.equal(again, ours) and again.dtype == torch.float32
     with pytest.raises(ValueError, match="'ce' or 'dlr'"):
         apgd(net, x, y, loss="cw")
+
+
+def test_channels_last_model_and_input_run_the_whole_ensemble():
+    """pyautoattack views input gradients; a channels-last input (fast_recipe.yaml's ``channels_last``, which
+    ``_prep`` applies) gave channels-last gradients there, which ``view`` refuses, in APGD-T."""
+    from lightning_modules.backbones import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("small_cnn", width=4).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = net(x)[0].argmax(1)  # both correct; at 0.5/255 APGD-CE leaves them to APGD-T and the rest
+    x_adv = autoattack(net, x, y, eps=0.5 / 255, norm="Linf", seed=0)
+    assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.5 / 255 + 1e-6

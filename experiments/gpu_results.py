@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Fold a returned GPU run (``results.json`` of ``experiments/gpu_run.py``) into the README.
+
+The README's block between ``<!-- gpu-results:start -->`` and ``<!-- gpu-results:end -->`` is
+rewritten from the JSON alone: the hardware, date and commit of the run, the targets beside what
+was reached, and every number with the command that produced it. Never edit the block by hand.
+
+    python experiments/gpu_results.py --out FOLDER [--readme README.md]   # make gpu-results OUT=FOLDER
+    python experiments/gpu_results.py --empty                             # the block before any run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+START, END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"
+NOT_YET = "not measured yet"
+BENCH_NAMES = {"pgd_at": "PGD-10 AT", "pgd_at_ssl": "PGD-10 AT + head", "fgsm_rs": "FGSM-RS",
+               "reversal": "reversal (40 steps x 4 views)", "autoattack": "AutoAttack (random-init model)"}
+REFERENCE = ("Reference runs on an H100 with the same pack (from the tracker, not measured here): plain PGD-AT, "
+             "30 epochs in 253 s: 77.4% clean / 47.3% PGD-20 / 42.3% AutoAttack; tuned plain PyTorch PGD-10 AT "
+             "4,425 images/s; a reference-style reversal 150-200 images/s.")
+
+
+def _pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _rate(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:,.0f} images/s" if v >= 100 else f"{v:.3g} images/s"
+
+
+def _row(rows: list[dict], attack: str) -> Optional[dict]:
+    return next((r for r in rows if r["attack"] == attack), None)
+
+
+def _bench(res: dict, cfg: str, name: str) -> Optional[float]:
+    return (((res.get("bench") or {}).get(cfg) or {}).get("results") or {}).get(name, {}).get("images_per_s")
+
+
+def targets(res: Optional[dict]) -> list[tuple[str, str, str]]:
+    """(target, reached, how) for each target of the tracker; "not measured yet" where nothing was."""
+    res = res or {}
+    ev, tr = res.get("eval") or {}, res.get("train") or {}
+    rows = ev.get("rows") or []
+    aa, clean = _row(rows, "autoattack"), ev.get("clean") or {}
+    n = f" on {ev.get('n_reached')} images" if ev.get("n_reached") else ""
+    trained = f", {tr['wall_s']:.0f} s of `fit` ({tr.get('global_step')} steps)" if tr.get("wall_s") else ""
+    aa_speed = (aa["n"] / aa["time_s"]) if aa and aa.get("time_s") else None
+
+    def got(v: Any, fmt) -> str:
+        return NOT_YET if v is None else fmt(v)
+
+    return [
+        (">= 11,000 images/s PGD-10 AT (one H100-class GPU)", got(_bench(res, "tuned", "pgd_at"), _rate),
+         "bench, tuned settings"),
+        (">= 1,000 images/s reversal (40 steps x 4 views)", got(_bench(res, "tuned", "reversal"), _rate),
+         "bench, tuned settings"),
+        (">= 80% clean, fast recipe, <= 5 min of training",
+         got(clean.get("without"), _pct) + (n + trained if clean.get("without") is not None else ""), "eval after train"),
+        (">= 46% AutoAttack (first 1,000 test images), same run",
+         got(aa and aa.get("without"), _pct) + (f" on {aa['n']} images" if aa and aa.get("without") is not None else ""),
+         "eval: standard AutoAttack"),
+        (">= 3x the speed of pyautoattack called plainly, same robust accuracy",
+         NOT_YET if aa_speed is None else f"{NOT_YET} (plain pyautoattack ran {_rate(aa_speed)}; no tuned variant yet)",
+         "eval: the AutoAttack row's time"),
+    ]
+
+
+def render(res: Optional[dict]) -> str:
+    """The Markdown of the block (without the markers)."""
+    lines = ["### Results of the GPU run", ""]
+    if not res:
+        lines += ["No GPU run has been folded in yet: every target below is **not measured yet**.", ""]
+    else:
+        m = res["meta"]
+        kind = ("**tiny CPU smoke run** (small CNN, synthetic data): checks the pipeline, measures none of the targets"
+                if m.get("tiny") else "full run")
+        lines += [f"{kind}. Hardware: {m.get('device_name')}; torch {m.get('torch')}, Python {m.get('python')}; "
+                  f"{m.get('date')}; commit `{m.get('commit')}`{' (uncommitted changes)' if m.get('dirty') else ''}; "
+                  f"`{m.get('command')}`, {m.get('wall_s')} s in all.", ""]
+    lines += ["| target | reached | how |", "|---|---|---|"]
+    lines += [f"| {t} | {r} | {h} |" for t, r, h in targets(res)]
+    lines += ["", REFERENCE]
+    if not res:
+        return "\n".join(lines)
+    lines += ["", "| stage | status | wall | budget |", "|---|---|---:|---:|"]
+    for name, st in res.get("stages", {}).items():
+        err = f" ({st['error']})" if st.get("error") else ""
+        lines.append(f"| {name} | {st.get('status')}{err} | {st.get('wall_s')} s | {st.get('budget_s')} s |")
+    lines += ["", "| measurement | number | command |", "|---|---|---|"]
+    for cfg, rec in (res.get("bench") or {}).items():
+        if not isinstance(rec, dict):
+            continue
+        for name, r in (rec.get("results") or {}).items():
+            ratio = f" ({r['ratio_to_floor']:.3f} of the FLOP floor)" if r.get("ratio_to_floor") else ""
+            label = f"reversal ({r['setting']})" if r.get("setting") else BENCH_NAMES.get(name, name)
+            lines.append(f"| bench {cfg}: {label} | {_rate(r['images_per_s'])}{ratio} | "
+                         f"`{rec['command']}` |")
+    tr = res.get("train") or {}
+    if tr:
+        cut = ", stopped by max_time" if tr.get("stopped_by_max_time") else ""
+        lines.append(f"| training (fast recipe) | {tr.get('epochs_planned')} epochs planned, {tr.get('global_step')} "
+                     f"steps, {tr.get('wall_s')} s wall (max_time {tr.get('max_time_s')} s{cut}) | "
+                     f"`{tr.get('command')}` |")
+    for stage in ("eval", "adaptive"):
+        ev = res.get(stage) or {}
+        if not ev:
+            continue
+        how = (f"`{res['meta'].get('command')}`, stage {stage}: {ev.get('n_reached')} of {ev.get('n_requested')} "
+               f"images, batch {ev.get('batch_size')}, {ev.get('draws')} draws{', cut at its budget' if ev.get('cut') else ''}")
+        if stage == "eval":
+            c = ev.get("clean") or {}
+            lines.append(f"| clean (without / with reversal) | {_pct(c.get('without'))} / {_pct(c.get('with'))} | {how} |")
+        for r in ev.get("rows") or []:
+            lines.append(f"| {r['label']} L-inf 8/255 (without / with reversal) | {_pct(r['without'])} / "
+                         f"{_pct(r['with'])} on {r['n']} images, {r['time_s']:.0f} s | {how} |")
+        for w in ev.get("worst_case") or []:
+            lines.append(f"| {stage}: worst case per example, {w['threat']} {w['eps_label']} | {_pct(w.get('without'))}"
+                         f" / {_pct(w.get('with'))} on {w.get('n')} images"
+                         f"{'' if ev.get('reliable') else ' (UNRELIABLE: a sanity check failed)'} | {how} |")
+    return "\n".join(lines)
+
+
+def fold(readme: Path, res: Optional[dict]) -> str:
+    """Rewrite the marked block of ``readme`` from ``res``; returns the new text."""
+    text = readme.read_text()
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ValueError(f"{readme} needs exactly one block between '{START}' and '{END}'")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{render(res)}\n{END}{tail}"
+    tmp = readme.with_suffix(readme.suffix + ".tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+    return new
+
+
+def read_results(folder: Path) -> dict:
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results.json in {folder}: pass the folder a GPU run returned "
+                                "(make gpu-run writes it to OUT)")
+    res = json.loads(path.read_text())
+    if res.get("schema") != 1 or "meta" not in res:
+        raise ValueError(f"{path} is not a gpu_run results file (schema 1 with 'meta')")
+    return res
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="the folder a GPU run returned (holds results.json)")
+    p.add_argument("--readme", default=str(REPO / "README.md"))
+    p.add_argument("--empty", action="store_true", help="write the block with nothing measured")
+    a = p.parse_args(argv)
+    if not a.empty and not a.out:
+        p.error("give --out FOLDER (or --empty)")
+    fold(Path(a.readme), None if a.empty else read_results(Path(a.out)))
+    print(f"folded {'nothing' if a.empty else a.out} into {a.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""experiments/gpu_run.py end to end in its CPU tiny mode, the weight shards, and gpu_results folding."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.shards import load_shards, module_from_shards, save_shards, shard_files, to_bf16
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+gpu_results = _load("gpu_results")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """`make gpu-run DEVICE=cpu TINY=1`, as the script, into a fresh folder; budgets wide enough for a loaded CI
+    machine, so that no stage is cut (the cutting itself is tested below)."""
+    root = tmp_path_factory.mktemp("gpu_run")
+    out = root / "out"
+    proc = subprocess.run([sys.executable, "experiments/gpu_run.py", "--device", "cpu", "--tiny", "--out", str(out),
+                           "--work", str(root / "work"), "--total-seconds", "900", "--bench-seconds", "240",
+                           "--train-seconds", "240", "--eval-seconds", "120", "--adaptive-seconds", "120"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_every_stage_ran_and_wrote_at_most_eight_small_files(tiny_run):
+    res = json.loads((tiny_run / "results.json").read_text())
+    assert set(res["stages"]) == {"setup", "bench", "train", "weights", "grid", "eval", "adaptive"}
+    failed = {k: v for k, v in res["stages"].items() if v["status"] != "ok"}
+    assert not failed, failed
+    files = sorted(p.name for p in tiny_run.iterdir())
+    assert len(files) <= 8 and all(p.stat().st_size < 16 * 2 ** 20 for p in tiny_run.iterdir())
+    assert {"results.json", "results.md", "bench.json", "run.log", "grid.png", "weights-00-of-01.pt"} <= set(files)
+    assert all(c.isalnum() or c in "._-" for f in files for c in f)
+    assert res["meta"]["tiny"] is True and res["meta"]["commit"]
+    assert set(res["bench"]["fp32"]["results"]) >= {"pgd_at", "reversal"}
+    assert res["train"]["global_step"] > 0
+    ev = res["eval"]
+    assert ev["n_reached"] == ev["n_requested"] == 16 and [r["attack"] for r in ev["rows"]][:1] == ["pgd"]
+    assert 0 <= ev["clean"]["without"] <= 1 and ev["rows"][0]["with"] is not None  # with the reversal
+    assert res["adaptive"]["rows"][0]["attack"] == "apgd_ce_bpda"
+    assert "[gpu-run] eval:" in (tiny_run / "run.log").read_text()
+
+
+def test_shards_rebuild_the_trained_model(tiny_run):
+    m = module_from_shards(tiny_run)
+    sd = load_shards(tiny_run)
+    assert all(v.dtype == torch.bfloat16 for v in sd.values() if v.is_floating_point())
+    assert m.hparams.backbone == "small_cnn"
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, sd[k].to(v.dtype)), k
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_shard_round_trip_equals_the_bf16_weights(tmp_path):
+    torch.manual_seed(0)
+    sd = {"a.weight": torch.randn(300, 300), "b.weight": torch.randn(200, 300), "bn.num_batches_tracked": torch.tensor(7)}
+    names = save_shards(sd, tmp_path, extra={"note": 1}, max_bytes=250_000)  # forces several shards
+    assert len(names) >= 2 and names[0].endswith(f"-of-{len(names):02d}.pt")
+    back = load_shards(tmp_path)
+    assert back.keys() == sd.keys()
+    for k, v in to_bf16(sd).items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    (tmp_path / names[-1]).unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        shard_files(tmp_path)
+    with pytest.raises(ValueError, match="exceeds the shard limit"):
+        save_shards({"big": torch.zeros(1000, 1000)}, tmp_path / "x", max_bytes=300_000)
+
+
+def test_gpu_results_folds_the_run_into_the_readme_block(tiny_run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{gpu_results.START}\nold\n{gpu_results.END}\nafter\n")
+    gpu_results.main(["--out", str(tiny_run), "--readme", str(readme)])
+    text = readme.read_text()
+    res = json.loads((tiny_run / "results.json").read_text())
+    assert "old" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    block = text.split(gpu_results.START)[1].split(gpu_results.END)[0]
+    assert res["meta"]["commit"] in block and res["meta"]["device_name"] in block and "tiny CPU smoke run" in block
+    clean = f"{100 * res['eval']['clean']['without']:.1f}%"
+    assert clean in block and res["bench"]["fp32"]["command"] in block
+    gpu_results.main(["--empty", "--readme", str(readme)])
+    empty = readme.read_text()
+    assert res["meta"]["commit"] not in empty and empty.count(f"| {gpu_results.NOT_YET} |") == 5
+
+
+def test_gpu_results_refuses_a_readme_without_its_block_and_a_folder_without_results(tmp_path):
+    (tmp_path / "README.md").write_text("# no block\n")
+    with pytest.raises(ValueError, match="gpu-results:start"):
+        gpu_results.fold(tmp_path / "README.md", None)
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        gpu_results.read_results(tmp_path)
+
+
+def test_missing_pack_and_wheels_are_named(tmp_path):
+    gpu_run = _load("gpu_run")
+    args = gpu_run.parse_args(["--device", "cpu", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"),
+                               "--pack", str(tmp_path / "no.npz")])
+    with pytest.raises(FileNotFoundError, match="no.npz.*make device-wheels"):
+        gpu_run.prepare_data(args, 10)
+    run = gpu_run.Run.__new__(gpu_run.Run)
+    run.args = gpu_run.parse_args(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"),
+                                   "--wheels", str(tmp_path / "nowheels")])
+    gpu_run.NEEDED = ("surely_not_an_installed_module",)
+    with pytest.raises(FileNotFoundError, match="nowheels.*make device-wheels"):
+        gpu_run.setup(run, 10)
+
+
+def test_a_stage_over_its_budget_is_cut_and_the_next_still_runs(tmp_path):
+    gpu_run = _load("gpu_run")
+    args = gpu_run.parse_args(["--device", "cpu", "--tiny", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"),
+                               "--total-seconds", "30"])
+    args.out.mkdir(parents=True)
+    run = gpu_run.Run(args)
+    rc, text, cut = gpu_run.run_logged([sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"], 2)
+    assert cut and "hi" in text
+    run.stage("slow", 1, lambda b: {"cut": True})
+    run.stage("broken", 1, lambda b: 1 / 0)
+    run.stage("late", 100, lambda b: {"budget": b}, reserve=20)
+    run.stage("never", 5, lambda b: None, reserve=1000)
+    st = json.loads((args.out / "results.json").read_text())["stages"]
+    assert st["slow"]["status"] == "cut" and st["broken"]["status"] == "failed" and "ZeroDivision" in st["broken"]["error"]
+    assert st["late"]["status"] == "ok" and st["never"]["status"] == "skipped"
+    assert (args.out / "results.md").is_file()
