@@ -101,7 +101,7 @@ class RobustEvaluator:
         if row.subset is None:
             return torch.arange(len(idx))
         sel = (idx < row.subset).nonzero().flatten()
-        if len(sel) == 0 or (len(sel) == 1 and any(c.startswith("with") for c in row.columns)):
+        if len(sel) == 0 or (len(sel) == 1 and any(c != "without" for c in row.columns)):
             return None
         return sel
 

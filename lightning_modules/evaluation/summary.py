@@ -28,6 +28,11 @@ from .store import ResultStore, jsonable
 TOP_GROUPS = ("main", "steps-sweep", "eot-sweep")  # rows at a threat model's budget: all count in its worst case
 
 
+def _is_with(column: str) -> bool:
+    """A column of the defended model: ``with`` or ``with@<composition>`` (not ``without``)."""
+    return column == "with" or column.startswith("with@")
+
+
 def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
     """Accuracy per column of one row on the examples every column has."""
     keys = [f"{row.key}|{c}" for c in row.columns if f"{row.key}|{c}" in st.rows]
@@ -40,7 +45,7 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
         if col == "with" and k in st.rows:
             stats = st.draw_stats(k, common)
             out["with_mean"], out["with_disagreement"] = stats["mean"], stats["disagreement"]
-    withs = [k for k in keys if k.rsplit("|", 1)[1].startswith("with")]
+    withs = [k for k in keys if _is_with(k.rsplit("|", 1)[1])]
     out["with_worst"] = st.accuracy(withs, common)[0] if withs else None
     return out
 

@@ -112,4 +112,5 @@ def test_markdown_table_shows_every_row_with_draw_columns(draws):
     md = markdown_report(ev.summary())
     assert f"With reversal (all {draws} draws)" in md
     assert "| clean | - | - | 100.00% | 50.00% | 50.00% | 0.00% | 50.00% | 20 |" in md
-    assert "| Linf 8/255 | PGD-20 (CE) | non-adaptive | 0.00% | 25.00% |" in md
+    # without 0%, with 25%: the worst composition column ANDs the "with" columns only
+    assert "| Linf 8/255 | PGD-20 (CE) | non-adaptive | 0.00% | 25.00% | 25.00% | 0.00% | 25.00% | 20 |" in md
