@@ -146,7 +146,8 @@ def test_counts_and_sizes_are_validated(data, tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (("--model.init_args.eps", "8"), "error: ValueError: eps=8.0 is larger than the whole [0, 1] pixel range"),
     (("--model.init_args.backbone", "preact_resnet"), "error: ValueError: unknown backbone 'preact_resnet'; choose "
-     "one of ['preact_resnet18', 'wrn28_10', 'wrn34_10', 'resnet50', 'small_cnn'] (did you mean ['preact_resnet18'"),
+     "one of ['preact_resnet18', 'wrn28_10', 'wrn34_10', 'resnet50', 'small_cnn', 'wide_resnet'] (did you mean "
+     "['preact_resnet18'"),
     (("--data.init_args.batch_size", "0"), "error: ValueError: batch_size must be >= 1, got 0"),
 ])
 def test_console_errors_end_with_one_line_naming_the_culprit(data, tmp_path, flags, message):
