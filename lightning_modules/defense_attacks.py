@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from .attacks import check_batch, logits_of
+from .losses import cw_margin
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -46,10 +47,8 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j`` per example (negative: misclassified)."""
-    z = logits.detach().float()
-    other = z.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
-    return z.gather(1, y.view(-1, 1)).squeeze(1) - other
+    """``z_y - max_{j != y} z_j`` per example (negative: misclassified): the unclipped CW margin, negated."""
+    return -cw_margin(logits.detach(), y, kappa=float("inf"))
 
 
 class BestIterate:
