@@ -49,11 +49,6 @@ class Row:
     kind: str = "non-adaptive"
     setting: Optional[int] = None      # the swept value (steps, EOT, reversal steps)
 
-    def describe(self) -> dict[str, Any]:
-        return {"key": self.key, "group": self.group, "attack": self.attack, "norm": self.norm, "eps": self.eps,
-                "params": self.params, "columns": list(self.columns), "subset": self.subset, "label": self.label,
-                "kind": self.kind, "setting": self.setting}
-
 
 def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[str]],
                   reversal_sweep: bool) -> list[Row]:
