@@ -6,7 +6,7 @@ PACK      ?= ../shared/data/cifar10-jpeg.npz
 CKPT      ?=
 ARGS      ?=
 
-.PHONY: install test data train-cifar10 eval-cifar10 certify-cifar10 kap-scaling bench corruptions-cifar10 clean \
+.PHONY: install test data train-cifar10 eval-cifar10 reverse-cifar10 certify-cifar10 kap-scaling bench corruptions-cifar10 clean \
 	device-wheels gpu-run gpu-results
 
 install:
@@ -40,6 +40,15 @@ EVAL ?= eval
 eval-cifar10: data
 	@if [ -z "$(CKPT)" ]; then echo "usage: make eval-cifar10 CKPT=path/to/checkpoint.ckpt [EVAL=eval|eval_quick] [DATA_DIR=data] [ARGS=...]"; exit 2; fi
 	$(CLI) test --config experiments/cifar10/$(EVAL).yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
+
+# The reversal in one picture (experiments/cifar10/reverse.yaml): the first 64 test images attacked (PGD-20)
+# and reversed; the first 10 drawn clean / attacked / reversed with both changes and the predicted labels,
+# the accuracy clean / attacked / attacked + reversal in the title and printed. PNG at
+# results/reverse/cifar10/reversal.png (elsewhere: ARGS='--trainer.callbacks.init_args.output DIR/reversal.png';
+# an existing picture is kept unless ARGS='--overwrite true'), also logged to W&B (offline).
+reverse-cifar10: data
+	@if [ -z "$(CKPT)" ]; then echo "usage: make reverse-cifar10 CKPT=path/to/checkpoint.ckpt [DATA_DIR=data] [ARGS=...]"; exit 2; fi
+	$(CLI) predict --config experiments/cifar10/reverse.yaml --ckpt_path $(CKPT) --data.init_args.data_dir $(DATA_DIR) $(ARGS)
 
 # Randomized-smoothing certification of a noise-trained checkpoint (experiments/cifar10/smoothing_sigma_*.yaml):
 # certified accuracy at L2 radii 0-1, abstention, PREDICT, time (experiments/cifar10/certify.yaml);

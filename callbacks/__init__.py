@@ -20,3 +20,7 @@ __all__ += ["DeviceEMA"]
 from .smoothing_report import SmoothingCertification  # noqa: E402
 
 __all__ += ["SmoothingCertification"]
+
+from .reversal_picture import ReversalPicture, reversal_figure  # noqa: E402
+
+__all__ += ["ReversalPicture", "reversal_figure"]

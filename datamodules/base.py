@@ -49,6 +49,7 @@ class ArrayDataModule(pl.LightningDataModule):
     """
 
     num_classes: int = 10
+    class_names: Optional[tuple[str, ...]] = None  # label names (pictures); a data set that has them sets them
     name: str = "data"
 
     def __init__(

@@ -13,6 +13,9 @@ from .base import ArrayDataModule
 from .files import DataFileError, check_count, read_cifar_batches
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def _missing_message(name: str, folder: Path, first: Path, pack_hint: bool) -> str:
     msg = (
         f"{name} not found: {first} does not exist.\n"
@@ -35,6 +38,7 @@ class CIFAR10DataModule(ArrayDataModule):
     """
 
     num_classes = 10
+    class_names = CIFAR10_CLASSES
     name = "cifar10"
     folder = "cifar-10-batches-py"
     train_files = [f"data_batch_{i}" for i in range(1, 6)]
@@ -70,6 +74,7 @@ class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100 (``data_dir/cifar-100-python/{train,test}``, fine labels)."""
 
     num_classes = 100
+    class_names = None  # 100 fine labels: shown as numbers
     name = "cifar100"
     folder = "cifar-100-python"
     train_files = ["train"]

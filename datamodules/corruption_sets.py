@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .base import ArrayDataModule
+from .cifar import CIFAR10_CLASSES
 from .corruptions import CORRUPTIONS, SEVERITIES, check_corruptions, check_severities
 from .device_loader import DeviceLoader
 from .files import DataFileError
@@ -96,6 +97,7 @@ class CIFAR10CDataModule(ArrayDataModule):
     """
 
     num_classes = 10
+    class_names = CIFAR10_CLASSES
     name = "cifar10c"
     default_folder = "CIFAR-10-C"
     make_hint = "make corruptions-cifar10 (generates it from the CIFAR-10 test set)"
@@ -169,6 +171,7 @@ class CIFAR100CDataModule(CIFAR10CDataModule):
     """CIFAR-100-C (``data_dir/CIFAR-100-C/``, fine labels); see :class:`CIFAR10CDataModule`."""
 
     num_classes = 100
+    class_names = None
     name = "cifar100c"
     default_folder = "CIFAR-100-C"
     make_hint = "python -m datamodules.corruptions --dataset cifar100 --data-dir DATA_DIR"

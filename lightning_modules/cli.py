@@ -119,7 +119,7 @@ class ReversalCLI(LightningCLI):
         parser.add_argument("--allow_untrained", type=bool, default=False,
                             help="let validate / test / predict run without --ckpt_path (untrained weights)")
         parser.add_argument("--overwrite", type=bool, default=False,
-                            help="let predict replace an existing predictions file")
+                            help="let predict replace an existing predictions file or reversal picture")
 
     def parse_arguments(self, parser, args) -> None:
         """Parse (remembering the command line); a setting of the evaluation's earlier flat layout gets a
