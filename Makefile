@@ -6,8 +6,8 @@ PACK      ?= ../shared/data/cifar10-jpeg.npz
 CKPT      ?=
 ARGS      ?=
 
-.PHONY: install test data train-cifar10 eval-cifar10 reverse-cifar10 certify-cifar10 kap-scaling bench corruptions-cifar10 clean \
-	device-wheels gpu-run gpu-results
+.PHONY: install test lint format data train-cifar10 eval-cifar10 reverse-cifar10 certify-cifar10 kap-scaling bench \
+	corruptions-cifar10 clean device-wheels gpu-run gpu-results
 
 install:
 	python3 -m venv .venv
@@ -15,8 +15,18 @@ install:
 	.venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 	.venv/bin/pip install -q -e ".[test]"
 
+# The test suite and every docstring example (doctests) of the package.
 test:
-	.venv/bin/python -m pytest -q tests
+	.venv/bin/python -m pytest -q --doctest-modules lightning_modules datamodules callbacks tests
+
+# Style: ruff's lint rules and its formatter (settings in pyproject.toml); `make format` applies both.
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format:
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
 
 # CIFAR-10 in the standard python layout under $(DATA_DIR); offline, built from the shared JPEG pack.
 data: $(DATA_DIR)/cifar-10-batches-py/test_batch

@@ -20,6 +20,7 @@ Example:
     >>> from callbacks import AtomicCheckpoint
     >>> cb = AtomicCheckpoint(save_last=True, every_n_train_steps=500)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,10 @@ def check_writable(folder: str | os.PathLike) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise OSError(f"checkpoint folder {folder} is not writable ({e.strerror or e}): fix its permissions, or "
-                      "write elsewhere with --trainer.default_root_dir DIR") from None
+        raise OSError(
+            f"checkpoint folder {folder} is not writable ({e.strerror or e}): fix its permissions, or "
+            "write elsewhere with --trainer.default_root_dir DIR"
+        ) from None
 
 
 class AtomicCheckpoint(ModelCheckpoint):
@@ -120,8 +123,10 @@ class AtomicCheckpoint(ModelCheckpoint):
         trainer.save_checkpoint(tmp, self.save_weights_only)  # collective; writes on rank 0 (+ barrier)
         if trainer.is_global_zero:
             if not os.path.lexists(tmp):
-                raise OSError(f"checkpoint {filepath} was not written (its temporary file {tmp} is missing): is "
-                              f"{os.path.dirname(os.path.abspath(filepath))} writable, with space left?")
+                raise OSError(
+                    f"checkpoint {filepath} was not written (its temporary file {tmp} is missing): is "
+                    f"{os.path.dirname(os.path.abspath(filepath))} writable, with space left?"
+                )
             if os.path.isfile(tmp):
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())

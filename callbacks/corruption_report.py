@@ -23,6 +23,7 @@ Example (config)::
         - class_path: callbacks.CorruptionReport
           init_args: {output_dir: results/corruptions, reversal: true}
 """
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,12 @@ def heatmap(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     items = list(summaries.items())
     first = items[0][1]
     corr, sevs = list(first["table"]), list(first["mean_per_severity"])
-    fig, axes = pyplot().subplots(1, len(items), figsize=(1.2 + 1.1 * len(sevs) * len(items) + 1.6 * len(items),
-                                                     0.8 + 0.38 * len(corr)), squeeze=False)
+    fig, axes = pyplot().subplots(
+        1,
+        len(items),
+        figsize=(1.2 + 1.1 * len(sevs) * len(items) + 1.6 * len(items), 0.8 + 0.38 * len(corr)),
+        squeeze=False,
+    )
     for ax, (title, s) in zip(axes[0], items):
         m = np.array([[100 * s["table"][c].get(v, float("nan")) for v in sevs] for c in corr])
         im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis", aspect="auto")
@@ -90,8 +95,15 @@ def heatmap(summaries: dict[str, dict[str, Any]], path: Path) -> None:
         for i in range(len(corr)):
             for j in range(len(sevs)):
                 if not math.isnan(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] < 50 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{m[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if m[i, j] < 50 else "black",
+                    )
     fig.colorbar(im, ax=axes[0].tolist(), label="accuracy (%)", shrink=0.8)
     save_figure(fig, path)
 
@@ -125,8 +137,15 @@ class CorruptionReport(pl.Callback):
             return pl_module._prep(x)
         return x.float().div(255) if x.dtype == torch.uint8 else x.float()
 
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         x, y, idx = batch[0], batch[1], batch[2]
         x = self._prep(pl_module, x)
         was = pl_module.training
@@ -139,8 +158,10 @@ class CorruptionReport(pl.Callback):
             res["correct"].append(correct.detach().cpu())
             if self.reversal:
                 if torch.is_inference_mode_enabled():
-                    raise RuntimeError("CorruptionReport(reversal=true) needs gradients: set "
-                                       "`trainer.inference_mode: false` (experiments/base.yaml does)")
+                    raise RuntimeError(
+                        "CorruptionReport(reversal=true) needs gradients: set "
+                        "`trainer.inference_mode: false` (experiments/base.yaml does)"
+                    )
                 with torch.enable_grad():
                     x_rev = self._reverse(pl_module, x, dataloader_idx)
                 with torch.no_grad():
@@ -156,9 +177,11 @@ class CorruptionReport(pl.Callback):
         if len(x) >= 2:
             return pl_module.reverse(x)
         if prev is None or len(prev) < 1:
-            raise ValueError("the reversal needs at least 2 images per batch: a test set of 1 image cannot be "
-                             "reversed (use a larger n_examples)")
-        return pl_module.reverse(torch.cat([prev, x]))[len(prev):]
+            raise ValueError(
+                "the reversal needs at least 2 images per batch: a test set of 1 image cannot be "
+                "reversed (use a larger n_examples)"
+            )
+        return pl_module.reverse(torch.cat([prev, x]))[len(prev) :]
 
     def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule, key: str, res: dict) -> tuple[int, float]:
         idx = torch.cat(res["idx"])
@@ -199,15 +222,23 @@ class CorruptionReport(pl.Callback):
             report["reversal"] = summarize(acc_rev)
             rc = getattr(pl_module, "reversal_cfg", None)
             if rc is not None:
-                report["reversal_config"] = {k: (list(v) if isinstance(v, tuple) else v)
-                                             for k, v in vars(rc).items() if isinstance(v, (int, float, str, bool, list, tuple))}
+                report["reversal_config"] = {
+                    k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in vars(rc).items()
+                    if isinstance(v, (int, float, str, bool, list, tuple))
+                }
         pl_module.log("test/corruption_mean_acc", summary["mean"], sync_dist=False, rank_zero_only=True)
         if acc_rev:
-            pl_module.log("test/corruption_mean_acc_reversed", report["reversal"]["mean"], sync_dist=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                "test/corruption_mean_acc_reversed", report["reversal"]["mean"], sync_dist=False, rank_zero_only=True
+            )
         if not trainer.is_global_zero:
             return
-        out = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "corruptions"
+        out = (
+            Path(self.output_dir)
+            if self.output_dir
+            else Path(trainer.log_dir or trainer.default_root_dir) / "corruptions"
+        )
         out.mkdir(parents=True, exist_ok=True)
         md = markdown_table(summary, "accuracy (%) without reversal")
         if acc_rev:
@@ -218,8 +249,11 @@ class CorruptionReport(pl.Callback):
         if acc_rev:
             panels["after reversal"] = report["reversal"]
         heatmap(panels, out / "corruption_heatmap.png")
-        self.paths = {"json": out / "corruption_report.json", "md": out / "corruption_report.md",
-                      "png": out / "corruption_heatmap.png"}
+        self.paths = {
+            "json": out / "corruption_report.json",
+            "md": out / "corruption_report.md",
+            "png": out / "corruption_heatmap.png",
+        }
         if self.print_table:
             print(md)
         self._log_wandb(trainer, sets, out / "corruption_heatmap.png")

@@ -18,6 +18,7 @@ Example (YAML):
         - class_path: callbacks.DeviceEMA
           init_args: {decay: 0.999}
 """
+
 from __future__ import annotations
 
 import itertools
@@ -74,8 +75,9 @@ class DeviceEMA(EMAWeightAveraging):
         self._average_model.n_averaged.add_(1)  # kept right for checkpoints; never read here
         self._updated_once = True
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step_idx = trainer.global_step - 1
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
             self._update(pl_module)
@@ -100,8 +102,10 @@ class DeviceEMA(EMAWeightAveraging):
         if self._updated_once:
             super().on_train_end(trainer, pl_module)
         else:
-            rank_zero_warn("DeviceEMA never updated (training ended before update_starting_at_step/epoch): "
-                           "the model keeps its trained weights, not an average")
+            rank_zero_warn(
+                "DeviceEMA never updated (training ended before update_starting_at_step/epoch): "
+                "the model keeps its trained weights, not an average"
+            )
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if self._updated_once:

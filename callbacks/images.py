@@ -1,4 +1,5 @@
 """Image grids of clean / attacked / reversed inputs and their differences, for W&B or disk."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Write what ``predict`` returned (the reversal's predictions and images) to one file."""
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ class PredictionWriter(BasePredictionWriter):
     ``--overwrite true``): the run refuses before it starts. The run's config (``run_config``, set
     by the CLI) is written beside the predictions as ``config.yaml``."""
 
-    def __init__(self, output_dir: str = "results/predictions", save_images: bool = True,
-                 overwrite: bool = False) -> None:
+    def __init__(
+        self, output_dir: str = "results/predictions", save_images: bool = True, overwrite: bool = False
+    ) -> None:
         super().__init__(write_interval="epoch")
         self.output_dir, self.save_images, self.overwrite = Path(output_dir), save_images, overwrite
         self.run_config: Optional[str] = None
@@ -67,8 +69,10 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         target = self.output_dir / "predictions.pt"
         if stage == "predict" and not self.overwrite and trainer.is_global_zero and target.exists():
-            raise FileExistsError(f"{target} exists (an earlier predict run's): pass --overwrite true to replace "
-                                  "it, or move it away first")
+            raise FileExistsError(
+                f"{target} exists (an earlier predict run's): pass --overwrite true to replace "
+                "it, or move it away first"
+            )
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module, predictions, batch_indices) -> None:
         preds = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
@@ -87,5 +91,8 @@ class PredictionWriter(BasePredictionWriter):
             atomic_write_text(self.output_dir / "config.yaml", self.run_config)
         y = merged["y"]
         acc = {k: (merged[k] == y).float().mean().item() for k in ("pred_clean", "pred_before", "pred_after")}
-        print(f"predictions: {len(y)} images -> {self.output_dir / 'predictions.pt'}; accuracy clean "
-              f"{acc['pred_clean']:.2%}, input (attacked) {acc['pred_before']:.2%}, after reversal {acc['pred_after']:.2%}")
+        print(
+            f"predictions: {len(y)} images -> {self.output_dir / 'predictions.pt'}; accuracy clean "
+            f"{acc['pred_clean']:.2%}, input (attacked) {acc['pred_before']:.2%}, "
+            f"after reversal {acc['pred_after']:.2%}"
+        )

@@ -13,6 +13,7 @@ Example:
     >>> print(accuracy_text(accuracies(y, y, torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 0, 3]))))
     4 images: clean 100.0% | attacked, no reversal 25.0% | attacked + reversal 75.0%
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -29,27 +30,44 @@ RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red text
 MARK = {True: "\u2713", False: "\u2717"}  # check mark / ballot x (DejaVu Sans has both)
 
 
-def accuracies(y: torch.Tensor, pred_clean: torch.Tensor, pred_before: torch.Tensor,
-               pred_after: torch.Tensor) -> dict[str, float]:
+def accuracies(
+    y: torch.Tensor, pred_clean: torch.Tensor, pred_before: torch.Tensor, pred_after: torch.Tensor
+) -> dict[str, float]:
     """Fractions correct: ``clean``, ``before`` (attacked, no reversal), ``after`` (attacked + reversal); ``n``."""
-    return {"n": len(y), **{k: (p == y).float().mean().item() for k, p in
-                            (("clean", pred_clean), ("before", pred_before), ("after", pred_after))}}
+    return {
+        "n": len(y),
+        **{
+            k: (p == y).float().mean().item()
+            for k, p in (("clean", pred_clean), ("before", pred_before), ("after", pred_after))
+        },
+    }
 
 
 def accuracy_text(acc: dict[str, float]) -> str:
     """One line, as in the picture's title and on stdout."""
-    return (f"{acc['n']} images: clean {acc['clean']:.1%} | attacked, no reversal {acc['before']:.1%} | "
-            f"attacked + reversal {acc['after']:.1%}")
+    return (
+        f"{acc['n']} images: clean {acc['clean']:.1%} | attacked, no reversal {acc['before']:.1%} | "
+        f"attacked + reversal {acc['after']:.1%}"
+    )
 
 
 def _name(class_names: Optional[Sequence[str]], c: int) -> str:
     return class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
 
 
-def reversal_figure(x: torch.Tensor, x_adv: torch.Tensor, x_rev: torch.Tensor, y: torch.Tensor,
-                    pred_clean: torch.Tensor, pred_before: torch.Tensor, pred_after: torch.Tensor,
-                    class_names: Optional[Sequence[str]], accuracies: dict[str, float],
-                    attack: str = "attacked", idx: Optional[torch.Tensor] = None) -> Any:
+def reversal_figure(
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    x_rev: torch.Tensor,
+    y: torch.Tensor,
+    pred_clean: torch.Tensor,
+    pred_before: torch.Tensor,
+    pred_after: torch.Tensor,
+    class_names: Optional[Sequence[str]],
+    accuracies: dict[str, float],
+    attack: str = "attacked",
+    idx: Optional[torch.Tensor] = None,
+) -> Any:
     """A matplotlib figure with one column per image (``x``: ``(n, 3, H, W)`` in ``[0, 1]``) and five rows:
     the clean image, the attacked one, the reversed one (each with its predicted label, green and a check
     mark when right, red and a cross when wrong), ``|x_adv - x|`` and ``|x_rev - x_adv|``. The two
@@ -62,10 +80,13 @@ def reversal_figure(x: torch.Tensor, x_adv: torch.Tensor, x_rev: torch.Tensor, y
     d_adv, d_rev = (x_adv - x).abs(), (x_rev - x_adv).abs()
     largest = max(d_adv.max().item(), d_rev.max().item())
     gain = 1.0 / largest if largest > 0 else 1.0
-    rows = [(x, "clean x\n(true label above)", pred_clean), (x_adv, f"x_adv\n{attack}", pred_before),
-            (x_rev, "x_rev\nreversed x_adv", pred_after),
-            ((d_adv * gain).clamp(0, 1), f"|x_adv - x|\n\u00d7 {gain:.1f}", None),
-            ((d_rev * gain).clamp(0, 1), f"|x_rev - x_adv|\n\u00d7 {gain:.1f}", None)]
+    rows = [
+        (x, "clean x\n(true label above)", pred_clean),
+        (x_adv, f"x_adv\n{attack}", pred_before),
+        (x_rev, "x_rev\nreversed x_adv", pred_after),
+        ((d_adv * gain).clamp(0, 1), f"|x_adv - x|\n\u00d7 {gain:.1f}", None),
+        ((d_rev * gain).clamp(0, 1), f"|x_rev - x_adv|\n\u00d7 {gain:.1f}", None),
+    ]
     n = len(x)
     plt = pyplot()
     fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.3, 1.62 * len(rows) + 0.3), squeeze=False)
@@ -80,17 +101,29 @@ def reversal_figure(x: torch.Tensor, x_adv: torch.Tensor, x_rev: torch.Tensor, y
                 ax.set_title(f"{number}true: {_name(class_names, int(y[i]))}", fontsize=9, fontweight="bold")
             if preds is not None:
                 ok = bool(preds[i] == y[i])
-                ax.text(0.5, -0.05, f"{_name(class_names, int(preds[i]))} {MARK[ok]}", transform=ax.transAxes,
-                        ha="center", va="top", fontsize=9, color=RIGHT if ok else WRONG, fontweight="bold")
+                ax.text(
+                    0.5,
+                    -0.05,
+                    f"{_name(class_names, int(preds[i]))} {MARK[ok]}",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="top",
+                    fontsize=9,
+                    color=RIGHT if ok else WRONG,
+                    fontweight="bold",
+                )
             if i == 0:
                 ax.set_ylabel(label, fontsize=9)
     width, height = fig.get_size_inches()
-    notes = (f"The reversal on the first {n} images: under each image the prediction on it (green {MARK[True]} "
-             f"right, red {MARK[False]} wrong). Bottom rows: |difference| per RGB channel \u00d7 {gain:.1f} (the "
-             f"largest difference shown, {255 * largest:.1f}/255, is white, half of it mid-gray; black = unchanged).")
+    notes = (
+        f"The reversal on the first {n} images: under each image the prediction on it (green {MARK[True]} "
+        f"right, red {MARK[False]} wrong). Bottom rows: |difference| per RGB channel \u00d7 {gain:.1f} (the "
+        f"largest difference shown, {255 * largest:.1f}/255, is white, half of it mid-gray; black = unchanged)."
+    )
     chars = max(40, int(width * 12))  # wrap to the figure's width (10 pt text)
-    fig.suptitle(f"Accuracy on {accuracy_text(accuracies)}\n{textwrap.fill(notes, chars)}", fontsize=10, y=1.0,
-                 va="bottom")
+    fig.suptitle(
+        f"Accuracy on {accuracy_text(accuracies)}\n{textwrap.fill(notes, chars)}", fontsize=10, y=1.0, va="bottom"
+    )
     fig.subplots_adjust(left=0.08, right=0.99, bottom=0.02, top=1 - 0.3 / height, wspace=0.08, hspace=0.32)
     return fig
 
@@ -110,8 +143,13 @@ class ReversalPicture(pl.Callback):
     the DataModule's ``class_names`` (numbers without). An existing ``output`` is not replaced unless
     ``overwrite`` (the CLI's ``--overwrite true``): the run refuses before it starts."""
 
-    def __init__(self, n_images: int = 8, output: str = "results/reverse/reversal.png", overwrite: bool = False,
-                 log_key: str = "reversal/picture") -> None:
+    def __init__(
+        self,
+        n_images: int = 8,
+        output: str = "results/reverse/reversal.png",
+        overwrite: bool = False,
+        log_key: str = "reversal/picture",
+    ) -> None:
         if n_images < 1:
             raise ValueError(f"n_images must be >= 1, got {n_images}")
         self.n_images, self.output, self.overwrite, self.log_key = n_images, Path(output), overwrite, log_key
@@ -124,8 +162,10 @@ class ReversalPicture(pl.Callback):
         if stage != "predict":
             return
         if not self.overwrite and trainer.is_global_zero and self.output.exists():
-            raise FileExistsError(f"{self.output} exists (an earlier run's picture): pass --overwrite true to "
-                                  "replace it, or move it away first")
+            raise FileExistsError(
+                f"{self.output} exists (an earlier run's picture): pass --overwrite true to "
+                "replace it, or move it away first"
+            )
         self._parts, self._shown, self.accuracies, self._message = [], None, None, None
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -137,10 +177,15 @@ class ReversalPicture(pl.Callback):
             prep = getattr(pl_module, "_prep", None)
             x = batch[0][:k]
             x = prep(x) if prep is not None else (x.float() / 255 if x.dtype == torch.uint8 else x)
-            shown = {"x": x, "x_adv": outputs["x_input"][:k], "x_rev": outputs["x_reversed"][:k],
-                     **{key: outputs[key][:k] for key in PRED_KEYS}}
-            self._shown = {key: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
-                           for key, v in shown.items()}
+            shown = {
+                "x": x,
+                "x_adv": outputs["x_input"][:k],
+                "x_rev": outputs["x_reversed"][:k],
+                **{key: outputs[key][:k] for key in PRED_KEYS},
+            }
+            self._shown = {
+                key: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for key, v in shown.items()
+            }
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         parts = _gather_to_rank0(merge_predictions(self._parts) if self._parts else None, trainer)
@@ -150,17 +195,33 @@ class ReversalPicture(pl.Callback):
         self.accuracies = accuracies(merged["y"], merged["pred_clean"], merged["pred_before"], merged["pred_after"])
         s = self._shown
         names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
-        fig = reversal_figure(s["x"], s["x_adv"], s["x_rev"], s["y"], s["pred_clean"], s["pred_before"],
-                              s["pred_after"], names, self.accuracies, attack=attack_label(pl_module), idx=s["idx"])
+        fig = reversal_figure(
+            s["x"],
+            s["x_adv"],
+            s["x_rev"],
+            s["y"],
+            s["pred_clean"],
+            s["pred_before"],
+            s["pred_after"],
+            names,
+            self.accuracies,
+            attack=attack_label(pl_module),
+            idx=s["idx"],
+        )
         from lightning_modules.evaluation.report import save_figure
 
         save_figure(fig, self.output)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
-                logger.log_image(key=self.log_key, images=[str(self.output)],
-                                 caption=[f"accuracy on {accuracy_text(self.accuracies)}"])
-        self._message = (f"reversal picture -> {self.output}\naccuracy on {accuracy_text(self.accuracies)} "
-                         f"({attack_label(pl_module)})")
+                logger.log_image(
+                    key=self.log_key,
+                    images=[str(self.output)],
+                    caption=[f"accuracy on {accuracy_text(self.accuracies)}"],
+                )
+        self._message = (
+            f"reversal picture -> {self.output}\naccuracy on {accuracy_text(self.accuracies)} "
+            f"({attack_label(pl_module)})"
+        )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Print the accuracies at the very end (after the progress bar closed)."""

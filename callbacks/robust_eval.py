@@ -22,6 +22,7 @@ Example (config; ``experiments/cifar10/eval.yaml`` holds the full list)::
             output_dir: results/eval/cifar10
             config: {threat_models: {Linf: 8/255}, draws: 5, attacks: [pgd, apgd_ce_bpda]}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,8 +70,12 @@ def versions() -> dict[str, Optional[str]]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     try:
-        out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                       timeout=10).stdout.strip() or None
+        out["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         out["commit"] = None
     return out
@@ -95,9 +100,17 @@ class RobustEvaluation(pl.Callback):
 
     replaces_test_attacks = True  # ReversalModule.test_step then only logs clean accuracy
 
-    def __init__(self, config: Optional[EvalConfig] = None, output_dir: str = "results/eval", resume: bool = True,
-                 reversal: Optional[dict[str, Any]] = None, transfer_from: Optional[str] = None, n_images: int = 16,
-                 print_report: bool = True, dataloader_idx: int = 0) -> None:
+    def __init__(
+        self,
+        config: Optional[EvalConfig] = None,
+        output_dir: str = "results/eval",
+        resume: bool = True,
+        reversal: Optional[dict[str, Any]] = None,
+        transfer_from: Optional[str] = None,
+        n_images: int = 16,
+        print_report: bool = True,
+        dataloader_idx: int = 0,
+    ) -> None:
         self.config = config or EvalConfig()
         self.output_dir, self.resume, self.reversal = Path(output_dir), resume, dict(reversal or {})
         self.transfer_from = transfer_from
@@ -114,8 +127,12 @@ class RobustEvaluation(pl.Callback):
         if self.config.standard_model is not None:
             return self.config
         h = getattr(pl_module, "hparams", {})
-        standard = (h.get("training") == "standard" and not h.get("robustbench_model") and not h.get("freeze_backbone")
-                    and not h.get("noise_std"))
+        standard = (
+            h.get("training") == "standard"
+            and not h.get("robustbench_model")
+            and not h.get("freeze_backbone")
+            and not h.get("noise_std")
+        )
         return dataclasses.replace(self.config, standard_model=bool(standard))
 
     def _surrogate(self, pl_module: pl.LightningModule) -> tuple[Optional[torch.nn.Module], Optional[str]]:
@@ -124,39 +141,60 @@ class RobustEvaluation(pl.Callback):
         from lightning_modules import ReversalModule
 
         try:
-            sur = ReversalModule.load_from_checkpoint(self.transfer_from, map_location=pl_module.device,
-                                                      weights_only=True)
+            sur = ReversalModule.load_from_checkpoint(
+                self.transfer_from, map_location=pl_module.device, weights_only=True
+            )
         except Exception as e:  # noqa: BLE001 - any failure to read it is the file's problem
             raise ValueError(f"transfer_from: cannot load {self.transfer_from} as a model of this package ({e})") from e
         sha = model_fingerprint(sur.classifier)
         if sha == model_fingerprint(pl_module.classifier):
-            raise ValueError(f"transfer_from: {self.transfer_from} holds the evaluated model's own weights; a transfer "
-                             "attack needs an independently trained surrogate")
+            raise ValueError(
+                f"transfer_from: {self.transfer_from} holds the evaluated model's own weights; a transfer "
+                "attack needs an independently trained surrogate"
+            )
         return sur.eval(), sha
 
-    def _meta(self, trainer: pl.Trainer, pl_module: pl.LightningModule, fns: ReversalFns, cfg: EvalConfig,
-              surrogate_sha: Optional[str]) -> dict:
+    def _meta(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        fns: ReversalFns,
+        cfg: EvalConfig,
+        surrogate_sha: Optional[str],
+    ) -> dict:
         dm = getattr(trainer, "datamodule", None)
         h = pl_module.hparams
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RESULTS}
-        return json.loads(json.dumps({
-            "model": type(pl_module).__name__ + f" ({h.get('robustbench_model') or h.get('backbone')})",
-            "weights_sha1": model_fingerprint(pl_module),
-            "reversal": dataclasses.asdict(fns.cfg), "temperature": fns.temperature,
-            "evaluation": settings, "transfer_from_sha1": surrogate_sha,
-            "data": {"class": type(dm).__name__ if dm is not None else None,
-                     "data_dir": str(getattr(dm, "data_dir", "")),
-                     "dataloader_idx": self.dataloader_idx, "n_examples": getattr(dm, "n_examples", None),
-                     "eval_batch_size": getattr(dm, "eval_batch_size", None)},
-            "world_size": trainer.world_size,
-            "versions": versions(),
-        }, default=str))
+        return json.loads(
+            json.dumps(
+                {
+                    "model": type(pl_module).__name__ + f" ({h.get('robustbench_model') or h.get('backbone')})",
+                    "weights_sha1": model_fingerprint(pl_module),
+                    "reversal": dataclasses.asdict(fns.cfg),
+                    "temperature": fns.temperature,
+                    "evaluation": settings,
+                    "transfer_from_sha1": surrogate_sha,
+                    "data": {
+                        "class": type(dm).__name__ if dm is not None else None,
+                        "data_dir": str(getattr(dm, "data_dir", "")),
+                        "dataloader_idx": self.dataloader_idx,
+                        "n_examples": getattr(dm, "n_examples", None),
+                        "eval_batch_size": getattr(dm, "eval_batch_size", None),
+                    },
+                    "world_size": trainer.world_size,
+                    "versions": versions(),
+                },
+                default=str,
+            )
+        )
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for attr in ("classifier", "head", "reversal_cfg"):
             if not hasattr(pl_module, attr):
-                raise TypeError(f"RobustEvaluation needs a model with .classifier, .head and .reversal_cfg "
-                                f"(a ReversalModule); {type(pl_module).__name__} has no .{attr}")
+                raise TypeError(
+                    f"RobustEvaluation needs a model with .classifier, .head and .reversal_cfg "
+                    f"(a ReversalModule); {type(pl_module).__name__} has no .{attr}"
+                )
         fns = ReversalFns.from_module(pl_module, **self.reversal)
         cfg = self._config(pl_module)
         surrogate, sha = self._surrogate(pl_module)
@@ -177,25 +215,41 @@ class RobustEvaluation(pl.Callback):
             pass
         part = self.output_dir / f"per_example.rank{trainer.global_rank}.json"
         self.evaluator = RobustEvaluator.for_reversal(
-            fns, cfg, surrogate_fn=(lambda x: logits_of(surrogate.classifier, x)) if surrogate is not None else None,
-            store=store, should_stop=lambda: bool(getattr(trainer, "received_sigterm", False)),
-            on_row_done=lambda: store.save(part), n_batches=n_batches,
-            log=(lambda s: rank_zero_info(s)) if cfg.progress else (lambda s: None))
+            fns,
+            cfg,
+            surrogate_fn=(lambda x: logits_of(surrogate.classifier, x)) if surrogate is not None else None,
+            store=store,
+            should_stop=lambda: bool(getattr(trainer, "received_sigterm", False)),
+            on_row_done=lambda: store.save(part),
+            n_batches=n_batches,
+            log=(lambda s: rank_zero_info(s)) if cfg.progress else (lambda s: None),
+        )
         self._surrogate_module = surrogate
         self._grid_batch, self.summary = None, None
         self._checkpoint = trainer.ckpt_path
 
     # -- per batch ------------------------------------------------------------------------------
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if dataloader_idx != self.dataloader_idx or self.evaluator is None:
             return
         if len(batch) < 3:
-            raise ValueError("RobustEvaluation needs batches (x, y, idx) with data-set indices (the DataModules "
-                             "of this package provide them) to key per-example results")
+            raise ValueError(
+                "RobustEvaluation needs batches (x, y, idx) with data-set indices (the DataModules "
+                "of this package provide them) to key per-example results"
+            )
         if len(batch[0]) < 2:
-            raise ValueError(f"test batch {batch_idx} holds a single image: the reversal needs at least 2 (InfoNCE "
-                             "needs negatives); choose data.n_examples / eval_batch_size so that no batch has 1 image")
+            raise ValueError(
+                f"test batch {batch_idx} holds a single image: the reversal needs at least 2 (InfoNCE "
+                "needs negatives); choose data.n_examples / eval_batch_size so that no batch has 1 image"
+            )
         with torch.inference_mode(False), torch.enable_grad():
             x = batch[0].clone()
             y, idx = batch[1].clone(), batch[2].clone().cpu()
@@ -254,9 +308,13 @@ class RobustEvaluation(pl.Callback):
             print("\n" + markdown_report(summary) + "\n", flush=True)
         bad = failed_checks(summary)
         if bad:
-            print(f"WARNING: {len(bad)} robustness sanity check(s) FAILED, the headline is UNRELIABLE "
-                  f"(see {self.paths.get('markdown')}):", *[f"  - {s['name']}: {s['detail']}" for s in bad],
-                  sep="\n", flush=True)
+            print(
+                f"WARNING: {len(bad)} robustness sanity check(s) FAILED, the headline is UNRELIABLE "
+                f"(see {self.paths.get('markdown')}):",
+                *[f"  - {s['name']}: {s['detail']}" for s in bad],
+                sep="\n",
+                flush=True,
+            )
         log_wandb(trainer, summary, grid)
 
     def _grid(self, pl_module: pl.LightningModule) -> Optional[torch.Tensor]:
@@ -294,19 +352,51 @@ def log_wandb(trainer: pl.Trainer, summary: dict, grid: Optional[torch.Tensor]) 
     for logger in trainer.loggers:
         if type(logger).__name__ != "WandbLogger":
             continue
-        cols = ["threat", "eps", "attack", "type", "acc_without_reversal", "acc_with_reversal_all_draws",
-                "acc_with_reversal_mean", "draw_disagreement", "acc_with_worst_composition", "n", "time_s"]
+        cols = [
+            "threat",
+            "eps",
+            "attack",
+            "type",
+            "acc_without_reversal",
+            "acc_with_reversal_all_draws",
+            "acc_with_reversal_mean",
+            "draw_disagreement",
+            "acc_with_worst_composition",
+            "n",
+            "time_s",
+        ]
         c = summary["clean"]
 
         def vals(r: dict) -> list:
-            return [r.get("without"), r.get("with"), r.get("with_mean"), r.get("with_disagreement"),
-                    r.get("with_worst"), r.get("n"), r.get("time_s")]
+            return [
+                r.get("without"),
+                r.get("with"),
+                r.get("with_mean"),
+                r.get("with_disagreement"),
+                r.get("with_worst"),
+                r.get("n"),
+                r.get("time_s"),
+            ]
 
         data = [["clean", "0", "none", "-", *vals(c)]]
         data += [[r["threat"], r["eps_label"], r["label"], r["kind"], *vals(r)] for r in summary["rows"]]
         tag = "" if summary.get("reliable", True) else " (UNRELIABLE)"
-        data += [[w["threat"], w["eps_label"], "worst case per example" + tag, "all", w["without"], w["with"],
-                  None, None, None, w["n"], None] for w in summary["worst_case"]]
+        data += [
+            [
+                w["threat"],
+                w["eps_label"],
+                "worst case per example" + tag,
+                "all",
+                w["without"],
+                w["with"],
+                None,
+                None,
+                None,
+                w["n"],
+                None,
+            ]
+            for w in summary["worst_case"]
+        ]
         logger.log_table(key="eval/robustness", columns=cols, data=data)
         logger.experiment.summary.update(flat_metrics(summary))
         logger.experiment.summary["eval/headline_reliable"] = bool(summary.get("reliable", True))

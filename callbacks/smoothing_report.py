@@ -23,6 +23,7 @@ Example (config)::
         - class_path: callbacks.SmoothingCertification
           init_args: {sigma: 0.25, n: 100000, radii: [0, 0.25, 0.5, 0.75, 1.0]}
 """
+
 from __future__ import annotations
 
 import json
@@ -43,14 +44,21 @@ def markdown_table(report: dict[str, Any]) -> str:
     """Certified accuracy per radius, abstention, PREDICT and time as a Markdown table."""
     s = report["settings"]
     radii = list(report["certified_accuracy"])
-    lines = [f"### Randomized smoothing (sigma {s['sigma']}, n0 {s['n0']}, n {s['n']}, alpha {s['alpha']}, "
-             f"{report['n_examples']} images)", "",
-             "| " + " | ".join(f"r = {r}" for r in radii) + " | abstain | PREDICT acc | PREDICT abstain | s / image |",
-             "|" + "---:|" * (len(radii) + 4)]
+    lines = [
+        f"### Randomized smoothing (sigma {s['sigma']}, n0 {s['n0']}, n {s['n']}, alpha {s['alpha']}, "
+        f"{report['n_examples']} images)",
+        "",
+        "| " + " | ".join(f"r = {r}" for r in radii) + " | abstain | PREDICT acc | PREDICT abstain | s / image |",
+        "|" + "---:|" * (len(radii) + 4),
+    ]
     cells = [f"{100 * v:.2f}%" for v in report["certified_accuracy"].values()]
     pa, pb = report.get("predict_accuracy"), report.get("predict_abstain")
-    cells += [f"{100 * report['abstain']:.2f}%", "n/a" if pa is None else f"{100 * pa:.2f}%",
-              "n/a" if pb is None else f"{100 * pb:.2f}%", f"{report['seconds_per_image']:.3g}"]
+    cells += [
+        f"{100 * report['abstain']:.2f}%",
+        "n/a" if pa is None else f"{100 * pa:.2f}%",
+        "n/a" if pb is None else f"{100 * pb:.2f}%",
+        f"{report['seconds_per_image']:.3g}",
+    ]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -88,10 +96,20 @@ class SmoothingCertification(pl.Callback):
 
     replaces_test_attacks = True  # ReversalModule.test_step then only logs clean accuracy
 
-    def __init__(self, sigma: Optional[float] = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-                 batch_size: int = 1000, clamp: bool = True, radii: tuple[float, ...] = RADII,
-                 predict: bool = True, output_dir: Optional[str] = None, seed: int = 0,
-                 print_table: bool = True) -> None:
+    def __init__(
+        self,
+        sigma: Optional[float] = None,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        batch_size: int = 1000,
+        clamp: bool = True,
+        radii: tuple[float, ...] = RADII,
+        predict: bool = True,
+        output_dir: Optional[str] = None,
+        seed: int = 0,
+        print_table: bool = True,
+    ) -> None:
         if sigma is not None:
             SmoothingConfig(sigma, n0, n, alpha, batch_size, clamp)  # fail early, naming the setting
         if any(r < 0 for r in radii):
@@ -107,8 +125,10 @@ class SmoothingCertification(pl.Callback):
         if s["sigma"] is None:
             s["sigma"] = float(getattr(pl_module.hparams, "noise_std", 0.0) or 0.0)
             if s["sigma"] <= 0:
-                raise ValueError("SmoothingCertification: sigma is not set and the model was not trained with "
-                                 "Gaussian noise (noise_std 0): pass --trainer.callbacks.init_args.sigma")
+                raise ValueError(
+                    "SmoothingCertification: sigma is not set and the model was not trained with "
+                    "Gaussian noise (noise_std 0): pass --trainer.callbacks.init_args.sigma"
+                )
         return SmoothingConfig(**s)
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -116,8 +136,15 @@ class SmoothingCertification(pl.Callback):
         self._res = {k: [] for k in ("idx", "y", "pred", "radius", "predict")}
         self._seconds = 0.0
 
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         x, y, idx = batch[0], batch[1], batch[2]
         x = pl_module._prep(x) if hasattr(pl_module, "_prep") else x.float()
         nc = pl_module.classifier.num_classes
@@ -157,12 +184,14 @@ class SmoothingCertification(pl.Callback):
         n = len(r["idx"])
         cert = certified_accuracy(r["pred"], r["radius"], r["y"], self.radii)
         report: dict[str, Any] = {
-            "settings": {**vars(self.cfg), "seed": self.seed}, "n_examples": n,
+            "settings": {**vars(self.cfg), "seed": self.seed},
+            "n_examples": n,
             "certified_accuracy": {str(k): v for k, v in cert.items()},
             "abstain": float((r["pred"] == ABSTAIN).float().mean()),
             "predict_accuracy": float((r["predict"] == r["y"]).float().mean()) if self.predict else None,
             "predict_abstain": float((r["predict"] == ABSTAIN).float().mean()) if self.predict else None,
-            "seconds_per_image": float(seconds) / max(1, n), "seconds": float(seconds),
+            "seconds_per_image": float(seconds) / max(1, n),
+            "seconds": float(seconds),
             "per_example": {k: r[k].tolist() for k in ("idx", "y", "pred", "radius")},
         }
         for k, v in cert.items():
@@ -172,13 +201,17 @@ class SmoothingCertification(pl.Callback):
             pl_module.log("test/smoothed_predict_acc", report["predict_accuracy"], sync_dist=False, rank_zero_only=True)
         if not trainer.is_global_zero:
             return
-        out = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "certify"
+        out = (
+            Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "certify"
+        )
         md = markdown_table(report)
         atomic_write_text(out / "certify.json", json.dumps(report, indent=2))
         atomic_write_text(out / "certify.md", md)
         plot_certified(r["radius"], r["pred"] == r["y"], self.radii, self.cfg.sigma, out / "certified_accuracy.png")
-        self.report, self.paths = report, {"json": out / "certify.json", "md": out / "certify.md",
-                                           "png": out / "certified_accuracy.png"}
+        self.report, self.paths = (
+            report,
+            {"json": out / "certify.json", "md": out / "certify.md", "png": out / "certified_accuracy.png"},
+        )
         if self.print_table:
             print(md)
         self._log_wandb(trainer, report, out / "certified_accuracy.png")

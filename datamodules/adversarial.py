@@ -28,6 +28,7 @@ Example:
     >>> xb.dtype, len(yb)
     (torch.float32, 16)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,14 @@ def _attack_fns() -> dict[str, Callable[..., torch.Tensor]]:
 
         return autoattack(m, x, y, eps, norm, seed=seed)
 
-    return {"pgd": run_pgd, "fgsm": run_fgsm, "fgsm_rs": run_fgsm_rs, "trades": run_trades,
-            "apgd": run_apgd, "autoattack": run_autoattack}
+    return {
+        "pgd": run_pgd,
+        "fgsm": run_fgsm,
+        "fgsm_rs": run_fgsm_rs,
+        "trades": run_trades,
+        "apgd": run_apgd,
+        "autoattack": run_autoattack,
+    }
 
 
 ATTACKS = ("pgd", "fgsm", "fgsm_rs", "trades", "apgd", "autoattack")
@@ -150,7 +157,7 @@ def make_adversarial_set(
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         for i in range(0, len(x), batch_size):
-            xb, yb = _to_unit(x[i:i + batch_size]), y[i:i + batch_size].to(dev)
+            xb, yb = _to_unit(x[i : i + batch_size]), y[i : i + batch_size].to(dev)
             xa = fn(model_fn, xb, yb, eps, alpha, steps, norm, loss, restarts, seed).detach().float()
             with torch.no_grad():
                 clean_ok += int((_logits(model_fn, xb).argmax(1) == yb).sum())
@@ -158,11 +165,24 @@ def make_adversarial_set(
             advs.append(xa.cpu())
     x_adv = torch.cat(advs)
     meta = {
-        "format": FORMAT, "attack": attack, "eps": float(eps), "alpha": float(alpha), "steps": int(steps),
-        "norm": str(norm), "loss": str(loss), "restarts": int(restarts), "source_model": str(source_model),
-        "seed": int(seed), "dataset": str(dataset), "n": int(len(x)), "batch_size": int(batch_size),
-        "image_shape": list(x.shape[1:]), "clean_acc": clean_ok / max(1, len(x)), "adv_acc": adv_ok / max(1, len(x)),
-        "seconds": round(time.perf_counter() - t0, 3), "torch": str(torch.__version__),
+        "format": FORMAT,
+        "attack": attack,
+        "eps": float(eps),
+        "alpha": float(alpha),
+        "steps": int(steps),
+        "norm": str(norm),
+        "loss": str(loss),
+        "restarts": int(restarts),
+        "source_model": str(source_model),
+        "seed": int(seed),
+        "dataset": str(dataset),
+        "n": int(len(x)),
+        "batch_size": int(batch_size),
+        "image_shape": list(x.shape[1:]),
+        "clean_acc": clean_ok / max(1, len(x)),
+        "adv_acc": adv_ok / max(1, len(x)),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "torch": str(torch.__version__),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     for k, v in (extra_meta or {}).items():
@@ -171,8 +191,12 @@ def make_adversarial_set(
         if not isinstance(v, (str, int, float, bool, type(None))):
             raise ValueError(f"extra_meta['{k}'] must be a plain str/int/float/bool/None, got {type(v).__name__}")
         meta[k] = v
-    obj = {"x_adv": x_adv, "y": y.detach().long().cpu(),
-           "idx": (idx if idx is not None else torch.arange(len(x))).long().cpu(), "meta": meta}
+    obj = {
+        "x_adv": x_adv,
+        "y": y.detach().long().cpu(),
+        "idx": (idx if idx is not None else torch.arange(len(x))).long().cpu(),
+        "meta": meta,
+    }
     if save_clean:
         obj["x_clean"] = x.detach().cpu() if x.dtype == torch.uint8 else x.detach().float().cpu()
     _atomic_save(obj, Path(path))
@@ -213,8 +237,10 @@ def load_adversarial_set(path: str | Path, expect: Optional[dict] = None) -> dic
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
-        raise DataFileError(f"{path}: not a readable adversarial-set file ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        raise DataFileError(
+            f"{path}: not a readable adversarial-set file ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
     if not isinstance(obj, dict) or not isinstance(obj.get("meta"), dict):
         raise DataFileError(f"{path}: expected a dict with 'x_adv', 'y', 'idx' and 'meta'")
     missing = [k for k in ("x_adv", "y", "idx") if not isinstance(obj.get(k), torch.Tensor)]
@@ -225,7 +251,9 @@ def load_adversarial_set(path: str | Path, expect: Optional[dict] = None) -> dic
     if x.ndim != 4 or not x.is_floating_point():
         raise DataFileError(f"{path}: x_adv must be float (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
     if y.ndim != 1 or len(y) != len(x) or len(obj["idx"]) != len(x) or meta["n"] != len(x):
-        raise DataFileError(f"{path}: {len(x)} images but {len(y)} labels, {len(obj['idx'])} indices, meta n={meta['n']}")
+        raise DataFileError(
+            f"{path}: {len(x)} images but {len(y)} labels, {len(obj['idx'])} indices, meta n={meta['n']}"
+        )
     if not torch.isfinite(x).all() or (len(x) and (x.min() < 0 or x.max() > 1)):
         raise DataFileError(f"{path}: x_adv holds values outside [0, 1] or NaN/inf")
     if "x_clean" in obj and (not isinstance(obj["x_clean"], torch.Tensor) or obj["x_clean"].shape != x.shape):
@@ -321,9 +349,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if (a.checkpoint is None) == (a.robustbench_model is None):
         p.error("give exactly one of --checkpoint and --robustbench-model")
     nc = 10 if a.dataset == "cifar10" else 100
-    module = ReversalModule(backbone=a.backbone, num_classes=nc, normalization=a.dataset,
-                            backbone_checkpoint=a.checkpoint, robustbench_model=a.robustbench_model,
-                            robustbench_dataset=a.dataset, model_dir=a.model_dir)
+    module = ReversalModule(
+        backbone=a.backbone,
+        num_classes=nc,
+        normalization=a.dataset,
+        backbone_checkpoint=a.checkpoint,
+        robustbench_model=a.robustbench_model,
+        robustbench_dataset=a.dataset,
+        model_dir=a.model_dir,
+    )
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
     clf = module.classifier.to(device).eval()
     dm = (CIFAR10DataModule if nc == 10 else CIFAR100DataModule)(data_dir=a.data_dir, strict_counts=False)
@@ -332,11 +366,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--n-examples {a.n_examples} but the test set in {a.data_dir} holds {len(x)} images")
     x, y = torch.from_numpy(x[: a.n_examples]).to(device), torch.from_numpy(y[: a.n_examples]).to(device)
     name = a.source_model or (a.robustbench_model or f"{a.backbone}:{Path(a.checkpoint).name}")
-    meta = make_adversarial_set(clf, x, y, a.out, attack=a.attack, eps=_parse_eps(a.eps), alpha=_parse_eps(a.alpha),
-                                steps=a.steps, norm=a.norm, loss=a.loss, restarts=a.restarts, source_model=name,
-                                seed=a.seed, batch_size=a.batch_size, dataset=a.dataset)
-    print(f"wrote {a.out}: {meta['n']} examples, {a.attack} eps={meta['eps']:.5f} against {name}; "
-          f"source accuracy clean {meta['clean_acc']:.2%}, adversarial {meta['adv_acc']:.2%}")
+    meta = make_adversarial_set(
+        clf,
+        x,
+        y,
+        a.out,
+        attack=a.attack,
+        eps=_parse_eps(a.eps),
+        alpha=_parse_eps(a.alpha),
+        steps=a.steps,
+        norm=a.norm,
+        loss=a.loss,
+        restarts=a.restarts,
+        source_model=name,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        dataset=a.dataset,
+    )
+    print(
+        f"wrote {a.out}: {meta['n']} examples, {a.attack} eps={meta['eps']:.5f} against {name}; "
+        f"source accuracy clean {meta['clean_acc']:.2%}, adversarial {meta['adv_acc']:.2%}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ A subclass implements :meth:`load_split` returning ``(x uint8 (N, C, H, W), y in
 ``"train"`` and ``"test"``. Inputs stay in ``[0, 255]`` uint8 here; the model turns them into
 ``[0, 1]`` floats and normalizes inside (RobustBench convention).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -125,15 +126,21 @@ class ArrayDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DeviceLoader(
-            x, y,
+            x,
+            y,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train, drop_last=train and len(x) >= self.batch_size * world,
+            shuffle=train,
+            drop_last=train and len(x) >= self.batch_size * world,
             transform=random_crop_flip if (train and self.augment) else None,
-            seed=self.seed, device=self.device, rank=rank, world_size=world,
+            seed=self.seed,
+            device=self.device,
+            rank=rank,
+            world_size=world,
             epoch_fn=(lambda: trainer.current_epoch) if (train and trainer is not None) else None,
             # batches of this epoch already trained on: saved in checkpoints to resume mid-epoch
             position_fn=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-            if (train and trainer is not None) else None,
+            if (train and trainer is not None)
+            else None,
         )
 
     def train_dataloader(self) -> DeviceLoader:

@@ -5,13 +5,13 @@ Example:
     >>> dm = CIFAR10DataModule(data_dir="data", batch_size=512, n_examples=1000)  # doctest: +SKIP
     >>> dm.setup("test"); x, y, idx = next(iter(dm.test_dataloader()))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from .base import ArrayDataModule
 from .files import DataFileError, check_count, read_cifar_batches
-
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -23,7 +23,8 @@ def _missing_message(name: str, folder: Path, first: Path, pack_hint: bool) -> s
     )
     if pack_hint:
         msg += (
-            f"  - offline, from the shared JPEG pack: python ../shared/data/cifar10_from_pack.py --out {folder.parent}\n"
+            "  - offline, from the shared JPEG pack: "
+            f"python ../shared/data/cifar10_from_pack.py --out {folder.parent}\n"
             "    (or `make data`), or\n"
         )
     msg += f"  - copy an existing '{folder.name}/' folder into {folder.parent}."

@@ -13,10 +13,11 @@ The test loaders are a LIST, one per (corruption, severity), named in ``test_set
 
 Example:
     >>> from datamodules.corruption_sets import CIFAR10CDataModule
-    >>> dm = CIFAR10CDataModule("data", corruptions=["fog", "snow"], severities=[3, 5], n_examples=1000)  # doctest: +SKIP
+    >>> dm = CIFAR10CDataModule("data", corruptions=["fog", "snow"], severities=[3, 5])  # doctest: +SKIP
     >>> dm.setup("test"); dm.test_set_names  # doctest: +SKIP
     ['fog/3', 'fog/5', 'snow/3', 'snow/5']
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,15 @@ from .device_loader import DeviceLoader
 from .files import DataFileError
 from .imagenet import ImageListDataset, class_index_map, eval_transform, find_samples, read_subset
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "CIFAR10CDataModule", "CIFAR100CDataModule", "ImageNetCDataModule",
-           "load_npy", "read_cifar_c"]
+__all__ = [
+    "CORRUPTIONS",
+    "SEVERITIES",
+    "CIFAR10CDataModule",
+    "CIFAR100CDataModule",
+    "ImageNetCDataModule",
+    "load_npy",
+    "read_cifar_c",
+]
 
 
 def load_npy(path: Path) -> np.ndarray:
@@ -47,8 +55,9 @@ def load_npy(path: Path) -> np.ndarray:
         raise DataFileError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from e
 
 
-def read_cifar_c(folder: str | Path, corruption: str, severities: list[int], n_examples: Optional[int],
-                 num_classes: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def read_cifar_c(
+    folder: str | Path, corruption: str, severities: list[int], n_examples: Optional[int], num_classes: int
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Read one corruption file of a CIFAR-C folder: ``{severity: (x uint8 (k, 3, H, W), y int64 (k,))}``
     for the first ``k = n_examples`` (or all ``n``) images of each requested severity."""
     folder = Path(folder)
@@ -63,21 +72,24 @@ def read_cifar_c(folder: str | Path, corruption: str, severities: list[int], n_e
         raise DataFileError(f"{xpath}: {rows} rows is not 5 severities x n images")
     n = rows // len(SEVERITIES)
     if len(labels) not in (rows, n):
-        raise DataFileError(f"{xpath} has {rows} rows (5 x {n}) but {lpath} holds {len(labels)} labels "
-                            f"(expected {rows} or {n})")
+        raise DataFileError(
+            f"{xpath} has {rows} rows (5 x {n}) but {lpath} holds {len(labels)} labels (expected {rows} or {n})"
+        )
     k = n if n_examples is None else n_examples
     if k > n:
         raise DataFileError(f"n_examples={n_examples} but {xpath} holds {n} images per severity")
     out = {}
     for s in severities:
-        y = labels[(s - 1) * n:(s - 1) * n + k] if len(labels) == rows else labels[:k]
+        y = labels[(s - 1) * n : (s - 1) * n + k] if len(labels) == rows else labels[:k]
         y = np.array(y, dtype=np.int64)  # a copy: never a view of the read-only memory map
         if len(y) and (y.min() < 0 or y.max() >= num_classes):
             raise DataFileError(f"{lpath}: labels out of range [0, {num_classes}): min {y.min()}, max {y.max()}")
         if len(labels) == rows and s > 1 and not np.array_equal(y, np.asarray(labels[:k], dtype=np.int64)):
-            raise DataFileError(f"{lpath}: the labels of severity {s} differ from those of severity 1 "
-                                "(each severity block must repeat the same test labels)")
-        xs = np.ascontiguousarray(x[(s - 1) * n:(s - 1) * n + k]).transpose(0, 3, 1, 2)
+            raise DataFileError(
+                f"{lpath}: the labels of severity {s} differ from those of severity 1 "
+                "(each severity block must repeat the same test labels)"
+            )
+        xs = np.ascontiguousarray(x[(s - 1) * n : (s - 1) * n + k]).transpose(0, 3, 1, 2)
         out[s] = (np.ascontiguousarray(xs), y)
     return out
 
@@ -125,22 +137,27 @@ class CIFAR10CDataModule(ArrayDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage == "fit":
-            raise ValueError(f"{type(self).__name__} is a test set: use `lightning test` (or validate / predict), "
-                             "and train on the clean data set")
+            raise ValueError(
+                f"{type(self).__name__} is a test set: use `lightning test` (or validate / predict), "
+                "and train on the clean data set"
+            )
         if self.sets:
             return
         root = Path(self.data_dir) / self.folder
         if not root.is_dir():
-            raise DataFileError(f"{self.folder} not found: {root} does not exist. Get the official files from "
-                                f"RobustBench/Zenodo and unpack them there, or run `{self.make_hint}`.")
+            raise DataFileError(
+                f"{self.folder} not found: {root} does not exist. Get the official files from "
+                f"RobustBench/Zenodo and unpack them there, or run `{self.make_hint}`."
+            )
         shape = None
         for c in self.corruptions:
             for s, (x, y) in read_cifar_c(root, c, self.severities, self.n_examples, self.num_classes).items():
                 if shape is None:
                     shape = x.shape[1:]
                 elif x.shape[1:] != shape:
-                    raise DataFileError(f"{root / (c + '.npy')}: images {x.shape[1:]} differ from the other "
-                                        f"files' {shape}")
+                    raise DataFileError(
+                        f"{root / (c + '.npy')}: images {x.shape[1:]} differ from the other files' {shape}"
+                    )
                 self.sets[f"{c}/{s}"] = (torch.from_numpy(x), torch.from_numpy(y))
 
     def _set_loader(self, name: str) -> DeviceLoader:
@@ -229,8 +246,10 @@ class ImageNetCDataModule(ArrayDataModule):
             return
         root = Path(self.data_dir) / self.folder
         if not root.is_dir():
-            raise DataFileError(f"ImageNet-C not found: {root} does not exist "
-                                "(expected ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG)")
+            raise DataFileError(
+                f"ImageNet-C not found: {root} does not exist "
+                "(expected ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG)"
+            )
         subset = read_subset(self.subset_file) if self.subset_file else None
         tf = eval_transform(self.resize, self.crop)
         for name in self.test_set_names:
@@ -247,9 +266,16 @@ class ImageNetCDataModule(ArrayDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         if not self.datasets:
             raise RuntimeError("sets are not set up; call setup('test') first")
-        return [DataLoader(self.datasets[n], batch_size=self.eval_batch_size, shuffle=False,
-                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
-                for n in self.test_set_names]
+        return [
+            DataLoader(
+                self.datasets[n],
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                pin_memory=torch.cuda.is_available(),
+            )
+            for n in self.test_set_names
+        ]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self.test_dataloader()

@@ -49,6 +49,7 @@ Command line (writes ``labels.npy`` + one ``<corruption>.npy`` per corruption, a
 
     python -m datamodules.corruptions --data-dir data --out data/CIFAR-10-C [--device cuda] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,10 +69,21 @@ import torch.nn.functional as F
 # The 15 corruptions of CIFAR-10-C / ImageNet-C as RobustBench names them, in the paper's order
 # (noise, blur, weather, digital).
 CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise",
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog",
-    "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
 )
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
@@ -83,37 +95,51 @@ CIFAR_PARAMS: dict[str, list] = {
     "defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],  # disk radius, alias blur
     "glass_blur": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],  # sigma, delta, iters
     "motion_blur": [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)],  # radius, sigma
-    "zoom_blur": [np.arange(1, 1.06, 0.01), np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01),
-                  np.arange(1, 1.21, 0.01), np.arange(1, 1.26, 0.01)],  # zoom factors averaged
+    "zoom_blur": [
+        np.arange(1, 1.06, 0.01),
+        np.arange(1, 1.11, 0.01),
+        np.arange(1, 1.16, 0.01),
+        np.arange(1, 1.21, 0.01),
+        np.arange(1, 1.26, 0.01),
+    ],  # zoom factors averaged
     # loc, scale, zoom, threshold, blur radius, blur sigma, image weight
-    "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-             (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+    "snow": [
+        (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+        (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+    ],
     "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],  # image weight, frost weight
     "fog": [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],  # fog weight, plasma wibble decay
     "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],  # added to HSV value
     "contrast": [0.75, 0.5, 0.4, 0.3, 0.15],  # factor around the per-channel mean
     # elastic amplitude, elastic smoothing sigma, affine jitter (pixels; 32 * the published fractions)
-    "elastic_transform": [(32 * 0.0, 32 * 0.0, 32 * 0.08), (32 * 0.05, 32 * 0.2, 32 * 0.07),
-                          (32 * 0.08, 32 * 0.06, 32 * 0.06), (32 * 0.1, 32 * 0.04, 32 * 0.05),
-                          (32 * 0.1, 32 * 0.03, 32 * 0.03)],
+    "elastic_transform": [
+        (32 * 0.0, 32 * 0.0, 32 * 0.08),
+        (32 * 0.05, 32 * 0.2, 32 * 0.07),
+        (32 * 0.08, 32 * 0.06, 32 * 0.06),
+        (32 * 0.1, 32 * 0.04, 32 * 0.05),
+        (32 * 0.1, 32 * 0.03, 32 * 0.03),
+    ],
     "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],  # down-scale factor (PIL box filter both ways)
     "jpeg_compression": [80, 65, 58, 50, 40],  # JPEG quality
 }
 
 DIFFERENCES: dict[str, str] = {
     "all": "torch RNG instead of numpy's (same distributions, other draws); float32 instead of float64 "
-           "arithmetic (a value that lands within 1e-4 of an integer level may floor to the other level).",
+    "arithmetic (a value that lands within 1e-4 of an integer level may floor to the other level).",
     "glass_blur": "faithful, including the original's pixel 'swap', which (numpy views) copies the up/left "
-                  "neighbour instead of swapping; Gaussian blur as skimage's (nearest border, truncate 4).",
+    "neighbour instead of swapping; Gaussian blur as skimage's (nearest border, truncate 4).",
     "motion_blur": "ImageMagick's one-sided Gaussian line kernel (width 2*radius+1, edge pixels) re-derived "
-                   "in torch instead of Wand; ImageMagick's internal 16-bit quantum is not modelled.",
+    "in torch instead of Wand; ImageMagick's internal 16-bit quantum is not modelled.",
     "snow": "the snow layer's motion blur as in motion_blur (no Wand/PNG round trip except 8-bit rounding).",
     "frost": "the official set blends crops of six frost PHOTOGRAPHS (not available here); this generator "
-             "blends crops of five procedural frost textures (multi-scale noise + ice needles, blue-white "
-             "tint, mean ~0.6) made from a fixed seed. Same blending weights; different texture statistics.",
+    "blends crops of five procedural frost textures (multi-scale noise + ice needles, blue-white "
+    "tint, mean ~0.6) made from a fixed seed. Same blending weights; different texture statistics.",
     "elastic_transform": "cv2.warpAffine's bilinear weights are quantized to 1/32 px; here they are exact. "
-                         "Borders: reflect-101 for the affine part, symmetric for the elastic part, as in "
-                         "the original.",
+    "Borders: reflect-101 for the affine part, symmetric for the elastic part, as in "
+    "the original.",
     "fog": "faithful diamond-square plasma fractal (same wibble schedule), torch draws.",
     "jpeg_compression": "PIL encoder as in the original, one image at a time on the CPU (not batched).",
     "pixelate": "PIL box resize reproduced as matrices (with PIL's 8-bit rounding between passes).",
@@ -234,12 +260,12 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     h = x.shape[-2]
     ch = int(math.ceil(h / zoom))
     top = (h - ch) // 2
-    crop = x[..., top:top + ch, top:top + ch]
+    crop = x[..., top : top + ch, top : top + ch]
     out = int(round(ch * zoom))
     if out != ch:
         crop = F.interpolate(crop, size=(out, out), mode="bilinear", align_corners=True)
     t = (out - h) // 2
-    return crop[..., t:t + h, t:t + h]
+    return crop[..., t : t + h, t : t + h]
 
 
 def motion_blur_kernel(radius: int, sigma: float) -> torch.Tensor:
@@ -313,17 +339,17 @@ def defocus_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     ks = 3 if radius <= 8 else 5
     L = torch.arange(-n, n + 1, dtype=torch.float64)
     Y, X = torch.meshgrid(L, L, indexing="ij")
-    disk = ((X ** 2 + Y ** 2) <= radius ** 2).double()
+    disk = ((X**2 + Y**2) <= radius**2).double()
     disk /= disk.sum()
     t = torch.arange(ks, dtype=torch.float64) - (ks - 1) / 2
-    g = torch.exp(-t ** 2 / (2 * alias_blur ** 2))
+    g = torch.exp(-(t**2) / (2 * alias_blur**2))
     g /= g.sum()
     r = ks // 2
     dp = _pad(disk[None, None], r, "reflect101")
     k = F.conv2d(F.conv2d(dp, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))[0, 0]
     nz = (k.abs() > 0).nonzero()
     m = int((nz - n).abs().max())  # symmetric trim keeps the centre
-    return k[n - m:n + m + 1, n - m:n + m + 1].float()
+    return k[n - m : n + m + 1, n - m : n + m + 1].float()
 
 
 def defocus_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -402,7 +428,7 @@ def snow(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator
     layer = torch.floor(layer.clamp(0, 1) * 255 + 1e-4) / 255  # 8-bit grey image
     angle = _rand((b,), generator, f.device) * 90 - 135
     layer = torch.round(directional_blur(layer, radius, sigma, angle).clamp(0, 1) * 255) / 255
-    gray = (0.299 * f[:, 0:1] + 0.587 * f[:, 1:2] + 0.114 * f[:, 2:3])
+    gray = 0.299 * f[:, 0:1] + 0.587 * f[:, 1:2] + 0.114 * f[:, 2:3]
     f = keep * f + (1 - keep) * torch.maximum(f, gray * 1.5 + 0.5)
     return _finish(f + layer + layer.flip(-1, -2), x)
 
@@ -419,9 +445,10 @@ def frost_textures(n: int = 5, size: int = 128, seed: int = 20190101) -> torch.T
         # density: sum of up-sampled noise octaves
         dens = torch.zeros(1, 1, size, size)
         for o in range(5):
-            s = 4 * 2 ** o
-            dens += 0.6 ** o * F.interpolate(torch.randn(1, 1, s, s, generator=g), size=(size, size),
-                                             mode="bicubic", align_corners=False)
+            s = 4 * 2**o
+            dens += 0.6**o * F.interpolate(
+                torch.randn(1, 1, s, s, generator=g), size=(size, size), mode="bicubic", align_corners=False
+            )
         dens = (dens - dens.min()) / (dens.max() - dens.min())
         # needles: sparse seeds smeared along a random direction each (one-sided line kernels)
         needles = torch.zeros(1, 1, size, size)
@@ -436,7 +463,7 @@ def frost_textures(n: int = 5, size: int = 128, seed: int = 20190101) -> torch.T
             seeds *= 0.5 + 0.5 * torch.rand(1, 1, size, size, generator=g)
             needles += F.conv2d(_pad(seeds, length, "symmetric"), k.view(1, 1, *k.shape))
         needles = gaussian_blur(needles.clamp(0, 1.5), 0.5)
-        tex = (0.25 + 0.45 * dens ** 1.5 + 0.45 * needles).clamp(0, 1)
+        tex = (0.25 + 0.45 * dens**1.5 + 0.45 * needles).clamp(0, 1)
         grain = 0.04 * torch.randn(1, 1, size, size, generator=g)
         tex = (tex + grain).clamp(0, 1)
         tint = torch.tensor([0.84, 0.92, 1.0]).view(1, 3, 1, 1)
@@ -542,8 +569,11 @@ def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[to
     P = torch.cat([pts1.expand(b, 3, 2), ones], 2)  # rows (x, y, 1) per point (cv2 reads them as x, y)
     Q = torch.cat([pts2, ones], 2)
     inv = torch.linalg.solve(Q, P)  # row-vector map with Q @ inv = P: output control points -> source ones
-    gy, gx = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float64),
-                            torch.arange(w, device=dev, dtype=torch.float64), indexing="ij")
+    gy, gx = torch.meshgrid(
+        torch.arange(h, device=dev, dtype=torch.float64),
+        torch.arange(w, device=dev, dtype=torch.float64),
+        indexing="ij",
+    )
     grid = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(1, h * w, 3)
     src = grid @ inv  # (B, HW, 3): the source (x, y, 1) of every output pixel
     sx, sy = src[..., 0].view(b, h, w).float(), src[..., 1].view(b, h, w).float()
@@ -612,11 +642,21 @@ def jpeg_compression(x: torch.Tensor, severity: int = 1, generator: Optional[tor
 
 
 CORRUPTION_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
-    "defocus_blur": defocus_blur, "glass_blur": glass_blur, "motion_blur": motion_blur, "zoom_blur": zoom_blur,
-    "snow": snow, "frost": frost, "fog": fog,
-    "brightness": brightness, "contrast": contrast, "elastic_transform": elastic_transform,
-    "pixelate": pixelate, "jpeg_compression": jpeg_compression,
+    "gaussian_noise": gaussian_noise,
+    "shot_noise": shot_noise,
+    "impulse_noise": impulse_noise,
+    "defocus_blur": defocus_blur,
+    "glass_blur": glass_blur,
+    "motion_blur": motion_blur,
+    "zoom_blur": zoom_blur,
+    "snow": snow,
+    "frost": frost,
+    "fog": fog,
+    "brightness": brightness,
+    "contrast": contrast,
+    "elastic_transform": elastic_transform,
+    "pixelate": pixelate,
+    "jpeg_compression": jpeg_compression,
 }
 
 
@@ -661,7 +701,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # writing the CIFAR-C layout
 def stream_seed(seed: int, name: str, severity: int) -> int:
     """The generator seed of one (corruption, severity): independent of which others are generated."""
-    return (seed * 1_000_003 + CORRUPTIONS.index(name) * 101 + severity) % (2 ** 63)
+    return (seed * 1_000_003 + CORRUPTIONS.index(name) * 101 + severity) % (2**63)
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
@@ -713,7 +753,7 @@ def generate_cifar_c(
             g = torch.Generator(device=device).manual_seed(stream_seed(seed, name, s))
             total = torch.zeros((), dtype=torch.float64, device=device)
             for i in range(0, len(x), batch_size):
-                xb = x[i:i + batch_size].to(device, non_blocking=True)
+                xb = x[i : i + batch_size].to(device, non_blocking=True)
                 yb = fn(xb, s, g)
                 total += psnr(yb, xb).clamp(max=100).double().sum()
                 parts.append(yb.permute(0, 2, 3, 1).contiguous().cpu())
@@ -727,9 +767,15 @@ def generate_cifar_c(
             print(f"{name:18s} {arr.shape} {times[name]:6.2f} s", flush=True)
     meta = {
         "generated_by": "datamodules.corruptions (not the official CIFAR-10-C release)",
-        "seed": seed, "device": str(device), "batch_size": batch_size, "n_images": int(len(x)),
+        "seed": seed,
+        "device": str(device),
+        "batch_size": batch_size,
+        "n_images": int(len(x)),
         "severities": list(SEVERITIES),
-        "corruptions": names, "seconds": times, "mean_psnr_db": psnrs, "torch": str(torch.__version__),
+        "corruptions": names,
+        "seconds": times,
+        "mean_psnr_db": psnrs,
+        "torch": str(torch.__version__),
         "differences_from_official": DIFFERENCES,
     }
     tmp = out / f"generation.json.tmp-{os.getpid()}"
@@ -739,8 +785,10 @@ def generate_cifar_c(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="Write CIFAR-10-C / CIFAR-100-C (all corruptions x 5 severities) "
-                                            "from a CIFAR test set in the standard python layout.")
+    p = argparse.ArgumentParser(
+        description="Write CIFAR-10-C / CIFAR-100-C (all corruptions x 5 severities) "
+        "from a CIFAR test set in the standard python layout."
+    )
     p.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py/ (or cifar-100-python/)")
     p.add_argument("--out", default=None, help="output folder (default DATA_DIR/CIFAR-10-C or CIFAR-100-C)")
     p.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
@@ -761,8 +809,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     out = a.out or str(Path(a.data_dir) / ("CIFAR-10-C" if a.dataset == "cifar10" else "CIFAR-100-C"))
     t0 = time.perf_counter()
     generate_cifar_c(torch.from_numpy(np.ascontiguousarray(x)), y, out, a.corruptions, device, a.seed, a.batch_size)
-    print(f"wrote {out} ({len(x)} images x {len(a.corruptions or CORRUPTIONS)} corruptions x 5 severities) "
-          f"in {time.perf_counter() - t0:.1f} s on {device}")
+    print(
+        f"wrote {out} ({len(x)} images x {len(a.corruptions or CORRUPTIONS)} corruptions x 5 severities) "
+        f"in {time.perf_counter() - t0:.1f} s on {device}"
+    )
 
 
 if __name__ == "__main__":

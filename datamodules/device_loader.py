@@ -10,11 +10,12 @@ Example:
     >>> from datamodules.device_loader import DeviceLoader, random_crop_flip
     >>> x = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
     >>> y = torch.randint(0, 10, (100,))
-    >>> loader = DeviceLoader(x, y, batch_size=32, shuffle=True, transform=random_crop_flip)
+    >>> loader = DeviceLoader(x, y, batch_size=32, shuffle=True, drop_last=True, transform=random_crop_flip)
     >>> xb, yb, ib = next(iter(loader))
     >>> xb.shape, len(loader)
     (torch.Size([32, 3, 32, 32]), 3)
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterator, Optional
@@ -29,9 +30,7 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def random_crop_flip(
-    x: torch.Tensor, pad: int = 4, generator: Optional[torch.Generator] = None
-) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, pad: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Reflect-pad by ``pad``, crop back to size at a random offset and flip at random, per image.
 
     Works batched on any device and dtype (uint8 included); one random offset and one flip

@@ -11,6 +11,7 @@ Example:
     >>> x.shape, x.dtype  # doctest: +SKIP
     ((10000, 3, 32, 32), dtype('uint8'))
 """
+
 from __future__ import annotations
 
 import pickle
@@ -91,18 +92,14 @@ def read_cifar_batches(
             raise DataFileError(f"{p}: missing key {e} (expected 'data' and '{label_key}')") from None
         data = np.asarray(data)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise DataFileError(
-                f"{p}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {tuple(data.shape)}"
-            )
+            raise DataFileError(f"{p}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {tuple(data.shape)}")
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(data):
             raise DataFileError(f"{p}: {len(data)} images but labels of shape {tuple(labels.shape)}")
         if not np.issubdtype(labels.dtype, np.integer):
             raise DataFileError(f"{p}: labels must be integers, got {labels.dtype}")
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise DataFileError(
-                f"{p}: labels out of range [0, {num_classes}): min {labels.min()}, max {labels.max()}"
-            )
+            raise DataFileError(f"{p}: labels out of range [0, {num_classes}): min {labels.min()}, max {labels.max()}")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels.astype(np.int64))
     return np.concatenate(xs), np.concatenate(ys)

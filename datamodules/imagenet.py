@@ -18,6 +18,7 @@ Example:
     >>> dm = ImageNetDataModule("data/imagenet", subset_file="robustbench", n_examples=5000)  # doctest: +SKIP
     >>> dm.setup("test"); x, y, idx = next(iter(dm.test_dataloader()))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -90,8 +91,9 @@ def class_index_map(root: Path, mode: str) -> dict[str, int]:
     raise ValueError(f"class_index must be 'imagenet' or 'folder', got '{mode}'")
 
 
-def find_samples(root: str | Path, class_to_idx: dict[str, int], subset: Optional[Sequence[str]] = None
-                 ) -> list[tuple[str, int]]:
+def find_samples(
+    root: str | Path, class_to_idx: dict[str, int], subset: Optional[Sequence[str]] = None
+) -> list[tuple[str, int]]:
     """``(path, label)`` of the images under ``root/<wnid>/`` (sorted), or of the ``subset`` paths
     in their given order. Unknown class folders and missing subset images raise, naming them."""
     root = Path(root)
@@ -100,8 +102,9 @@ def find_samples(root: str | Path, class_to_idx: dict[str, int], subset: Optiona
     if subset is not None:
         missing = [p for p in subset if not (root / p).is_file()]
         if missing:
-            raise DataFileError(f"{root}: {len(missing)} of the {len(subset)} subset images are missing, "
-                                f"e.g. {missing[:3]}")
+            raise DataFileError(
+                f"{root}: {len(missing)} of the {len(subset)} subset images are missing, e.g. {missing[:3]}"
+            )
         unknown = sorted({p.split("/")[0] for p in subset} - set(class_to_idx))
         if unknown:
             raise DataFileError(f"{root}: subset names unknown class folder(s) {unknown[:5]}")
@@ -109,10 +112,16 @@ def find_samples(root: str | Path, class_to_idx: dict[str, int], subset: Optiona
     dirs = sorted(d for d in root.iterdir() if d.is_dir())
     unknown = [d.name for d in dirs if d.name not in class_to_idx]
     if unknown:
-        raise DataFileError(f"{root}: folder(s) {unknown[:5]} are not ImageNet wnids "
-                            "(use class_index: folder for another ImageFolder data set)")
-    samples = [(str(f), class_to_idx[d.name]) for d in dirs for f in sorted(d.iterdir())
-               if f.suffix.lower() in IMAGE_EXTENSIONS]
+        raise DataFileError(
+            f"{root}: folder(s) {unknown[:5]} are not ImageNet wnids "
+            "(use class_index: folder for another ImageFolder data set)"
+        )
+    samples = [
+        (str(f), class_to_idx[d.name])
+        for d in dirs
+        for f in sorted(d.iterdir())
+        if f.suffix.lower() in IMAGE_EXTENSIONS
+    ]
     if not samples:
         raise DataFileError(f"{root}: no images found in <class>/ sub-folders ({', '.join(IMAGE_EXTENSIONS)})")
     return samples
@@ -136,7 +145,9 @@ def eval_transform(resize: Optional[int] = 256, crop: int = 224) -> Callable[[to
     return v2.Compose(steps)
 
 
-def train_transform(crop: int = 224, scale: tuple[float, float] = (0.08, 1.0)) -> Callable[[torch.Tensor], torch.Tensor]:
+def train_transform(
+    crop: int = 224, scale: tuple[float, float] = (0.08, 1.0)
+) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
     return v2.Compose([v2.RandomResizedCrop(crop, scale=scale, antialias=True), v2.RandomHorizontalFlip()])
@@ -217,14 +228,18 @@ class ImageNetDataModule(pl.LightningDataModule):
     def _split(self, split: str) -> ImageListDataset:
         root = Path(self.data_dir) / split
         if not root.is_dir():
-            raise DataFileError(f"ImageNet {split} folder not found: {root} (expected {self.data_dir}/{split}/<wnid>/*.JPEG)")
+            raise DataFileError(
+                f"ImageNet {split} folder not found: {root} (expected {self.data_dir}/{split}/<wnid>/*.JPEG)"
+            )
         classes = class_index_map(root, self.class_index)
         subset = read_subset(self.subset_file) if (split == "val" and self.subset_file) else None
         samples = find_samples(root, classes, subset)
         if split == "val" and self.n_examples is not None:
             if self.n_examples > len(samples):
-                raise DataFileError(f"n_examples={self.n_examples} but {root} holds {len(samples)} images"
-                                    + (" of the subset" if subset else ""))
+                raise DataFileError(
+                    f"n_examples={self.n_examples} but {root} holds {len(samples)} images"
+                    + (" of the subset" if subset else "")
+                )
             samples = samples[: self.n_examples]
         if split == "train" and self.augment:
             tf = train_transform(self.image_size)
@@ -242,8 +257,11 @@ class ImageNetDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"split '{split}' is not set up; call setup() first")
         return DataLoader(
-            self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train, drop_last=train, num_workers=self.num_workers,
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory,
             persistent_workers=self.num_workers > 0 and train,
             generator=torch.Generator().manual_seed(self.seed),

@@ -32,13 +32,13 @@ Examples:
     python experiments/bench.py --device cuda --precision bf16 --channels-last --compile \\
         --views fast --json bench-bf16.json
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -47,7 +47,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -63,17 +63,27 @@ TRAIN_BENCHES = ("pgd_at", "pgd_at_ssl", "fgsm_rs", "trades")
 ALL_BENCHES = TRAIN_BENCHES + ("reversal", "autoattack")
 DEFAULT_BENCHES = ("pgd_at", "pgd_at_ssl", "fgsm_rs", "reversal", "autoattack")
 # aten ops that read a device value back to the host (a sync on CUDA) or have data-dependent shapes
-SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
-            "masked_select", "repeat_interleave"}
+SYNC_OPS = {
+    "_local_scalar_dense",
+    "is_nonzero",
+    "nonzero",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "masked_select",
+    "repeat_interleave",
+}
 
 
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    p.add_argument("--tiny", action="store_true",
-                   help="small_cnn (width 8), small batches, short windows: the CI / CPU mode")
+    p.add_argument(
+        "--tiny", action="store_true", help="small_cnn (width 8), small batches, short windows: the CI / CPU mode"
+    )
     p.add_argument("--backbone", default=None, help="default preact_resnet18 (small_cnn with --tiny)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (512; 32 with --tiny)")
     p.add_argument("--rev-batch-size", type=int, default=None, help="reversal batch (512; 16 with --tiny)")
@@ -82,15 +92,28 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the classifier (ReversalModule compile)")
     p.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead (CUDA graphs), max-autotune")
     p.add_argument("--views", default="kornia", choices=["kornia", "fast"], help="SimCLR views implementation")
-    p.add_argument("--progress-bar-metrics", action="store_true",
-                   help="keep ReversalModule's train_progress_bar on (3 host syncs a step in Lightning 2.6)")
-    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
-                   help="add an EMA of the weights (decay) to the training benchmarks (the recipes use one)")
-    p.add_argument("--ema-impl", default="device", choices=["device", "lightning"],
-                   help="callbacks.DeviceEMA (sync-free) or Lightning's EMAWeightAveraging (2 host syncs a step)")
+    p.add_argument(
+        "--progress-bar-metrics",
+        action="store_true",
+        help="keep ReversalModule's train_progress_bar on (3 host syncs a step in Lightning 2.6)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="add an EMA of the weights (decay) to the training benchmarks (the recipes use one)",
+    )
+    p.add_argument(
+        "--ema-impl",
+        default="device",
+        choices=["device", "lightning"],
+        help="callbacks.DeviceEMA (sync-free) or Lightning's EMAWeightAveraging (2 host syncs a step)",
+    )
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
-    p.add_argument("--benches", default=",".join(DEFAULT_BENCHES),
-                   help=f"comma-separated subset of {','.join(ALL_BENCHES)}")
+    p.add_argument(
+        "--benches", default=",".join(DEFAULT_BENCHES), help=f"comma-separated subset of {','.join(ALL_BENCHES)}"
+    )
     p.add_argument("--seconds", type=float, default=None, help="timed seconds per benchmark (20; 1.5 with --tiny)")
     p.add_argument("--windows", type=int, default=None, help="timed windows per benchmark (5; 3 with --tiny)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (5; 1 with --tiny)")
@@ -100,28 +123,47 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--ssl-weight", type=float, default=0.5, help="for pgd_at_ssl")
     p.add_argument("--aa-n", type=int, default=None, help="AutoAttack images (500; 8 with --tiny)")
     p.add_argument("--aa-batch-size", type=int, default=500)
-    p.add_argument("--aa-attacks", default=None,
-                   help="'standard' (AutoAttack's standard version) or a comma list for version 'custom' "
-                        "(default standard; apgd-ce with --tiny: an untrained tiny model is nearly constant, "
-                        "so the images it gets right resist every attack and Square runs its 5,000 queries)")
+    p.add_argument(
+        "--aa-attacks",
+        default=None,
+        help="'standard' (AutoAttack's standard version) or a comma list for version 'custom' "
+        "(default standard; apgd-ce with --tiny: an untrained tiny model is nearly constant, "
+        "so the images it gets right resist every attack and Square runs its 5,000 queries)",
+    )
     p.add_argument("--n-train", type=int, default=None, help="synthetic training images (50000; 256 with --tiny)")
-    p.add_argument("--data-dir", default=None,
-                   help="CIFAR-10 python layout (e.g. from the pack) instead of synthetic images")
-    p.add_argument("--checkpoint", default=None,
-                   help="backbone weights (state dict or Lightning checkpoint) for reversal/AutoAttack: "
-                        "AutoAttack's time depends on how many images stay robust")
+    p.add_argument(
+        "--data-dir", default=None, help="CIFAR-10 python layout (e.g. from the pack) instead of synthetic images"
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="backbone weights (state dict or Lightning checkpoint) for reversal/AutoAttack: "
+        "AutoAttack's time depends on how many images stay robust",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device for the floor")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 with --tiny on CPU: on a shared 2-core machine 2 threads measured "
-                        "~100x slower elementwise ops than 1, from OpenMP contention)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 with --tiny on CPU: on a shared 2-core machine 2 threads measured "
+        "~100x slower elementwise ops than 1, from OpenMP contention)",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     tiny = a.tiny
-    for name, big, small in [("backbone", "preact_resnet18", "small_cnn"), ("batch_size", 512, 32),
-                             ("rev_batch_size", 512, 16), ("seconds", 20.0, 1.5), ("windows", 5, 3),
-                             ("warmup", 5, 1), ("aa_n", 500, 8), ("rev_steps", 40, 10),
-                             ("aa_attacks", "standard", "apgd-ce"), ("n_train", 50000, 256)]:
+    for name, big, small in [
+        ("backbone", "preact_resnet18", "small_cnn"),
+        ("batch_size", 512, 32),
+        ("rev_batch_size", 512, 16),
+        ("seconds", 20.0, 1.5),
+        ("windows", 5, 3),
+        ("warmup", 5, 1),
+        ("aa_n", 500, 8),
+        ("rev_steps", 40, 10),
+        ("aa_attacks", "standard", "apgd-ce"),
+        ("n_train", 50000, 256),
+    ]:
         if getattr(a, name) is None:
             setattr(a, name, small if tiny else big)
     if a.threads is None and tiny and a.device == "cpu":
@@ -150,8 +192,10 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
         name = func.__name__.split(".")[0]
-        if name in SYNC_OPS and (self.device.type == "cpu" or any(
-                isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in tree_leaves((args, kwargs)))):
+        if name in SYNC_OPS and (
+            self.device.type == "cpu"
+            or any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in tree_leaves((args, kwargs)))
+        ):
             self.syncs[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -212,9 +256,13 @@ class WindowTimer:
 def summarize(timer: WindowTimer, images_per_step: int) -> dict:
     secs = timer.result()
     rates = [timer.per_window * images_per_step / s for s in secs]
-    return {"images_per_s": statistics.median(rates), "windows_images_per_s": rates,
-            "steps_per_window": timer.per_window, "images_per_step": images_per_step,
-            "probe_step_s": timer.probe_s}
+    return {
+        "images_per_s": statistics.median(rates),
+        "windows_images_per_s": rates,
+        "steps_per_window": timer.per_window,
+        "images_per_step": images_per_step,
+        "probe_step_s": timer.probe_s,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +296,7 @@ def matmul_tflops(device: torch.device, precision: str, seconds: float = 1.0) ->
         synchronize(device)
         if time.perf_counter() - t0 >= seconds:
             break
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
 def peak_tflops(args: argparse.Namespace, device: torch.device, measured: float) -> tuple[float, str]:
@@ -284,13 +332,23 @@ def _build_module(args: argparse.Namespace, **overrides):
     from lightning_modules.reversal import ReversalConfig
 
     kw = dict(
-        backbone=args.backbone, backbone_kwargs={"width": 8} if args.backbone == "small_cnn" and args.tiny else None,
-        training="pgd", steps=args.steps, ssl_weight=0.0, attack_amp=args.precision == "bf16",
-        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
-        views_backend=args.views, val_attack_steps=0, train_progress_bar=args.progress_bar_metrics,
-        lr=0.1, schedule="onecycle",
-        reversal=ReversalConfig(steps=args.rev_steps, n_views=args.rev_views, views=args.views,
-                                amp=args.precision == "bf16"),
+        backbone=args.backbone,
+        backbone_kwargs={"width": 8} if args.backbone == "small_cnn" and args.tiny else None,
+        training="pgd",
+        steps=args.steps,
+        ssl_weight=0.0,
+        attack_amp=args.precision == "bf16",
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        views_backend=args.views,
+        val_attack_steps=0,
+        train_progress_bar=args.progress_bar_metrics,
+        lr=0.1,
+        schedule="onecycle",
+        reversal=ReversalConfig(
+            steps=args.rev_steps, n_views=args.rev_views, views=args.views, amp=args.precision == "bf16"
+        ),
     )
     kw.update(overrides)
     m = ReversalModule(**kw)
@@ -342,8 +400,11 @@ def count_step(module, batch, device: torch.device) -> dict:
             loss.backward()
     module.zero_grad(set_to_none=True)
     b = batch[0].shape[0]
-    return {"executed_flops_per_image": fc.get_total_flops() / b, "aten_ops_per_step": counter.ops,
-            "host_syncs_in_step": dict(counter.syncs)}
+    return {
+        "executed_flops_per_image": fc.get_total_flops() / b,
+        "aten_ops_per_step": counter.ops,
+        "host_syncs_in_step": dict(counter.syncs),
+    }
 
 
 def bench_train(bench: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -382,8 +443,10 @@ def bench_train(bench: str, args: argparse.Namespace, device: torch.device) -> d
                 return
             if self._iteration == 2 and self._counter is not None:
                 self._counter.__exit__(None, None, None)
-                self.lightning_syncs = {"aten_ops_per_iteration": self._counter.ops,
-                                        "host_syncs_per_iteration": dict(self._counter.syncs)}
+                self.lightning_syncs = {
+                    "aten_ops_per_iteration": self._counter.ops,
+                    "host_syncs_per_iteration": dict(self._counter.syncs),
+                }
                 self._counter = None
                 return
             timer.tick()
@@ -400,10 +463,20 @@ def bench_train(bench: str, args: argparse.Namespace, device: torch.device) -> d
         callbacks.append(EMA(decay=args.ema))
     module = _build_module(args, training=training, ssl_weight=ssl)
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, precision="bf16-mixed" if args.precision == "bf16" else "32-true",
-        max_steps=1_000_000, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks,
-        inference_mode=False, benchmark=args.cudnn_benchmark or None,
+        accelerator=device.type,
+        devices=1,
+        precision="bf16-mixed" if args.precision == "bf16" else "32-true",
+        max_steps=1_000_000,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        inference_mode=False,
+        benchmark=args.cudnn_benchmark or None,
     )
     trainer.fit(module, datamodule=dm)
     if not timer.done:
@@ -469,8 +542,15 @@ def bench_autoattack(args: argparse.Namespace, device: torch.device, f: float) -
     if args.aa_attacks == "standard":
         aa = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard", device=device, seed=args.seed)
     else:
-        aa = AutoAttack(model, norm="Linf", eps=8 / 255, version="custom", device=device, seed=args.seed,
-                        attacks=args.aa_attacks.split(","))
+        aa = AutoAttack(
+            model,
+            norm="Linf",
+            eps=8 / 255,
+            version="custom",
+            device=device,
+            seed=args.seed,
+            attacks=args.aa_attacks.split(","),
+        )
     aa.verbose = False
     synchronize(device)
     t0 = time.perf_counter()
@@ -482,11 +562,17 @@ def bench_autoattack(args: argparse.Namespace, device: torch.device, f: float) -
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
         robust = (model(x_adv).argmax(1) == y).float().mean().item()
-    return {"images_per_s": args.aa_n / dt, "seconds": dt, "images": args.aa_n,
-            "clean_acc": clean, "robust_acc": robust, "executed_flops_per_image": model.flops / args.aa_n,
-            "attacks": args.aa_attacks,
-            "model": args.checkpoint or "random init (its time says little about a robust model's)",
-            "precision": "fp32 (AutoAttack is never run in bf16 here)"}
+    return {
+        "images_per_s": args.aa_n / dt,
+        "seconds": dt,
+        "images": args.aa_n,
+        "clean_acc": clean,
+        "robust_acc": robust,
+        "executed_flops_per_image": model.flops / args.aa_n,
+        "attacks": args.aa_attacks,
+        "model": args.checkpoint or "random init (its time says little about a robust model's)",
+        "precision": "fp32 (AutoAttack is never run in bf16 here)",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,13 +606,16 @@ def _run(args: argparse.Namespace) -> dict:
     peak, source = peak_tflops(args, device, measured)
     info = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()} "
+        f"({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "forward_gflop_per_image": f / 1e9,
         "matmul_tflops_measured": measured,
-        "peak_tflops": peak, "peak_source": source,
+        "peak_tflops": peak,
+        "peak_source": source,
     }
     results: dict[str, dict] = {}
     for bench in args.benches:
@@ -544,7 +633,7 @@ def _run(args: argparse.Namespace) -> dict:
         r["achieved_tflops"] = r["images_per_s"] * fl / 1e12 if fl else float("nan")
         r["wall_s"] = time.perf_counter() - t0
         if device.type == "cuda":
-            r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             torch.cuda.reset_peak_memory_stats(device)
         results[bench] = r
         print(f"[bench] {bench}: {r['images_per_s']:.1f} images/s ({r['wall_s']:.1f} s)", flush=True)
@@ -561,14 +650,19 @@ def _run(args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     c = report["config"]
-    print(f"\n{report['device_name']} | torch {report['torch']} | {c['backbone']} batch {c['batch_size']} | "
-          f"{c['precision']}{' channels_last' if c['channels_last'] else ''}{' compile' if c['compile'] else ''}"
-          f"{' cudnn.benchmark' if c['cudnn_benchmark'] else ''} | views {c['views']}")
-    print(f"forward {report['forward_gflop_per_image']:.4g} GFLOP/image | peak {report['peak_tflops']:.4g} TFLOP/s "
-          f"({report['peak_source']}) | matmul measured {report['matmul_tflops_measured']:.4g} TFLOP/s")
+    print(
+        f"\n{report['device_name']} | torch {report['torch']} | {c['backbone']} batch {c['batch_size']} | "
+        f"{c['precision']}{' channels_last' if c['channels_last'] else ''}{' compile' if c['compile'] else ''}"
+        f"{' cudnn.benchmark' if c['cudnn_benchmark'] else ''} | views {c['views']}"
+    )
+    print(
+        f"forward {report['forward_gflop_per_image']:.4g} GFLOP/image | peak {report['peak_tflops']:.4g} TFLOP/s "
+        f"({report['peak_source']}) | matmul measured {report['matmul_tflops_measured']:.4g} TFLOP/s"
+    )
     head = f"{'bench':<12}{'images/s':>12}{'floor':>12}{'ratio':>9}{'TFLOP/s':>10}{'GFLOP/img':>11}  host syncs"
     print(head)
     print("-" * len(head))
+
     def n(d: Optional[dict]) -> str:
         return "-" if d is None else str(sum(d.values()))
 
@@ -577,8 +671,10 @@ def print_table(report: dict) -> None:
             syncs = f"{n(r['host_syncs_in_step'])} step, {n(r.get('host_syncs_per_iteration'))} loop"
         else:
             syncs = n(r.get("host_syncs_per_reversal_step"))
-        print(f"{name:<12}{r['images_per_s']:>12.1f}{r['floor_images_per_s']:>12.1f}{r['ratio_to_floor']:>9.3f}"
-              f"{r['achieved_tflops']:>10.3g}{r['flops_per_image'] / 1e9:>11.4g}  {syncs}")
+        print(
+            f"{name:<12}{r['images_per_s']:>12.1f}{r['floor_images_per_s']:>12.1f}{r['ratio_to_floor']:>9.3f}"
+            f"{r['achieved_tflops']:>10.3g}{r['flops_per_image'] / 1e9:>11.4g}  {syncs}"
+        )
     print("syncs: device->host reads counted per training step / whole loop iteration / reversal step (eager)")
 
 

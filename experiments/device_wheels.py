@@ -8,6 +8,7 @@ into ``shared_pack/`` and prints the size that travels (working tree + carried f
 
     python experiments/device_wheels.py [--pack ../shared/data/cifar10-jpeg.npz]    # make device-wheels
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # pinned: one version of each (two would stop the install there)
-WHEELS = ["kornia==0.9.0", "kornia_rs==0.2.0", "pyautoattack==0.2.0", "jsonargparse==4.53.0",
-          "docstring_parser==0.18.0", "typeshed_client==2.15.0"]
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64"]
+WHEELS = [
+    "kornia==0.9.0",
+    "kornia_rs==0.2.0",
+    "pyautoattack==0.2.0",
+    "jsonargparse==4.53.0",
+    "docstring_parser==0.18.0",
+    "typeshed_client==2.15.0",
+]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
 LIMIT_MIB = 64
 
 
@@ -38,8 +50,9 @@ def strip_wheel(path: Path, drop: tuple[str, ...] = (".pt", ".h5")) -> int:
                 continue
             data = src.read(info.filename)
             if info.filename.endswith(".dist-info/RECORD"):
-                data = b"".join(ln for ln in data.splitlines(keepends=True)
-                                if ln.split(b",", 1)[0].decode() not in gone)
+                data = b"".join(
+                    ln for ln in data.splitlines(keepends=True) if ln.split(b",", 1)[0].decode() not in gone
+                )
             dst.writestr(info, data)
     tmp.replace(path)
     return removed
@@ -47,12 +60,17 @@ def strip_wheel(path: Path, drop: tuple[str, ...] = (".pt", ".h5")) -> int:
 
 def travelling_mib(carry: list[str]) -> float:
     """Tracked + untracked-not-ignored files of the working tree, plus the carried folders, in MiB."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     total = sum((REPO / f).stat().st_size for f in files if f and (REPO / f).is_file())
     for c in carry:
         total += sum(p.stat().st_size for p in (REPO / c).rglob("*") if p.is_file())
-    return total / 2 ** 20
+    return total / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +87,27 @@ def main(argv: list[str] | None = None) -> int:
     wheels = REPO / a.wheels
     if wheels.is_dir():
         shutil.rmtree(wheels)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-           "3.12", "--implementation", "cp", *[x for pl in PLATFORMS for x in ("--platform", pl)], "-d", str(wheels),
-           *WHEELS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        *[x for pl in PLATFORMS for x in ("--platform", pl)],
+        "-d",
+        str(wheels),
+        *WHEELS,
+    ]
     if subprocess.run(cmd).returncode != 0:
         sys.exit(f"pip download failed: {' '.join(cmd)}")
     for w in wheels.glob("pyautoattack-*.whl"):
-        print(f"{w.name}: removed {strip_wheel(w) / 2 ** 20:.1f} MiB of example weights")
+        print(f"{w.name}: removed {strip_wheel(w) / 2**20:.1f} MiB of example weights")
     git = ["git", "-C", str(REPO)]
     commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
@@ -86,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         (dest / f.name).unlink(missing_ok=True)  # the shared copies are read-only
         shutil.copyfile(f, dest / f.name)
     size = travelling_mib([a.wheels, a.pack_dir])
-    print(f"{a.wheels}/: {len(list(wheels.glob('*.whl')))} wheels; {a.pack_dir}/: pack + script; "
-          f"travelling with carry [{a.wheels}, {a.pack_dir}]: {size:.1f} MiB (limit {LIMIT_MIB})")
+    print(
+        f"{a.wheels}/: {len(list(wheels.glob('*.whl')))} wheels; {a.pack_dir}/: pack + script; "
+        f"travelling with carry [{a.wheels}, {a.pack_dir}]: {size:.1f} MiB (limit {LIMIT_MIB})"
+    )
     if size >= LIMIT_MIB:
         sys.exit(f"{size:.1f} MiB would travel: over the device tool's {LIMIT_MIB} MiB")
     return 0

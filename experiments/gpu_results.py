@@ -8,6 +8,7 @@ was reached, and every number with the command that produced it. Never edit the 
     python experiments/gpu_results.py --out FOLDER [--readme README.md]   # make gpu-results OUT=FOLDER
     python experiments/gpu_results.py --empty                             # the block before any run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,18 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"
 NOT_YET = "not measured yet"
-BENCH_NAMES = {"pgd_at": "PGD-10 AT", "pgd_at_ssl": "PGD-10 AT + head", "fgsm_rs": "FGSM-RS",
-               "reversal": "reversal (40 steps x 4 views)", "autoattack": "AutoAttack (random-init model)"}
-REFERENCE = ("Reference runs on an H100 with the same pack (from the tracker, not measured here): plain PGD-AT, "
-             "30 epochs in 253 s: 77.4% clean / 47.3% PGD-20 / 42.3% AutoAttack; tuned plain PyTorch PGD-10 AT "
-             "4,425 images/s; a reference-style reversal 150-200 images/s.")
+BENCH_NAMES = {
+    "pgd_at": "PGD-10 AT",
+    "pgd_at_ssl": "PGD-10 AT + head",
+    "fgsm_rs": "FGSM-RS",
+    "reversal": "reversal (40 steps x 4 views)",
+    "autoattack": "AutoAttack (random-init model)",
+}
+REFERENCE = (
+    "Reference runs on an H100 with the same pack (from the tracker, not measured here): plain PGD-AT, "
+    "30 epochs in 253 s: 77.4% clean / 47.3% PGD-20 / 42.3% AutoAttack; tuned plain PyTorch PGD-10 AT "
+    "4,425 images/s; a reference-style reversal 150-200 images/s."
+)
 
 
 def _pct(v: Optional[float]) -> str:
@@ -56,18 +64,34 @@ def targets(res: Optional[dict]) -> list[tuple[str, str, str]]:
         return NOT_YET if v is None else fmt(v)
 
     return [
-        (">= 11,000 images/s PGD-10 AT (one H100-class GPU)", got(_bench(res, "tuned", "pgd_at"), _rate),
-         "bench, tuned settings"),
-        (">= 1,000 images/s reversal (40 steps x 4 views)", got(_bench(res, "tuned", "reversal"), _rate),
-         "bench, tuned settings"),
-        (">= 80% clean, fast recipe, <= 5 min of training",
-         got(clean.get("without"), _pct) + (n + trained if clean.get("without") is not None else ""), "eval after train"),
-        (">= 46% AutoAttack (first 1,000 test images), same run",
-         got(aa and aa.get("without"), _pct) + (f" on {aa['n']} images" if aa and aa.get("without") is not None else ""),
-         "eval: standard AutoAttack"),
-        (">= 3x the speed of pyautoattack called plainly, same robust accuracy",
-         NOT_YET if aa_speed is None else f"{NOT_YET} (plain pyautoattack ran {_rate(aa_speed)}; no tuned variant yet)",
-         "eval: the AutoAttack row's time"),
+        (
+            ">= 11,000 images/s PGD-10 AT (one H100-class GPU)",
+            got(_bench(res, "tuned", "pgd_at"), _rate),
+            "bench, tuned settings",
+        ),
+        (
+            ">= 1,000 images/s reversal (40 steps x 4 views)",
+            got(_bench(res, "tuned", "reversal"), _rate),
+            "bench, tuned settings",
+        ),
+        (
+            ">= 80% clean, fast recipe, <= 5 min of training",
+            got(clean.get("without"), _pct) + (n + trained if clean.get("without") is not None else ""),
+            "eval after train",
+        ),
+        (
+            ">= 46% AutoAttack (first 1,000 test images), same run",
+            got(aa and aa.get("without"), _pct)
+            + (f" on {aa['n']} images" if aa and aa.get("without") is not None else ""),
+            "eval: standard AutoAttack",
+        ),
+        (
+            ">= 3x the speed of pyautoattack called plainly, same robust accuracy",
+            NOT_YET
+            if aa_speed is None
+            else f"{NOT_YET} (plain pyautoattack ran {_rate(aa_speed)}; no tuned variant yet)",
+            "eval: the AutoAttack row's time",
+        ),
     ]
 
 
@@ -78,11 +102,17 @@ def render(res: Optional[dict]) -> str:
         lines += ["No GPU run has been folded in yet: every target below is **not measured yet**.", ""]
     else:
         m = res["meta"]
-        kind = ("**tiny CPU smoke run** (small CNN, synthetic data): checks the pipeline, measures none of the targets"
-                if m.get("tiny") else "full run")
-        lines += [f"{kind}. Hardware: {m.get('device_name')}; torch {m.get('torch')}, Python {m.get('python')}; "
-                  f"{m.get('date')}; commit `{m.get('commit')}`{' (uncommitted changes)' if m.get('dirty') else ''}; "
-                  f"`{m.get('command')}`, {m.get('wall_s')} s in all.", ""]
+        kind = (
+            "**tiny CPU smoke run** (small CNN, synthetic data): checks the pipeline, measures none of the targets"
+            if m.get("tiny")
+            else "full run"
+        )
+        lines += [
+            f"{kind}. Hardware: {m.get('device_name')}; torch {m.get('torch')}, Python {m.get('python')}; "
+            f"{m.get('date')}; commit `{m.get('commit')}`{' (uncommitted changes)' if m.get('dirty') else ''}; "
+            f"`{m.get('command')}`, {m.get('wall_s')} s in all.",
+            "",
+        ]
     lines += ["| target | reached | how |", "|---|---|---|"]
     lines += [f"| {t} | {r} | {h} |" for t, r, h in targets(res)]
     lines += ["", REFERENCE]
@@ -99,30 +129,40 @@ def render(res: Optional[dict]) -> str:
         for name, r in (rec.get("results") or {}).items():
             ratio = f" ({r['ratio_to_floor']:.3f} of the FLOP floor)" if r.get("ratio_to_floor") else ""
             label = f"reversal ({r['setting']})" if r.get("setting") else BENCH_NAMES.get(name, name)
-            lines.append(f"| bench {cfg}: {label} | {_rate(r['images_per_s'])}{ratio} | "
-                         f"`{rec['command']}` |")
+            lines.append(f"| bench {cfg}: {label} | {_rate(r['images_per_s'])}{ratio} | `{rec['command']}` |")
     tr = res.get("train") or {}
     if tr:
         cut = ", stopped by max_time" if tr.get("stopped_by_max_time") else ""
-        lines.append(f"| training (fast recipe) | {tr.get('epochs_planned')} epochs planned, {tr.get('global_step')} "
-                     f"steps, {tr.get('wall_s')} s wall (max_time {tr.get('max_time_s')} s{cut}) | "
-                     f"`{tr.get('command')}` |")
+        lines.append(
+            f"| training (fast recipe) | {tr.get('epochs_planned')} epochs planned, {tr.get('global_step')} "
+            f"steps, {tr.get('wall_s')} s wall (max_time {tr.get('max_time_s')} s{cut}) | "
+            f"`{tr.get('command')}` |"
+        )
     for stage in ("eval", "adaptive"):
         ev = res.get(stage) or {}
         if not ev:
             continue
-        how = (f"`{res['meta'].get('command')}`, stage {stage}: {ev.get('n_reached')} of {ev.get('n_requested')} "
-               f"images, batch {ev.get('batch_size')}, {ev.get('draws')} draws{', cut at its budget' if ev.get('cut') else ''}")
+        how = (
+            f"`{res['meta'].get('command')}`, stage {stage}: {ev.get('n_reached')} of {ev.get('n_requested')} "
+            f"images, batch {ev.get('batch_size')}, {ev.get('draws')} draws"
+            f"{', cut at its budget' if ev.get('cut') else ''}"
+        )
         if stage == "eval":
             c = ev.get("clean") or {}
-            lines.append(f"| clean (without / with reversal) | {_pct(c.get('without'))} / {_pct(c.get('with'))} | {how} |")
+            lines.append(
+                f"| clean (without / with reversal) | {_pct(c.get('without'))} / {_pct(c.get('with'))} | {how} |"
+            )
         for r in ev.get("rows") or []:
-            lines.append(f"| {r['label']} L-inf 8/255 (without / with reversal) | {_pct(r['without'])} / "
-                         f"{_pct(r['with'])} on {r['n']} images, {r['time_s']:.0f} s | {how} |")
+            lines.append(
+                f"| {r['label']} L-inf 8/255 (without / with reversal) | {_pct(r['without'])} / "
+                f"{_pct(r['with'])} on {r['n']} images, {r['time_s']:.0f} s | {how} |"
+            )
         for w in ev.get("worst_case") or []:
-            lines.append(f"| {stage}: worst case per example, {w['threat']} {w['eps_label']} | {_pct(w.get('without'))}"
-                         f" / {_pct(w.get('with'))} on {w.get('n')} images"
-                         f"{'' if ev.get('reliable') else ' (UNRELIABLE: a sanity check failed)'} | {how} |")
+            lines.append(
+                f"| {stage}: worst case per example, {w['threat']} {w['eps_label']} | {_pct(w.get('without'))}"
+                f" / {_pct(w.get('with'))} on {w.get('n')} images"
+                f"{'' if ev.get('reliable') else ' (UNRELIABLE: a sanity check failed)'} | {how} |"
+            )
     return "\n".join(lines)
 
 
@@ -143,8 +183,9 @@ def fold(readme: Path, res: Optional[dict]) -> str:
 def read_results(folder: Path) -> dict:
     path = Path(folder) / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no results.json in {folder}: pass the folder a GPU run returned "
-                                "(make gpu-run writes it to OUT)")
+        raise FileNotFoundError(
+            f"no results.json in {folder}: pass the folder a GPU run returned (make gpu-run writes it to OUT)"
+        )
     res = json.loads(path.read_text())
     if res.get("schema") != 1 or "meta" not in res:
         raise ValueError(f"{path} is not a gpu_run results file (schema 1 with 'meta')")

@@ -25,6 +25,7 @@ After every stage ``--out`` holds (at most 8 files): ``results.json``, ``results
     python experiments/gpu_run.py --out $OUT                          # a GPU machine (make gpu-run)
     python experiments/gpu_run.py --device cpu --tiny --out results/gpu_run_tiny   # CI, < 1 min
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,18 +52,26 @@ BENCH_TUNED = ["--precision", "bf16", "--channels-last", "--views", "fast", "--e
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default=os.environ.get("OUT") or "results/gpu_run", help="the returned folder ($OUT)")
     p.add_argument("--work", default=str(REPO / "results" / "gpu_run_work"), help="scratch folder (data, checkpoints)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--tiny", action="store_true", help="small_cnn, synthetic data, budgets in seconds: the CI mode")
     p.add_argument("--wheels", default=".whl", help="wheels for what the machine lacks (make device-wheels)")
-    p.add_argument("--pack", default="shared_pack/cifar10-jpeg.npz",
-                   help="the CIFAR-10 JPEG pack (make device-wheels copies it here); --tiny: synthetic data instead")
+    p.add_argument(
+        "--pack",
+        default="shared_pack/cifar10-jpeg.npz",
+        help="the CIFAR-10 JPEG pack (make device-wheels copies it here); --tiny: synthetic data instead",
+    )
     p.add_argument("--data-dir", default=None, help="an existing cifar-10-batches-py parent (skips the unpack)")
-    p.add_argument("--total-seconds", type=float, default=None,
-                   help="the whole run (520; 180 with --tiny: caps, about a minute is spent on an idle CPU)")
+    p.add_argument(
+        "--total-seconds",
+        type=float,
+        default=None,
+        help="the whole run (520; 180 with --tiny: caps, about a minute is spent on an idle CPU)",
+    )
     p.add_argument("--bench-seconds", type=float, default=None, help="bench budget (75; 45 with --tiny)")
     p.add_argument("--train-seconds", type=float, default=None, help="training budget, max_time + 30 s (270; 60)")
     p.add_argument("--eval-seconds", type=float, default=None, help="evaluation budget (110; 25)")
@@ -72,14 +81,35 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--draws", type=int, default=3, help="reversal draws per reversed input")
     p.add_argument("--n-adaptive", type=int, default=None, help="images of the adaptive attack (100; 8)")
     p.add_argument("--adaptive-attack", default="apgd_ce_bpda", help="an attack of the evaluation registry")
-    p.add_argument("--reversal-steps", type=int, default=None,
-                   help="reversal steps in the evaluation (default: the model's, 40; 3 with --tiny)")
+    p.add_argument(
+        "--reversal-steps",
+        type=int,
+        default=None,
+        help="reversal steps in the evaluation (default: the model's, 40; 3 with --tiny)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: sized from the bench)")
     a = p.parse_args(argv)
-    big = {"total_seconds": 520, "bench_seconds": 75, "train_seconds": 270, "eval_seconds": 110,
-           "adaptive_seconds": 45, "n_eval": 1000, "eval_batch": 250, "n_adaptive": 100}
-    tiny = {"total_seconds": 180, "bench_seconds": 45, "train_seconds": 60, "eval_seconds": 25,
-            "adaptive_seconds": 20, "n_eval": 16, "eval_batch": 8, "n_adaptive": 4, "reversal_steps": 3}
+    big = {
+        "total_seconds": 520,
+        "bench_seconds": 75,
+        "train_seconds": 270,
+        "eval_seconds": 110,
+        "adaptive_seconds": 45,
+        "n_eval": 1000,
+        "eval_batch": 250,
+        "n_adaptive": 100,
+    }
+    tiny = {
+        "total_seconds": 180,
+        "bench_seconds": 45,
+        "train_seconds": 60,
+        "eval_seconds": 25,
+        "adaptive_seconds": 20,
+        "n_eval": 16,
+        "eval_batch": 8,
+        "n_adaptive": 4,
+        "reversal_steps": 3,
+    }
     for k, v in (tiny if a.tiny else big).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -101,8 +131,9 @@ class Run:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def stage(self, name: str, budget: float, fn: Callable[[float], Any], reserve: float = 0.0,
-              always: bool = False) -> None:
+    def stage(
+        self, name: str, budget: float, fn: Callable[[float], Any], reserve: float = 0.0, always: bool = False
+    ) -> None:
         """Run ``fn(budget)`` with ``budget`` cut to what the deadline leaves after ``reserve`` seconds
         (``always``: run even past the deadline; for the few seconds that save the weights and the grid)."""
         budget = max(budget if always else 0, min(budget, self.left() - reserve))
@@ -122,8 +153,11 @@ class Run:
                 rec.update(status="failed", error=f"{type(e).__name__}: {e}")
                 traceback.print_exc()
         rec["wall_s"] = round(time.monotonic() - t, 1)
-        print(f"[gpu-run] {name}: {rec['status']} in {rec['wall_s']} s"
-              + (f" ({rec['error']})" if rec.get("error") else ""), flush=True)
+        print(
+            f"[gpu-run] {name}: {rec['status']} in {rec['wall_s']} s"
+            + (f" ({rec['error']})" if rec.get("error") else ""),
+            flush=True,
+        )
         self.write()
 
     def write(self) -> None:
@@ -147,13 +181,18 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
     cuda = args.device == "cuda" and torch.cuda.is_available()
     stamp = Path(args.wheels) / "COMMIT"  # the machine's copy of the tree may have no .git: make device-wheels
     commit = git("rev-parse", "--short=12", "HEAD") or (stamp.read_text().strip() if stamp.is_file() else None)
-    return {"device": args.device, "tiny": args.tiny,
-            "device_name": torch.cuda.get_device_name() if cuda else f"CPU {platform.machine()} ({os.cpu_count()} cores)",
-            "torch": torch.__version__, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": commit, "dirty": bool(git("status", "--porcelain")) if git("rev-parse", "HEAD") else None,
-            "command": "make gpu-run" + (" DEVICE=cpu TINY=1" if args.tiny else ""),
-            "argv": sys.argv[1:]}
+    return {
+        "device": args.device,
+        "tiny": args.tiny,
+        "device_name": torch.cuda.get_device_name() if cuda else f"CPU {platform.machine()} ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "dirty": bool(git("status", "--porcelain")) if git("rev-parse", "HEAD") else None,
+        "command": "make gpu-run" + (" DEVICE=cpu TINY=1" if args.tiny else ""),
+        "argv": sys.argv[1:],
+    }
 
 
 # -- stages ----------------------------------------------------------------------------------------
@@ -163,11 +202,26 @@ def setup(run: Run, budget: float) -> dict:
     if missing:
         wheels = sorted(Path(a.wheels).glob("*.whl")) if Path(a.wheels).is_dir() else []
         if not wheels:
-            raise FileNotFoundError(f"missing {', '.join(missing)} and no wheels in {a.wheels}: run `make device-wheels` "
-                                    f"on the development machine and name {a.wheels} in the device call's carry")
+            raise FileNotFoundError(
+                f"missing {', '.join(missing)} and no wheels in {a.wheels}: run `make device-wheels` "
+                f"on the development machine and name {a.wheels} in the device call's carry"
+            )
         site = a.work / "site"
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-               "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(site),
+            *map(str, wheels),
+        ]
         rc, text, _ = run_logged(cmd, budget)
         if rc != 0:
             raise RuntimeError(f"pip install of {a.wheels}/*.whl failed ({rc}): {text[-500:]}")
@@ -195,8 +249,10 @@ def prepare_data(a: argparse.Namespace, budget: float) -> Path:
         if rc != 0:
             raise RuntimeError(f"unpacking {pack} failed ({rc}): {text[-500:]}")
         return data
-    raise FileNotFoundError(f"no CIFAR-10 pack at {pack}: run `make device-wheels` (copies it to shared_pack/) "
-                            "and name shared_pack in the device call's carry, or pass --data-dir")
+    raise FileNotFoundError(
+        f"no CIFAR-10 pack at {pack}: run `make device-wheels` (copies it to shared_pack/) "
+        "and name shared_pack in the device call's carry, or pass --data-dir"
+    )
 
 
 def bench(run: Run, budget: float) -> dict:
@@ -204,19 +260,37 @@ def bench(run: Run, budget: float) -> dict:
     a = run.args
     common = ["--device", a.device]
     if a.tiny:
-        common += ["--tiny", "--seconds", "0.2", "--windows", "1", "--rev-steps", "2", "--aa-n", "4", "--n-train", "64",
-                   "--benches", "pgd_at,fgsm_rs,reversal,autoattack"]
+        common += [
+            "--tiny",
+            "--seconds",
+            "0.2",
+            "--windows",
+            "1",
+            "--rev-steps",
+            "2",
+            "--aa-n",
+            "4",
+            "--n-train",
+            "64",
+            "--benches",
+            "pgd_at,fgsm_rs,reversal,autoattack",
+        ]
     else:
         common += ["--seconds", "3", "--windows", "3", "--warmup", "3", "--aa-n", "250"]
-    configs = {"fp32": common + ["--precision", "fp32"],  # AutoAttack always runs in fp32: timed once, here
-               "tuned": common + BENCH_TUNED + ["--benches", "pgd_at,reversal" if a.tiny else
-                                                "pgd_at,pgd_at_ssl,fgsm_rs,reversal"]}  # the last --benches wins
+    configs = {
+        "fp32": common + ["--precision", "fp32"],  # AutoAttack always runs in fp32: timed once, here
+        "tuned": common
+        + BENCH_TUNED
+        + ["--benches", "pgd_at,reversal" if a.tiny else "pgd_at,pgd_at_ssl,fgsm_rs,reversal"],
+    }  # the last --benches wins
     paths = {name: a.work / f"bench-{name}.json" for name in configs}
     for p in paths.values():
         p.unlink(missing_ok=True)
     calls = [argv + ["--json", str(paths[name])] for name, argv in configs.items()]
-    code = ("import sys; sys.path.insert(0, 'experiments'); import bench\n"
-            f"for argv in {calls!r}:\n    print('[gpu-run] bench.py', *argv, flush=True); bench.main(argv)")
+    code = (
+        "import sys; sys.path.insert(0, 'experiments'); import bench\n"
+        f"for argv in {calls!r}:\n    print('[gpu-run] bench.py', *argv, flush=True); bench.main(argv)"
+    )
     rc, text, cut = run_logged([sys.executable, "-c", code], budget)
     out: dict[str, Any] = {"returncode": rc, "cut": cut or rc != 0}
     reports: dict[str, Any] = {}
@@ -226,15 +300,20 @@ def bench(run: Run, budget: float) -> dict:
         if paths[name].is_file():
             reports[name] = json.loads(paths[name].read_text())
             rec["device_name"] = reports[name].get("device_name")
-            rec["results"] = {k: {"images_per_s": v["images_per_s"], "ratio_to_floor": v.get("ratio_to_floor")}
-                              for k, v in reports[name]["results"].items()}
+            rec["results"] = {
+                k: {"images_per_s": v["images_per_s"], "ratio_to_floor": v.get("ratio_to_floor")}
+                for k, v in reports[name]["results"].items()
+            }
             rev = reports[name]["results"].get("reversal", {}).get("reversal")
             if rev:
                 rec["results"]["reversal"]["setting"] = f"{rev['steps']} steps x {rev['n_views']} views"
         else:  # cut at the budget or failed: the benches it printed before
             lines = chunks[i].splitlines() if i < len(chunks) else []
-            rec["results"] = {ln.split()[1].rstrip(":"): {"images_per_s": float(ln.split()[2])}
-                              for ln in lines if ln.startswith("[bench] ") and " images/s" in ln}
+            rec["results"] = {
+                ln.split()[1].rstrip(":"): {"images_per_s": float(ln.split()[2])}
+                for ln in lines
+                if ln.startswith("[bench] ") and " images/s" in ln
+            }
         out[name] = rec
     (a.out / "bench.json").write_text(json.dumps(reports, indent=2, default=str))
     return out
@@ -247,7 +326,8 @@ def plan_epochs(run: Run, budget: float, n_train: int = 50000) -> int:
     if run.args.tiny:
         return 2
     rate = ((run.results.get("bench") or {}).get("tuned", {}).get("results", {}).get("pgd_at_ssl") or {}).get(
-        "images_per_s")
+        "images_per_s"
+    )
     if not rate:
         return 30  # the recipe's own; max_time still cuts it
     return int(max(1, min(30, (budget - 45) * 0.9 * rate / n_train)))  # 45 s: start-up and validation
@@ -260,29 +340,70 @@ def train(run: Run, budget: float) -> dict:
     epochs = plan_epochs(run, budget)
     root = a.work / "logs"
     max_time = max(5, int(budget - 30)) if not a.tiny else 5  # the rest: start-up and the last checkpoint
-    cmd = [sys.executable, "-m", "lightning_modules.cli", "fit", "--config", "experiments/cifar10/fast_recipe.yaml",
-           "--data.init_args.data_dir", run.results["setup"]["data_dir"], "--trainer.default_root_dir", str(root),
-           "--trainer.max_time", f"00:{max_time // 3600:02d}:{max_time // 60 % 60:02d}:{max_time % 60:02d}",
-           "--trainer.max_epochs", str(epochs),
-           "--trainer.enable_progress_bar", "false"]  # a bar would fill the log
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_modules.cli",
+        "fit",
+        "--config",
+        "experiments/cifar10/fast_recipe.yaml",
+        "--data.init_args.data_dir",
+        run.results["setup"]["data_dir"],
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.max_time",
+        f"00:{max_time // 3600:02d}:{max_time // 60 % 60:02d}:{max_time % 60:02d}",
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]  # a bar would fill the log
     if a.tiny:
-        cmd += ["--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", "{width: 8}",
-                "--model.init_args.steps", "2", "--model.init_args.val_attack_steps", "2",
-                "--data.init_args.batch_size", "32", "--data.init_args.eval_batch_size", "16",
-                "--data.init_args.strict_counts", "false", "--data.init_args.n_examples", "16",
-                "--trainer.precision", "32-true", "--trainer.accelerator", "cpu", "--trainer.limit_train_batches", "4"]
+        cmd += [
+            "--model.init_args.backbone",
+            "small_cnn",
+            "--model.init_args.backbone_kwargs",
+            "{width: 8}",
+            "--model.init_args.steps",
+            "2",
+            "--model.init_args.val_attack_steps",
+            "2",
+            "--data.init_args.batch_size",
+            "32",
+            "--data.init_args.eval_batch_size",
+            "16",
+            "--data.init_args.strict_counts",
+            "false",
+            "--data.init_args.n_examples",
+            "16",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.limit_train_batches",
+            "4",
+        ]
     t0 = time.monotonic()
     rc, text, cut = run_logged(cmd, budget + 20, env={"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
     wall = time.monotonic() - t0
     ckpts = sorted(root.glob("checkpoints/**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    out = {"command": " ".join(["lightning", *cmd[3:]]).replace(str(a.work), "WORK"), "epochs_planned": epochs,
-           "max_time_s": max_time, "wall_s": round(wall, 1), "returncode": rc, "cut": cut or rc != 0}
+    out = {
+        "command": " ".join(["lightning", *cmd[3:]]).replace(str(a.work), "WORK"),
+        "epochs_planned": epochs,
+        "max_time_s": max_time,
+        "wall_s": round(wall, 1),
+        "returncode": rc,
+        "cut": cut or rc != 0,
+    }
     if not ckpts:
         raise RuntimeError(f"training left no last.ckpt under {root} (return code {rc}, killed at budget: {cut})")
     run.ckpt = ckpts[-1]
     ck = torch.load(run.ckpt, map_location="cpu", weights_only=True)
-    out.update(checkpoint_epoch=ck.get("epoch"), global_step=ck.get("global_step"),
-               stopped_by_max_time="Time limit reached" in text)
+    out.update(
+        checkpoint_epoch=ck.get("epoch"),
+        global_step=ck.get("global_step"),
+        stopped_by_max_time="Time limit reached" in text,
+    )
     return out
 
 
@@ -305,11 +426,17 @@ def weights(run: Run, budget: float) -> dict:
     from lightning_modules.shards import save_shards
 
     m = load_module(run)
-    extra = {"hyper_parameters": run.hparams, "commit": run.results["meta"]["commit"],
-             "train": {k: run.results["train"].get(k) for k in ("checkpoint_epoch", "global_step", "command")}}
+    extra = {
+        "hyper_parameters": run.hparams,
+        "commit": run.results["meta"]["commit"],
+        "train": {k: run.results["train"].get(k) for k in ("checkpoint_epoch", "global_step", "command")},
+    }
     names = save_shards(m.state_dict(), run.args.out, extra=extra)
-    return {"files": names, "bytes": [(run.args.out / n).stat().st_size for n in names],
-            "load": "lightning_modules.shards.module_from_shards(folder)"}
+    return {
+        "files": names,
+        "bytes": [(run.args.out / n).stat().st_size for n in names],
+        "load": "lightning_modules.shards.module_from_shards(folder)",
+    }
 
 
 def test_images(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,13 +471,24 @@ def evaluate(run: Run, budget: float, attacks: list[str], n: int, **cfg_kw: Any)
 
     a = run.args
     m = load_module(run)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=attacks, draws=a.draws, composition=[], steps=20,
-                     eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[], standard_model=False,
-                     **cfg_kw)
+    cfg = EvalConfig(
+        threat_models={"Linf": "8/255"},
+        attacks=attacks,
+        draws=a.draws,
+        composition=[],
+        steps=20,
+        eps_sweep=[],
+        attack_steps_sweep=[],
+        eot_sweep=[],
+        reversal_steps_sweep=[],
+        standard_model=False,
+        **cfg_kw,
+    )
     end = time.monotonic() + budget
     fns = ReversalFns.from_module(m, **({"steps": a.reversal_steps} if a.reversal_steps else {}))
-    ev = RobustEvaluator.for_reversal(fns, cfg, should_stop=lambda: time.monotonic() > end,
-                                      log=lambda s: print(s, flush=True))
+    ev = RobustEvaluator.for_reversal(
+        fns, cfg, should_stop=lambda: time.monotonic() > end, log=lambda s: print(s, flush=True)
+    )
     x, y = test_images(run, n)
     stopped = False
     try:
@@ -359,15 +497,36 @@ def evaluate(run: Run, budget: float, attacks: list[str], n: int, **cfg_kw: Any)
         stopped = True
         print(f"[gpu-run] evaluation stopped at its budget of {budget:.0f} s (between two rows)", flush=True)
     s = ev.summary()
-    rows = [{"label": r["label"], "attack": r["attack"], "without": r["without"], "with": r["with"],
-             "with_mean": r.get("with_mean"), "n": r["n"], "time_s": r["time_s"]} for r in s["rows"]]
-    return {"n_requested": n, "n_reached": s["n_examples"], "batch_size": a.eval_batch, "draws": a.draws,
-            "reversal": {k: v for k, v in vars(fns.cfg).items() if k in ("steps", "n_views", "eps", "views")},
-            "cut": stopped, "clean": {k: s["clean"].get(k) for k in ("without", "with", "with_mean", "n", "time_s")},
-            "rows": rows, "worst_case": s["worst_case"], "reliable": s["reliable"],
-            "sanity": [{k: c.get(k) for k in ("name", "passed", "detail")} for c in s["sanity"]],
-            "config": {k: v for k, v in s["meta"]["config"].items() if k in (
-                "attacks", "draws", "steps", "apgd_steps", "eot", "adaptive_n", "judge_draws")}}
+    rows = [
+        {
+            "label": r["label"],
+            "attack": r["attack"],
+            "without": r["without"],
+            "with": r["with"],
+            "with_mean": r.get("with_mean"),
+            "n": r["n"],
+            "time_s": r["time_s"],
+        }
+        for r in s["rows"]
+    ]
+    return {
+        "n_requested": n,
+        "n_reached": s["n_examples"],
+        "batch_size": a.eval_batch,
+        "draws": a.draws,
+        "reversal": {k: v for k, v in vars(fns.cfg).items() if k in ("steps", "n_views", "eps", "views")},
+        "cut": stopped,
+        "clean": {k: s["clean"].get(k) for k in ("without", "with", "with_mean", "n", "time_s")},
+        "rows": rows,
+        "worst_case": s["worst_case"],
+        "reliable": s["reliable"],
+        "sanity": [{k: c.get(k) for k in ("name", "passed", "detail")} for c in s["sanity"]],
+        "config": {
+            k: v
+            for k, v in s["meta"]["config"].items()
+            if k in ("attacks", "draws", "steps", "apgd_steps", "eot", "adaptive_n", "judge_draws")
+        },
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -387,13 +546,31 @@ def main(argv: Optional[list[str]] = None) -> dict:
     run.stage("weights", 60, lambda b: weights(run, b), always=True)
     run.stage("grid", 60, lambda b: grid(run, b), always=True)
     # tiny: APGD-CE for AutoAttack (an untrained tiny model's robust points make Square run all its queries)
-    run.stage("eval", a.eval_seconds, lambda b: evaluate(run, b, ["pgd", "apgd-ce" if tiny else "autoattack"], a.n_eval),
-              reserve=a.adaptive_seconds / 2)
-    run.stage("adaptive", a.adaptive_seconds, lambda b: evaluate(
-        run, b, [a.adaptive_attack], a.n_adaptive, adaptive_n=a.n_adaptive, apgd_steps=5 if tiny else 20,
-        eot=1 if tiny else 4, judge_draws=1))
-    print(f"[gpu-run] done in {time.monotonic() - run.t0:.0f} s; files in {a.out}: "
-          + ", ".join(f"{p.name} ({p.stat().st_size / 2 ** 20:.2f} MiB)" for p in sorted(a.out.iterdir())), flush=True)
+    run.stage(
+        "eval",
+        a.eval_seconds,
+        lambda b: evaluate(run, b, ["pgd", "apgd-ce" if tiny else "autoattack"], a.n_eval),
+        reserve=a.adaptive_seconds / 2,
+    )
+    run.stage(
+        "adaptive",
+        a.adaptive_seconds,
+        lambda b: evaluate(
+            run,
+            b,
+            [a.adaptive_attack],
+            a.n_adaptive,
+            adaptive_n=a.n_adaptive,
+            apgd_steps=5 if tiny else 20,
+            eot=1 if tiny else 4,
+            judge_draws=1,
+        ),
+    )
+    print(
+        f"[gpu-run] done in {time.monotonic() - run.t0:.0f} s; files in {a.out}: "
+        + ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.2f} MiB)" for p in sorted(a.out.iterdir())),
+        flush=True,
+    )
     run.write()
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     return run.results

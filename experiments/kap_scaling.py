@@ -26,12 +26,12 @@ Example:
     python experiments/kap_scaling.py --profile cpu --data-dir data     # make kap-scaling
     python experiments/kap_scaling.py --profile gpu --data-dir data     # make kap-scaling PROFILE=gpu
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -69,8 +69,18 @@ class Profile:
 
 PROFILES = {
     "cpu": Profile("small_cnn", (1, 2), (8, 16), epochs=1, train_subset=10_000, n_eval=500, n_autoattack=32),
-    "gpu": Profile("wide_resnet", (10, 16, 22, 28), (1, 2, 4, 8), ("cifar10", "cifar100"), epochs=30,
-                   batch_size=256, lr=0.2, n_eval=1000, n_autoattack=1000, pgd_steps=20),
+    "gpu": Profile(
+        "wide_resnet",
+        (10, 16, 22, 28),
+        (1, 2, 4, 8),
+        ("cifar10", "cifar100"),
+        epochs=30,
+        batch_size=256,
+        lr=0.2,
+        n_eval=1000,
+        n_autoattack=1000,
+        pgd_steps=20,
+    ),
     "tiny": Profile("small_cnn", (1, 2), (4,), max_steps=2, batch_size=8, n_eval=8, n_autoattack=4, pgd_steps=2),
 }
 
@@ -95,9 +105,15 @@ def datamodule(name: str, data_dir: str, profile: Profile, seed: int):
     from datamodules import CIFAR10DataModule, CIFAR100DataModule
 
     cls = CIFAR10DataModule if name == "cifar10" else CIFAR100DataModule
-    return cls(data_dir=data_dir, batch_size=profile.batch_size, eval_batch_size=min(500, profile.n_eval),
-               n_examples=profile.n_eval, train_subset=profile.train_subset, seed=seed,
-               strict_counts=profile.train_subset is None and profile.max_steps < 0)
+    return cls(
+        data_dir=data_dir,
+        batch_size=profile.batch_size,
+        eval_batch_size=min(500, profile.n_eval),
+        n_examples=profile.n_eval,
+        train_subset=profile.train_subset,
+        seed=seed,
+        strict_counts=profile.train_subset is None and profile.max_steps < 0,
+    )
 
 
 def train(key: dict[str, Any], profile: Profile, args: argparse.Namespace):
@@ -109,15 +125,34 @@ def train(key: dict[str, Any], profile: Profile, args: argparse.Namespace):
     pl.seed_everything(args.seed, verbose=False)
     dm = datamodule(key["dataset"], args.data_dir, profile, args.seed)
     model = ReversalModule(
-        backbone=profile.backbone, num_classes=100 if key["dataset"] == "cifar100" else 10,
-        normalization=key["dataset"], backbone_kwargs=backbone_kwargs(profile, key["depth"], key["width"], key["kap"]),
-        training=args.training, noise_std=args.noise if args.training == "standard" else 0.0,
-        eps=args.eps, alpha=args.eps / 4, steps=args.train_steps, ssl_weight=0.0, lr=profile.lr,
-        schedule="onecycle", val_attack_steps=0, train_progress_bar=False)
-    trainer = pl.Trainer(max_epochs=profile.epochs, max_steps=profile.max_steps, accelerator=args.device, devices=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                         precision=args.precision)
+        backbone=profile.backbone,
+        num_classes=100 if key["dataset"] == "cifar100" else 10,
+        normalization=key["dataset"],
+        backbone_kwargs=backbone_kwargs(profile, key["depth"], key["width"], key["kap"]),
+        training=args.training,
+        noise_std=args.noise if args.training == "standard" else 0.0,
+        eps=args.eps,
+        alpha=args.eps / 4,
+        steps=args.train_steps,
+        ssl_weight=0.0,
+        lr=profile.lr,
+        schedule="onecycle",
+        val_attack_steps=0,
+        train_progress_bar=False,
+    )
+    trainer = pl.Trainer(
+        max_epochs=profile.epochs,
+        max_steps=profile.max_steps,
+        accelerator=args.device,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        precision=args.precision,
+    )
     trainer.fit(model, datamodule=dm)
     dm.setup("test")
     return model.eval(), dm
@@ -158,11 +193,18 @@ def point_name(key: dict[str, Any]) -> str:
 
 
 def markdown(records: list[dict[str, Any]], title: str) -> str:
-    lines = [f"### {title}", "", "| dataset | depth | width | KAP | params | clean | noise | PGD | AutoAttack | train s |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| dataset | depth | width | KAP | params | clean | noise | PGD | AutoAttack | train s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted(records, key=lambda r: (r["dataset"], r["kap"], r["params"])):
-        lines.append(f"| {r['dataset']} | {r['depth']} | {r['width']} | {'yes' if r['kap'] else 'no'} | {r['params']:,} | "
-                     + " | ".join(f"{100 * r[m]:.1f}" for m in METRICS) + f" | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {r['dataset']} | {r['depth']} | {r['width']} | {'yes' if r['kap'] else 'no'} | {r['params']:,} | "
+            + " | ".join(f"{100 * r[m]:.1f}" for m in METRICS)
+            + f" | {r['train_seconds']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -173,8 +215,13 @@ def plot(records: list[dict[str, Any]], path: Path, title: str) -> None:
     for ax, m in zip(axes[0], METRICS):
         for ds, kap in variants:
             pts = sorted((r["params"], 100 * r[m]) for r in records if r["dataset"] == ds and r["kap"] == kap)
-            ax.plot([p for p, _ in pts], [a for _, a in pts], marker="o" if kap else "s",
-                    linestyle="-" if kap else "--", label=f"{ds} {'KAP' if kap else 'no KAP'}")
+            ax.plot(
+                [p for p, _ in pts],
+                [a for _, a in pts],
+                marker="o" if kap else "s",
+                linestyle="-" if kap else "--",
+                label=f"{ds} {'KAP' if kap else 'no KAP'}",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.set_title(m if m != "noise" else "Gaussian noise")
@@ -190,24 +237,42 @@ def log_wandb(records: list[dict[str, Any]], png: Path, args: argparse.Namespace
         return
     import wandb
 
-    run = wandb.init(project="ssl-reversal", name=f"kap-scaling-{args.profile}", dir=args.wandb_dir,
-                     mode="offline", config=vars(args), reinit=True)
+    run = wandb.init(
+        project="ssl-reversal",
+        name=f"kap-scaling-{args.profile}",
+        dir=args.wandb_dir,
+        mode="offline",
+        config=vars(args),
+        reinit=True,
+    )
     cols = ["dataset", "depth", "width", "kap", "params", *METRICS]
-    run.log({"kap_scaling/table": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in records]),
-             "kap_scaling/plot": wandb.Image(str(png))})
+    run.log(
+        {
+            "kap_scaling/table": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in records]),
+            "kap_scaling/plot": wandb.Image(str(png)),
+        }
+    )
     run.finish()
 
 
 def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--out", default=None, help="default: results/kap_scaling/<profile>")
-    p.add_argument("--datasets", default=None, help="comma-separated subset of cifar10,cifar100 (default: the profile's)")
+    p.add_argument(
+        "--datasets", default=None, help="comma-separated subset of cifar10,cifar100 (default: the profile's)"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for the gpu profile, else cpu)")
     p.add_argument("--precision", default="32-true")
-    p.add_argument("--training", choices=("standard", "pgd"), default="standard",
-                   help="standard = Gaussian-noise training (--noise); pgd = PGD-AT at --eps")
+    p.add_argument(
+        "--training",
+        choices=("standard", "pgd"),
+        default="standard",
+        help="standard = Gaussian-noise training (--noise); pgd = PGD-AT at --eps",
+    )
     p.add_argument("--noise", type=float, default=0.1, help="training noise std (pixels in [0, 1])")
     p.add_argument("--noise-eval", type=float, default=0.1, help="noise std of the Gaussian-noise accuracy")
     p.add_argument("--eps", type=float, default=2 / 255, help="L-inf budget of PGD and AutoAttack ([0, 1] units)")
@@ -233,9 +298,16 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         raise SystemExit(f"unknown dataset(s) {sorted(unknown)}; choose from cifar10, cifar100")
     store = args.out / "scaling.json"
     done: dict[str, dict[str, Any]] = json.loads(store.read_text())["points"] if store.is_file() else {}
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "wandb_dir")}
-    grid = [{"dataset": ds, "depth": d, "width": w, "kap": kap}
-            for ds in datasets for d in profile.depths for w in profile.widths for kap in (False, True)]
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "wandb_dir")
+    }
+    grid = [
+        {"dataset": ds, "depth": d, "width": w, "kap": kap}
+        for ds in datasets
+        for d in profile.depths
+        for w in profile.widths
+        for kap in (False, True)
+    ]
     t_start = time.perf_counter()
     for i, key in enumerate(grid, 1):
         name = point_name(key)
@@ -246,16 +318,27 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         model, dm = train(key, profile, args)
         t1 = time.perf_counter()
         acc = evaluate(model, dm, profile, args)
-        rec = {**key, "params": sum(p.numel() for p in model.classifier.parameters()), **acc,
-               "train_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1, "settings": settings}
+        rec = {
+            **key,
+            "params": sum(p.numel() for p in model.classifier.parameters()),
+            **acc,
+            "train_seconds": t1 - t0,
+            "eval_seconds": time.perf_counter() - t1,
+            "settings": settings,
+        }
         done[name] = rec
         atomic_write_text(store, json.dumps({"profile": dataclasses.asdict(profile), "points": done}, indent=2))
-        print(f"[{i}/{len(grid)}] {name}: {rec['params']:,} params, " + ", ".join(
-            f"{m} {100 * acc[m]:.1f}%" for m in METRICS) + f" (train {rec['train_seconds']:.0f} s, eval {rec['eval_seconds']:.0f} s)",
-            flush=True)
+        print(
+            f"[{i}/{len(grid)}] {name}: {rec['params']:,} params, "
+            + ", ".join(f"{m} {100 * acc[m]:.1f}%" for m in METRICS)
+            + f" (train {rec['train_seconds']:.0f} s, eval {rec['eval_seconds']:.0f} s)",
+            flush=True,
+        )
     records = [done[point_name(k)] for k in grid]
-    title = (f"KAP scaling ({args.profile}: {profile.backbone}, {args.training} training, noise {args.noise_eval}, "
-             f"L-inf eps {args.eps * 255:.3g}/255)")
+    title = (
+        f"KAP scaling ({args.profile}: {profile.backbone}, {args.training} training, noise {args.noise_eval}, "
+        f"L-inf eps {args.eps * 255:.3g}/255)"
+    )
     md = markdown(records, title)
     atomic_write_text(args.out / "scaling.md", md)
     plot(records, args.out / "kap_scaling.png", title)

@@ -1,4 +1,5 @@
 """Plumbing of ``experiments/gpu_run.py``: a log tee, subprocesses killed at a budget, tiny synthetic CIFAR-10."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,15 @@ class Tee:
 def run_logged(cmd: list[str], timeout: float, env: Optional[dict] = None) -> tuple[int, str, bool]:
     """Run ``cmd``, echo its output, kill it after ``timeout`` s; returns (returncode, output, cut)."""
     print("[gpu-run] $ " + " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     lines: list[str] = []
     end = time.monotonic() + timeout
     sel = selectors.DefaultSelector()

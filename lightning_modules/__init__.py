@@ -12,19 +12,37 @@
 - :mod:`~lightning_modules.smoothing` — randomized smoothing (Cohen et al.): CERTIFY / PREDICT, batched.
 - :mod:`~lightning_modules.robustbench_models` — RobustBench zoo models from local files.
 """
+
+from .advcl import AdvCLModule, LinearProbeModule
+from .ascl import ASCLConfig, ASCLModule
 from .attacks import ThreatModel, fgsm_rs, pgd, projected_gradient, trades_attack
 from .augment import SimCLRViews
 from .backbones import BackboneName, Classifier, build_backbone
 from .heads import ContrastiveHead
+from .kap import KernelAveragePool, insert_kap
 from .losses import info_nce
 from .module import ReversalModule
 from .reversal import ReversalConfig, reverse
-from .kap import KernelAveragePool, insert_kap
-from .advcl import AdvCLModule, LinearProbeModule
-from .ascl import ASCLConfig, ASCLModule
 
 __all__ = [
-    "ThreatModel", "fgsm_rs", "pgd", "projected_gradient", "trades_attack", "SimCLRViews", "BackboneName",
-    "Classifier", "build_backbone", "ContrastiveHead", "info_nce", "ReversalModule", "ReversalConfig", "reverse",
-    "KernelAveragePool", "insert_kap", "AdvCLModule", "LinearProbeModule", "ASCLConfig", "ASCLModule",
+    "ThreatModel",
+    "fgsm_rs",
+    "pgd",
+    "projected_gradient",
+    "trades_attack",
+    "SimCLRViews",
+    "BackboneName",
+    "Classifier",
+    "build_backbone",
+    "ContrastiveHead",
+    "info_nce",
+    "ReversalModule",
+    "ReversalConfig",
+    "reverse",
+    "KernelAveragePool",
+    "insert_kap",
+    "AdvCLModule",
+    "LinearProbeModule",
+    "ASCLConfig",
+    "ASCLModule",
 ]

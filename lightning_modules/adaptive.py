@@ -33,6 +33,7 @@ Example:
     >>> bool((x_adv - x).abs().max() <= 8 / 255 + 1e-6)
     True
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -131,8 +132,14 @@ class ReversalFns:
     reversal's views; ``reverse_diff(x, steps, smooth, use_checkpoint)`` the unrolled reversal.
     """
 
-    def __init__(self, classifier: nn.Module, head: nn.Module, cfg: ReversalConfig = ReversalConfig(),
-                 temperature: float = 0.2, views: Optional[Callable] = None) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        head: nn.Module,
+        cfg: ReversalConfig = ReversalConfig(),
+        temperature: float = 0.2,
+        views: Optional[Callable] = None,
+    ) -> None:
         self.classifier, self.head, self.cfg, self.temperature = classifier, head, cfg, temperature
         self.views = views
         self._views_cache: dict[tuple, nn.Module] = {}
@@ -163,16 +170,19 @@ class ReversalFns:
         return reverse(self.classifier, self.head, x, self.cfg, self._views(x), self.temperature)
 
     def reverse_steps(self, x: torch.Tensor, steps: int) -> torch.Tensor:
-        return reverse(self.classifier, self.head, x, dataclasses.replace(self.cfg, steps=steps), self._views(x),
-                       self.temperature)
+        return reverse(
+            self.classifier, self.head, x, dataclasses.replace(self.cfg, steps=steps), self._views(x), self.temperature
+        )
 
     def ssl(self, x: torch.Tensor) -> torch.Tensor:
         return ssl_loss(self.classifier, self.head, x, self._views(x), self.cfg.n_views, self.t)
 
-    def reverse_diff(self, x: torch.Tensor, steps: Optional[int] = None, smooth: float = 0.3,
-                     use_checkpoint: bool = True) -> torch.Tensor:
-        return reverse_differentiable(self.classifier, self.head, x, self.cfg, self._views(x), self.temperature,
-                                      steps, smooth, use_checkpoint)
+    def reverse_diff(
+        self, x: torch.Tensor, steps: Optional[int] = None, smooth: float = 0.3, use_checkpoint: bool = True
+    ) -> torch.Tensor:
+        return reverse_differentiable(
+            self.classifier, self.head, x, self.cfg, self._views(x), self.temperature, steps, smooth, use_checkpoint
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +194,9 @@ def _loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return LOSSES[name]
 
 
-def _with_restarts(run: Callable[[], torch.Tensor], x: torch.Tensor, y: torch.Tensor, restarts: int,
-                   defended: Optional[Fn]) -> torch.Tensor:
+def _with_restarts(
+    run: Callable[[], torch.Tensor], x: torch.Tensor, y: torch.Tensor, restarts: int, defended: Optional[Fn]
+) -> torch.Tensor:
     best, fooled = None, None
     for _ in range(max(1, restarts)):
         xa = run()
@@ -204,10 +215,21 @@ def _with_restarts(run: Callable[[], torch.Tensor], x: torch.Tensor, y: torch.Te
     return best
 
 
-def defense_aware(model_fn: Fn, ssl_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                  steps: int, norm: str = "Linf", lam: float = 1.0, restarts: int = 1, loss: str = "ce",
-                  defended: Optional[Fn] = None,
-                  on_step: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
+def defense_aware(
+    model_fn: Fn,
+    ssl_fn: Fn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "Linf",
+    lam: float = 1.0,
+    restarts: int = 1,
+    loss: str = "ce",
+    defended: Optional[Fn] = None,
+    on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
+) -> torch.Tensor:
     """Mao et al.'s defense-aware attack: PGD ascending ``loss(f(x), y) - lam * ssl_fn(x)``;
     ``on_step(k, x_k)`` sees every iterate (its forward pass never runs the reversal)."""
     check_eps(eps, norm)
@@ -216,13 +238,26 @@ def defense_aware(model_fn: Fn, ssl_fn: Fn, x: torch.Tensor, y: torch.Tensor, ep
     def objective(xa: torch.Tensor) -> torch.Tensor:
         return lf(logits_of(model_fn, xa), y) - lam * ssl_fn(xa)
 
-    return _with_restarts(lambda: projected_gradient(objective, x, eps, alpha, steps, norm, on_step=on_step), x, y,
-                          restarts, defended)
+    return _with_restarts(
+        lambda: projected_gradient(objective, x, eps, alpha, steps, norm, on_step=on_step), x, y, restarts, defended
+    )
 
 
-def bpda_eot(model_fn: Fn, reverse_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-             steps: int, norm: str = "Linf", eot: int = 4, restarts: int = 1, loss: str = "ce",
-             defended: Optional[Fn] = None, observe: Optional[Observer] = None) -> torch.Tensor:
+def bpda_eot(
+    model_fn: Fn,
+    reverse_fn: Fn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "Linf",
+    eot: int = 4,
+    restarts: int = 1,
+    loss: str = "ce",
+    defended: Optional[Fn] = None,
+    observe: Optional[Observer] = None,
+) -> torch.Tensor:
     """PGD on ``loss(f(reverse(x)), y)`` with the reversal straight-through, the gradient averaged over
     ``eot`` independent reversals (fresh random views each). ``observe(x, logits)`` sees every
     defended draw (:class:`~lightning_modules.defense_attacks.BestIterate`)."""
@@ -235,10 +270,22 @@ def bpda_eot(model_fn: Fn, reverse_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps
     return _with_restarts(lambda: projected_gradient(objective, x, eps, alpha, steps, norm), x, y, restarts, defended)
 
 
-def full_gradient(model_fn: Fn, reverse_diff_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                  steps: int, norm: str = "Linf", eot: int = 1, restarts: int = 1, loss: str = "ce",
-                  batch_size: Optional[int] = None, defended: Optional[Fn] = None,
-                  observe: Optional[Observer] = None) -> torch.Tensor:
+def full_gradient(
+    model_fn: Fn,
+    reverse_diff_fn: Fn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "Linf",
+    eot: int = 1,
+    restarts: int = 1,
+    loss: str = "ce",
+    batch_size: Optional[int] = None,
+    defended: Optional[Fn] = None,
+    observe: Optional[Observer] = None,
+) -> torch.Tensor:
     """PGD on ``loss(f(reverse_diff_fn(x)), y)``, back-propagating through the unrolled reversal,
     averaged over ``eot`` draws. ``batch_size`` attacks the batch in chunks to save memory (the
     attacker's reversal then sees only the chunk as negatives; the defense is evaluated as deployed).
@@ -261,11 +308,27 @@ def full_gradient(model_fn: Fn, reverse_diff_fn: Fn, x: torch.Tensor, y: torch.T
     return _with_restarts(run, x, y, restarts, defended)
 
 
-def transfer(surrogate_fn: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
-             norm: str = "Linf", restarts: int = 1, loss: str = "ce") -> torch.Tensor:
+def transfer(
+    surrogate_fn: Fn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "Linf",
+    restarts: int = 1,
+    loss: str = "ce",
+) -> torch.Tensor:
     """PGD crafted on ``surrogate_fn`` (default in the evaluation: the undefended classifier)."""
     return pgd(surrogate_fn, x, y, eps, alpha, steps, norm, loss=loss, restarts=restarts)
 
 
-__all__ = ["smooth_sign", "reverse_differentiable", "ReversalFns", "defense_aware", "bpda_eot",
-           "full_gradient", "transfer"]
+__all__ = [
+    "smooth_sign",
+    "reverse_differentiable",
+    "ReversalFns",
+    "defense_aware",
+    "bpda_eot",
+    "full_gradient",
+    "transfer",
+]

@@ -33,6 +33,7 @@ Example:
     >>> bool((x_adv - x1).abs().max() <= 8 / 255 + 1e-6)
     True
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -96,19 +97,24 @@ class AdvCLModule(ReversalModule):
             ``trades_beta`` and ``n_views`` (training) are not used.
     """
 
-    def __init__(self, hf_radius: Optional[float] = None, attack_random_start: bool = True,
-                 probe_weight: float = 1.0, **kwargs) -> None:
+    def __init__(
+        self, hf_radius: Optional[float] = None, attack_random_start: bool = True, probe_weight: float = 1.0, **kwargs
+    ) -> None:
         if kwargs.get("training", "standard") != "standard":
-            raise ValueError("AdvCLModule pretrains without labels: `training` must be 'standard' "
-                             f"(got '{kwargs['training']}'); the adversarial view is its attack")
+            raise ValueError(
+                "AdvCLModule pretrains without labels: `training` must be 'standard' "
+                f"(got '{kwargs['training']}'); the adversarial view is its attack"
+            )
         if kwargs.get("freeze_backbone") or kwargs.get("noise_std", 0.0):
             raise ValueError("AdvCLModule trains the backbone: leave freeze_backbone unset and noise_std 0")
         if hf_radius is not None and hf_radius < 0:
             raise ValueError(f"hf_radius must be >= 0 or null, got {hf_radius}")
         super().__init__(**kwargs)
         if self.freeze_backbone:
-            raise ValueError("AdvCLModule trains the backbone: a RobustBench model would be frozen; "
-                             "set freeze_backbone: false to pretrain it further")
+            raise ValueError(
+                "AdvCLModule trains the backbone: a RobustBench model would be frozen; "
+                "set freeze_backbone: false to pretrain it further"
+            )
 
     def probe(self, feats: torch.Tensor) -> torch.Tensor:
         """The online linear probe (the classifier's final linear layer) on detached features."""
@@ -120,13 +126,15 @@ class AdvCLModule(ReversalModule):
         was = self.classifier.training, self.head.training
         self.classifier.eval(), self.head.eval()
         try:
+
             def encode(xa: torch.Tensor) -> torch.Tensor:
                 return self.head(self.classifier(xa)[1])
 
             with torch.no_grad():
                 z2 = encode(x2)
-            return adversarial_view(encode, x1, [z2], h.eps, h.alpha, h.steps, h.temperature,
-                                    h.attack_random_start, h.attack_amp)
+            return adversarial_view(
+                encode, x1, [z2], h.eps, h.alpha, h.steps, h.temperature, h.attack_random_start, h.attack_amp
+            )
         finally:
             self.classifier.train(was[0]), self.head.train(was[1])
 
@@ -170,15 +178,24 @@ class LinearProbeModule(ReversalModule):
             and ``backbone_kwargs`` must describe the pretrained network).
     """
 
-    def __init__(self, backbone_checkpoint: str, load_head: bool = True, reset_linear: bool = True,
-                 training: str = "standard", ssl_weight: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self,
+        backbone_checkpoint: str,
+        load_head: bool = True,
+        reset_linear: bool = True,
+        training: str = "standard",
+        ssl_weight: float = 0.0,
+        **kwargs,
+    ) -> None:
         if ssl_weight != 0:
             raise ValueError(f"LinearProbeModule trains only the linear layer: ssl_weight must be 0, got {ssl_weight}")
         if kwargs.pop("freeze_backbone", None):
-            raise ValueError("LinearProbeModule freezes the backbone itself (all but the linear layer): "
-                             "drop freeze_backbone")
-        super().__init__(backbone_checkpoint=backbone_checkpoint, training=training, ssl_weight=0.0,
-                         freeze_backbone=False, **kwargs)
+            raise ValueError(
+                "LinearProbeModule freezes the backbone itself (all but the linear layer): drop freeze_backbone"
+            )
+        super().__init__(
+            backbone_checkpoint=backbone_checkpoint, training=training, ssl_weight=0.0, freeze_backbone=False, **kwargs
+        )
         self.classifier.requires_grad_(False)
         self.head.requires_grad_(False)
         lin = linear_layer(self.classifier)
@@ -191,10 +208,12 @@ class LinearProbeModule(ReversalModule):
 
     def _load_head(self, path: str, trust: bool) -> None:
         sd = load_state_dict(path, trust=trust)
-        head = {k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}
+        head = {k[len("head.") :]: v for k, v in sd.items() if k.startswith("head.")}
         if not head:
-            rank_zero_warn(f"{path} holds no contrastive head (head.* keys): the head stays random, so "
-                           "reversal results of this probe are meaningless (set load_head: false to silence)")
+            rank_zero_warn(
+                f"{path} holds no contrastive head (head.* keys): the head stays random, so "
+                "reversal results of this probe are meaningless (set load_head: false to silence)"
+            )
             return
         try:
             self.head.load_state_dict(head)

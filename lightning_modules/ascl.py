@@ -21,6 +21,7 @@ Example:
     >>> sorted(parts)
     ['logits_adv', 'loss_ascl', 'neg_kept', 'pos_kept']
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,8 +68,9 @@ class ASCLModule(ReversalModule):
 
     def __init__(self, ascl: Optional[Union[ASCLConfig, dict]] = None, training: str = "pgd", **kwargs) -> None:
         if training not in (TrainingMode.pgd.value, TrainingMode.fgsm_rs.value):
-            raise ValueError(f"ASCLModule needs adversarial anchors: training must be 'pgd' or 'fgsm_rs', "
-                             f"got '{training}'")
+            raise ValueError(
+                f"ASCLModule needs adversarial anchors: training must be 'pgd' or 'fgsm_rs', got '{training}'"
+            )
         if kwargs.get("freeze_backbone"):
             raise ValueError("ASCLModule trains the backbone: drop freeze_backbone")
         cfg = ASCLConfig(**ascl) if isinstance(ascl, dict) else (ascl or ASCLConfig())
@@ -77,8 +79,9 @@ class ASCLModule(ReversalModule):
         if isinstance(getattr(self, "_hparams_initial", None), dict):
             self._hparams_initial["ascl"] = dataclasses.asdict(cfg)
         if self.freeze_backbone:
-            raise ValueError("ASCLModule trains the backbone: a RobustBench model would be frozen; "
-                             "set freeze_backbone: false")
+            raise ValueError(
+                "ASCLModule trains the backbone: a RobustBench model would be frozen; set freeze_backbone: false"
+            )
         self.ascl_cfg = cfg
         self.ascl_head = ContrastiveHead(self.classifier.feature_dim, cfg.proj_hidden, cfg.proj_dim)
         if self.hparams.ssl_weight == 0:

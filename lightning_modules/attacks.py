@@ -14,6 +14,7 @@ Example:
     >>> bool((x_adv - x).abs().max() <= 8 / 255 + 1e-6)
     True
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -193,15 +194,22 @@ def pgd(
     return best
 
 
-def fgsm_rs(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, alpha: Optional[float] = None,
-            amp: bool = False) -> torch.Tensor:
+def fgsm_rs(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = 8 / 255,
+    alpha: Optional[float] = None,
+    amp: bool = False,
+) -> torch.Tensor:
     """Fast AT's attack (Wong et al. 2020): uniform random start, one signed step of ``1.25 eps``."""
     check_eps(eps)
     return pgd(model, x, y, eps, alpha if alpha is not None else 1.25 * eps, 1, random_start=True, amp=amp)
 
 
-def trades_attack(model: Callable, x: torch.Tensor, eps: float = 8 / 255, alpha: float = 2 / 255,
-                  steps: int = 10, amp: bool = False) -> torch.Tensor:
+def trades_attack(
+    model: Callable, x: torch.Tensor, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, amp: bool = False
+) -> torch.Tensor:
     """TRADES inner maximization: maximize ``KL(p(x) || p(x'))`` from ``x + 0.001 N(0, 1)``."""
     check_eps(eps)
     with torch.no_grad():
@@ -215,5 +223,15 @@ def trades_attack(model: Callable, x: torch.Tensor, eps: float = 8 / 255, alpha:
     return projected_gradient(objective, x, eps, alpha, steps, "Linf", init=init, amp=amp)
 
 
-__all__ = ["ThreatModel", "check_eps", "check_batch", "projected_gradient", "pgd", "fgsm_rs", "trades_attack",
-           "trades_kl", "logits_of", "frozen_params"]
+__all__ = [
+    "ThreatModel",
+    "check_eps",
+    "check_batch",
+    "projected_gradient",
+    "pgd",
+    "fgsm_rs",
+    "trades_attack",
+    "trades_kl",
+    "logits_of",
+    "frozen_params",
+]

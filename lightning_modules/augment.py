@@ -18,6 +18,7 @@ Example:
     >>> v.sum().backward(); x.grad.shape
     torch.Size([8, 3, 32, 32])
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -84,7 +85,7 @@ def high_frequency(x: torch.Tensor, radius: float = 8.0) -> torch.Tensor:
     h, w = x.shape[-2:]
     fy = torch.fft.fftfreq(h, d=1.0 / h, device=x.device)
     fx = torch.fft.fftfreq(w, d=1.0 / w, device=x.device)
-    low = (fy[:, None] ** 2 + fx[None, :] ** 2) <= radius ** 2
+    low = (fy[:, None] ** 2 + fx[None, :] ** 2) <= radius**2
     low[0, 0] = False  # keep the mean
     spec = torch.fft.fft2(x.float()).masked_fill(low, 0)
     return torch.fft.ifft2(spec).real.to(x.dtype)

@@ -17,6 +17,7 @@ Example:
     >>> x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
     >>> x_adv = autoattack(net, x, y, eps=8 / 255, norm="Linf", seed=0)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,9 +58,17 @@ class _Logits(nn.Module):
             return logits_of(self.model, _ContiguousGrad.apply(x.float())).float()
 
 
-def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, norm: str = "Linf",
-               seed: int = 0, batch_size: Optional[int] = None, state_path: Optional[str | Path] = None,
-               verbose: bool = False) -> torch.Tensor:
+def autoattack(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = 8 / 255,
+    norm: str = "Linf",
+    seed: int = 0,
+    batch_size: Optional[int] = None,
+    state_path: Optional[str | Path] = None,
+    verbose: bool = False,
+) -> torch.Tensor:
     """Standard AutoAttack (pyautoattack ``version="standard"``) on ``model`` (logits or
     ``(logits, features)``; put it in eval mode). Returns ``x_adv``: the adversarial example where
     one was found, else ``x`` itself; correctness is ``model(x_adv).argmax(1) == y``."""
@@ -75,15 +84,27 @@ def autoattack(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8
         adversary = AutoAttack(net, norm=norm, eps=float(eps), seed=seed, version="standard", device=x.device)
         adversary.verbose = verbose
         x_adv, _ = adversary.run_standard_evaluation(
-            x.detach().float().contiguous(), y.detach(), batch_size=batch_size or len(x),
-            state_path=Path(state_path) if state_path is not None else None)
+            x.detach().float().contiguous(),
+            y.detach(),
+            batch_size=batch_size or len(x),
+            state_path=Path(state_path) if state_path is not None else None,
+        )
     finally:
         logger.setLevel(level)
     return x_adv.detach()
 
 
-def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, norm: str = "Linf",
-         steps: int = 100, restarts: int = 1, loss: str = "ce", seed: int = 0) -> torch.Tensor:
+def apgd(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = 8 / 255,
+    norm: str = "Linf",
+    steps: int = 100,
+    restarts: int = 1,
+    loss: str = "ce",
+    seed: int = 0,
+) -> torch.Tensor:
     """APGD (pyautoattack's ``APGDAttack``) on ``loss`` (``ce`` or ``dlr``), ``steps`` iterations,
     ``restarts`` random restarts; returns ``x_adv`` (``x`` where no adversarial example was found)."""
     from pyautoattack.autopgd_base import APGDAttack
@@ -91,8 +112,19 @@ def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255
     norm = check_batch(x, y, eps, norm)
     if loss not in ("ce", "dlr"):
         raise ValueError(f"APGD loss must be 'ce' or 'dlr', got '{loss}'")
-    attack = APGDAttack(_Logits(model), n_iter=steps, norm=norm, n_restarts=restarts, eps=float(eps), seed=seed,
-                        loss=loss, eot_iter=1, rho=0.75, device=x.device, logger=logging.getLogger("auto-attack"))
+    attack = APGDAttack(
+        _Logits(model),
+        n_iter=steps,
+        norm=norm,
+        n_restarts=restarts,
+        eps=float(eps),
+        seed=seed,
+        loss=loss,
+        eot_iter=1,
+        rho=0.75,
+        device=x.device,
+        logger=logging.getLogger("auto-attack"),
+    )
     with torch.enable_grad():
         return attack.perturb(x.detach().float().contiguous(), y.detach()).detach()
 

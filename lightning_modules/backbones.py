@@ -11,6 +11,7 @@ Example:
     >>> logits.shape, feats.shape
     (torch.Size([2, 10]), torch.Size([2, 512]))
 """
+
 from __future__ import annotations
 
 import difflib
@@ -158,7 +159,9 @@ class Classifier(nn.Module):
     how RobustBench zoo models and arbitrary checkpoints become backbones).
     """
 
-    def __init__(self, net: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> None:
+    def __init__(
+        self, net: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
+    ) -> None:
         super().__init__()
         self.net = net
         self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
@@ -203,8 +206,11 @@ class BackboneName(str, Enum):
 
 
 def _stats(dataset: str) -> tuple[Sequence[float], Sequence[float]]:
-    table = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-             "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+    table = {
+        "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+        "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+        "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    }
     if dataset not in table:
         raise ValueError(f"unknown normalization '{dataset}'; choose one of {sorted(table)}")
     return table[dataset]

@@ -23,6 +23,7 @@ Safety and resuming:
   ``--overwrite true``. Each run's config goes to its own folders (:class:`RunConfig`).
 - an error ends the output with one line ``error: TYPE: MESSAGE`` naming the culprit.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,7 @@ from typing import Optional
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from .cli_checks import (given_model_flags, read_checkpoint, reconcile, report_error, resolve_ckpt_path,
-                         untrained_error)
+from .cli_checks import given_model_flags, read_checkpoint, reconcile, report_error, resolve_ckpt_path, untrained_error
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO / "experiments" / "base.yaml"
@@ -50,9 +50,11 @@ class UnsafeCheckpointError(RuntimeError):
 
 def _unsafe_message(path: object, err: BaseException) -> str:
     detail = next((ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln), str(err).splitlines()[0])
-    return (f"refusing to load checkpoint {path}: it holds objects other than tensors and plain containers "
-            f"({detail}); loading it with weights_only=False could run code. If you trust its source, pass "
-            "--weights_only false.")
+    return (
+        f"refusing to load checkpoint {path}: it holds objects other than tensors and plain containers "
+        f"({detail}); loading it with weights_only=False could run code. If you trust its source, pass "
+        "--weights_only false."
+    )
 
 
 def experiment_name(config_files: Optional[list]) -> str:
@@ -116,10 +118,18 @@ def checkpoint_folders(cfg) -> list[Path]:
 
 class ReversalCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--allow_untrained", type=bool, default=False,
-                            help="let validate / test / predict run without --ckpt_path (untrained weights)")
-        parser.add_argument("--overwrite", type=bool, default=False,
-                            help="let predict replace an existing predictions file or reversal picture")
+        parser.add_argument(
+            "--allow_untrained",
+            type=bool,
+            default=False,
+            help="let validate / test / predict run without --ckpt_path (untrained weights)",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="let predict replace an existing predictions file or reversal picture",
+        )
 
     def parse_arguments(self, parser, args) -> None:
         """Parse (remembering the command line); a setting of the evaluation's earlier flat layout gets a
@@ -129,6 +139,7 @@ class ReversalCLI(LightningCLI):
         self._argv = list(args) if isinstance(args, (list, tuple)) else (sys.argv[1:] if args is None else [])
         subs = getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}) or {}
         for p in [parser, *subs.values()]:
+
             def error(message: str, *a, _orig=p.error, **k):
                 hint = legacy_hint(str(message))
                 return _orig(f"{message}\n{hint}" if hint else message, *a, **k)

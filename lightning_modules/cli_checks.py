@@ -13,6 +13,7 @@ trained a model, with its command-line overrides, evaluates it).
 when there is none; ``--ckpt_path auto`` resumes it when there is one and starts a new run otherwise
 (for job scripts that are resubmitted).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,17 @@ import torch
 import yaml
 
 # settings that change the weights' shapes: given values must equal the checkpoint's
-ARCH_KEYS = ("backbone", "backbone_kwargs", "num_classes", "normalization", "robustbench_model",
-             "robustbench_dataset", "robustbench_threat_model", "head_hidden", "head_dim")
+ARCH_KEYS = (
+    "backbone",
+    "backbone_kwargs",
+    "num_classes",
+    "normalization",
+    "robustbench_model",
+    "robustbench_dataset",
+    "robustbench_threat_model",
+    "head_hidden",
+    "head_dim",
+)
 # on ``fit --ckpt_path`` the optimizer (and its schedule) continue from the checkpoint's state
 RESUME_FIXED_KEYS = ("lr", "momentum", "weight_decay", "nesterov", "schedule", "warmup")
 # the weights come from --ckpt_path, so a file given for them would be loaded and then replaced
@@ -39,8 +49,11 @@ WEIGHT_FILE_KEYS = ("backbone_checkpoint",)
 def say(message: str) -> None:
     """One line on stderr from the first process only (rank from the launcher's environment, so it
     works before the Trainer exists); plain ``print`` so no logging setup can swallow it."""
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0" \
-            and os.environ.get("RANK", "0") == "0":
+    if (
+        os.environ.get("LOCAL_RANK", "0") == "0"
+        and os.environ.get("NODE_RANK", "0") == "0"
+        and os.environ.get("RANK", "0") == "0"
+    ):
         print(message, file=sys.stderr, flush=True)
 
 
@@ -66,9 +79,11 @@ def resolve_ckpt_path(value: Optional[str], folders: Sequence[Path]) -> Optional
         if value == "auto":
             say(f"--ckpt_path auto: no last.ckpt in {where}; starting a new run")
             return None
-        raise CLIError(f"--ckpt_path last: no last*.ckpt in {where} (no earlier run of this experiment saved one "
-                       "there). Drop --ckpt_path to start a new run, give the checkpoint file, or use "
-                       "--ckpt_path auto to resume when one exists and start a new run otherwise")
+        raise CLIError(
+            f"--ckpt_path last: no last*.ckpt in {where} (no earlier run of this experiment saved one "
+            "there). Drop --ckpt_path to start a new run, give the checkpoint file, or use "
+            "--ckpt_path auto to resume when one exists and start a new run otherwise"
+        )
     if not Path(value).exists():
         raise CLIError(f"--ckpt_path {value}: no such file")
     return value
@@ -86,16 +101,20 @@ def read_checkpoint(path: str) -> dict:
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         err = e
     first = (str(err).splitlines() or [""])[0]
-    raise CheckpointFileError(f"checkpoint {path} cannot be read ({type(err).__name__}: {first}): it is truncated "
-                              "or not a checkpoint (an interrupted copy?). Give another file, e.g. an earlier "
-                              "epoch's checkpoint in the same folder") from None
+    raise CheckpointFileError(
+        f"checkpoint {path} cannot be read ({type(err).__name__}: {first}): it is truncated "
+        "or not a checkpoint (an interrupted copy?). Give another file, e.g. an earlier "
+        "epoch's checkpoint in the same folder"
+    ) from None
 
 
 def untrained_error(subcommand: str, folders: Sequence[Path]) -> CLIError:
     found = [str(p) for d in folders if Path(d).is_dir() for p in sorted(Path(d).glob("last*.ckpt"))]
     hint = f" (this experiment's: {found[0]})" if found else ""
-    return CLIError(f"lightning {subcommand} without --ckpt_path would run a model that was never trained (random "
-                    f"weights). Pass --ckpt_path CKPT{hint}, or --allow_untrained true to run it anyway")
+    return CLIError(
+        f"lightning {subcommand} without --ckpt_path would run a model that was never trained (random "
+        f"weights). Pass --ckpt_path CKPT{hint}, or --allow_untrained true to run it anyway"
+    )
 
 
 # -- settings given on the command line -----------------------------------------------------------
@@ -159,19 +178,24 @@ def plain(v: Any) -> Any:
     return v
 
 
-def reconcile(subcommand: str, ckpt_path: str, hparams: dict, given: GivenModelFlags, pre: Any,
-              merged: Any) -> dict[str, Any]:
+def reconcile(
+    subcommand: str, ckpt_path: str, hparams: dict, given: GivenModelFlags, pre: Any, merged: Any
+) -> dict[str, Any]:
     """The ``init_args`` values to put back over the checkpoint's: each setting given on the command
     line (``pre``: its parsed value before the checkpoint was merged; ``merged``: the value after).
     Raises :class:`CLIError` for settings the checkpoint fixes."""
     if given.whole is not None:
-        raise CLIError(f"--model {given.whole} with --ckpt_path {ckpt_path}: the model is rebuilt from the "
-                       "checkpoint's settings; give only the settings to change, one by one "
-                       "(--model.init_args.NAME VALUE)")
+        raise CLIError(
+            f"--model {given.whole} with --ckpt_path {ckpt_path}: the model is rebuilt from the "
+            "checkpoint's settings; give only the settings to change, one by one "
+            "(--model.init_args.NAME VALUE)"
+        )
     theirs_class = hparams.get("_class_path")
     if given.class_path and theirs_class and given.class_path.rsplit(".", 1)[-1] != theirs_class.rsplit(".", 1)[-1]:
-        raise CLIError(f"--model.class_path {given.class_path} contradicts checkpoint {ckpt_path}, which holds a "
-                       f"{theirs_class}: drop the flag (the class comes from the checkpoint)")
+        raise CLIError(
+            f"--model.class_path {given.class_path} contradicts checkpoint {ckpt_path}, which holds a "
+            f"{theirs_class}: drop the flag (the class comes from the checkpoint)"
+        )
     out, notes = {}, []
     for name, fields in given.names.items():
         if pre is None or name not in pre:
@@ -184,19 +208,25 @@ def reconcile(subcommand: str, ckpt_path: str, hparams: dict, given: GivenModelF
         else:
             value = mine
         if name in WEIGHT_FILE_KEYS and value is not None:
-            raise CLIError(f"--model.init_args.{name} {value} with --ckpt_path {ckpt_path}: the weights come from "
-                           "the checkpoint; drop one of the two")
+            raise CLIError(
+                f"--model.init_args.{name} {value} with --ckpt_path {ckpt_path}: the weights come from "
+                "the checkpoint; drop one of the two"
+            )
         if name not in hparams or plain(value) == plain(hparams[name]):
             out[name] = value
             continue
         if name in ARCH_KEYS:
-            raise CLIError(f"--model.init_args.{name} {plain(value)} contradicts checkpoint {ckpt_path}, which "
-                           f"was trained with {name} {plain(hparams[name])}: the architecture comes from the "
-                           "checkpoint; drop the flag (or train a new model with it)")
+            raise CLIError(
+                f"--model.init_args.{name} {plain(value)} contradicts checkpoint {ckpt_path}, which "
+                f"was trained with {name} {plain(hparams[name])}: the architecture comes from the "
+                "checkpoint; drop the flag (or train a new model with it)"
+            )
         if subcommand == "fit" and name in RESUME_FIXED_KEYS:
-            raise CLIError(f"--model.init_args.{name} {plain(value)} differs from checkpoint {ckpt_path} "
-                           f"({name} {plain(hparams[name])}): a resumed fit continues the checkpoint's optimizer "
-                           "and schedule; drop the flag, or start a new run without --ckpt_path")
+            raise CLIError(
+                f"--model.init_args.{name} {plain(value)} differs from checkpoint {ckpt_path} "
+                f"({name} {plain(hparams[name])}): a resumed fit continues the checkpoint's optimizer "
+                "and schedule; drop the flag, or start a new run without --ckpt_path"
+            )
         out[name] = value
         notes.append(f"{name} {plain(value)} (checkpoint: {plain(hparams[name])})")
     if notes:

@@ -23,6 +23,7 @@ Example:
     >>> t.result()[:, 0].tolist()  # each example keeps the iterate that fooled it
     [1.0, 2.0]
 """
+
 from __future__ import annotations
 
 import logging
@@ -117,8 +118,14 @@ class StandIn(nn.Module):
         observe: called with ``(x, logits)`` after every forward pass (e.g. :meth:`BestIterate.observe`).
     """
 
-    def __init__(self, model_fn: Fn, reverse_fn: Optional[Fn] = None, reverse_diff_fn: Optional[Fn] = None,
-                 mode: str = "bpda", observe: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None) -> None:
+    def __init__(
+        self,
+        model_fn: Fn,
+        reverse_fn: Optional[Fn] = None,
+        reverse_diff_fn: Optional[Fn] = None,
+        mode: str = "bpda",
+        observe: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
+    ) -> None:
         super().__init__()
         if mode not in ("bpda", "full"):
             raise ValueError(f"unknown stand-in '{mode}'; choose bpda or full")
@@ -140,9 +147,18 @@ class StandIn(nn.Module):
         return z
 
 
-def apgd_eot(stand_in: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
-             steps: int = 100, eot: int = 20, loss: str = "ce", n_targets: int = 3,
-             seed: int = 0) -> list[torch.Tensor]:
+def apgd_eot(
+    stand_in: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str = "Linf",
+    steps: int = 100,
+    eot: int = 20,
+    loss: str = "ce",
+    n_targets: int = 3,
+    seed: int = 0,
+) -> list[torch.Tensor]:
     """pyautoattack's APGD-CE (``loss="ce"``) or targeted APGD-DLR (``loss="dlr-t"``, ``n_targets``
     target classes: the stand-in's top non-true classes on ``x``) with ``eot`` gradients per step, on
     the whole batch at once (so every row of the batch stays the same example: the stand-in's
@@ -155,12 +171,34 @@ def apgd_eot(stand_in: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     log = logging.getLogger("auto-attack")
     x, y = x.detach().float(), y.detach()
     if loss == "ce":
-        attack = APGDAttack(stand_in, n_iter=steps, norm=norm, n_restarts=1, eps=float(eps), seed=seed, loss="ce",
-                            eot_iter=eot, rho=0.75, device=x.device, logger=log)
+        attack = APGDAttack(
+            stand_in,
+            n_iter=steps,
+            norm=norm,
+            n_restarts=1,
+            eps=float(eps),
+            seed=seed,
+            loss="ce",
+            eot_iter=eot,
+            rho=0.75,
+            device=x.device,
+            logger=log,
+        )
         targets = [None]
     elif loss == "dlr-t":
-        attack = APGDAttack_targeted(stand_in, n_iter=steps, norm=norm, n_restarts=1, eps=float(eps), seed=seed,
-                                     eot_iter=eot, rho=0.75, n_target_classes=n_targets, device=x.device, logger=log)
+        attack = APGDAttack_targeted(
+            stand_in,
+            n_iter=steps,
+            norm=norm,
+            n_restarts=1,
+            eps=float(eps),
+            seed=seed,
+            eot_iter=eot,
+            rho=0.75,
+            n_target_classes=n_targets,
+            device=x.device,
+            logger=log,
+        )
         with torch.no_grad():
             z = stand_in(x)
         if z.shape[1] < 4:
@@ -180,8 +218,9 @@ def apgd_eot(stand_in: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     return out
 
 
-def square(defended: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf", queries: int = 1000,
-           seed: int = 0) -> torch.Tensor:
+def square(
+    defended: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf", queries: int = 1000, seed: int = 0
+) -> torch.Tensor:
     """pyautoattack's Square attack (margin loss, ``queries`` queries) on the real randomized defense."""
     from pyautoattack.square import SquareAttack
 
@@ -191,8 +230,18 @@ def square(defended: Fn, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str
         with torch.no_grad(), torch.autocast(xa.device.type, enabled=False):
             return logits_of(defended, xa.float()).float()
 
-    attack = SquareAttack(predict, norm=norm, n_queries=queries, eps=float(eps), p_init=0.8, n_restarts=1, seed=seed,
-                          verbose=False, device=x.device, resc_schedule=False)
+    attack = SquareAttack(
+        predict,
+        norm=norm,
+        n_queries=queries,
+        eps=float(eps),
+        p_init=0.8,
+        n_restarts=1,
+        seed=seed,
+        verbose=False,
+        device=x.device,
+        resc_schedule=False,
+    )
     with torch.no_grad():
         return attack.perturb(x.detach().float(), y.detach()).detach()
 

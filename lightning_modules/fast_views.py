@@ -28,6 +28,7 @@ Example:
     >>> v.sum().backward(); x.grad.shape
     torch.Size([8, 3, 32, 32])
 """
+
 from __future__ import annotations
 
 import math
@@ -114,11 +115,16 @@ class FastSimCLRViews(nn.Module):
         y0 = (torch.rand(batch, device=dev) * (height - h + 1)).floor()
         u = lambda lo, hi: torch.empty(batch, device=dev).uniform_(lo, hi)  # noqa: E731
         return {
-            "x0": x0, "y0": y0, "w": w, "h": h,
+            "x0": x0,
+            "y0": y0,
+            "w": w,
+            "h": h,
             "flip": torch.rand(batch, device=dev) < self.p_flip,
             "jitter": torch.rand(batch, device=dev) < self.p_jitter,
-            "brightness": u(*self.ranges[0]), "contrast": u(*self.ranges[1]),
-            "saturation": u(*self.ranges[2]), "hue": u(*self.ranges[3]),
+            "brightness": u(*self.ranges[0]),
+            "contrast": u(*self.ranges[1]),
+            "saturation": u(*self.ranges[2]),
+            "hue": u(*self.ranges[3]),
             "order": torch.randperm(4),
             "gray": torch.rand(batch, device=dev) < self.p_gray,
         }
@@ -152,8 +158,9 @@ class FastSimCLRViews(nn.Module):
 VIEW_BACKENDS = ("kornia", "fast")
 
 
-def make_views(n_views: int = 2, size: int = 32, scale: Sequence[float] = (0.08, 1.0),
-               backend: str = "kornia") -> nn.Module:
+def make_views(
+    n_views: int = 2, size: int = 32, scale: Sequence[float] = (0.08, 1.0), backend: str = "kornia"
+) -> nn.Module:
     """SimCLR views by backend name: ``kornia`` (:class:`~lightning_modules.augment.SimCLRViews`)
     or ``fast`` (:class:`FastSimCLRViews`, same distribution, batched)."""
     if backend == "kornia":

@@ -6,6 +6,7 @@ Example:
     >>> ContrastiveHead(512, 512, 128)(torch.randn(4, 512)).shape
     torch.Size([4, 128])
 """
+
 from __future__ import annotations
 
 import torch

@@ -24,6 +24,7 @@ Example:
     >>> type(net.layer2[1]).__name__
     'KernelAveragePool'
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -68,8 +69,7 @@ class KernelAveragePool(nn.Module):
             v = F.pad(v, (0, 0, p, p), mode="circular")
             out = F.avg_pool2d(v, (self.window, 1), stride=1)
         else:
-            out = F.avg_pool2d(v, (self.window, 1), stride=1, padding=(p, 0),
-                               count_include_pad=self.padding == "zeros")
+            out = F.avg_pool2d(v, (self.window, 1), stride=1, padding=(p, 0), count_include_pad=self.padding == "zeros")
         return out.reshape(x.shape)
 
 
@@ -92,8 +92,10 @@ def insert_kap(net: nn.Module, window: int = 3, after: Sequence[str] = (), paddi
     unknown = [a for a in after if a not in modules or a == ""]
     if unknown:
         top = [n for n, _ in net.named_children()]
-        raise ValueError(f"insert_kap: {type(net).__name__} has no submodule named {unknown}; "
-                         f"its top-level modules are {top} (use dotted paths for deeper ones)")
+        raise ValueError(
+            f"insert_kap: {type(net).__name__} has no submodule named {unknown}; "
+            f"its top-level modules are {top} (use dotted paths for deeper ones)"
+        )
     if len(set(after)) != len(after):
         raise ValueError(f"insert_kap: repeated names in after={list(after)}")
     for path in after:

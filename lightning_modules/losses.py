@@ -8,15 +8,14 @@ Example:
     >>> loss.shape
     torch.Size([])
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def info_nce(
-    z: torch.Tensor, n_views: int, temperature: float = 0.2, reduction: str = "mean"
-) -> torch.Tensor:
+def info_nce(z: torch.Tensor, n_views: int, temperature: float = 0.2, reduction: str = "mean") -> torch.Tensor:
     """Multi-view InfoNCE (NT-Xent, SimCLR) on embeddings ``z`` of shape ``(n_views * B, d)``.
 
     Rows are view-major: row ``v * B + i`` is view ``v`` of image ``i``. Embeddings are
@@ -81,9 +80,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(true - second) / (srt[:, -1] - srt[:, -3] + 1e-12)
 
 
-def multiview_info_nce(
-    zs: list[torch.Tensor], temperature: float = 0.2, reduction: str = "mean"
-) -> torch.Tensor:
+def multiview_info_nce(zs: list[torch.Tensor], temperature: float = 0.2, reduction: str = "mean") -> torch.Tensor:
     """InfoNCE over several views given as a list of ``(B, d)`` embeddings (AdvCL / ACL pretraining).
 
     Every view of image ``i`` is a positive for every other view of ``i`` — e.g. AdvCL's two

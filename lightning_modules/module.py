@@ -7,6 +7,7 @@ Training loss = classification loss (standard, PGD-AT, TRADES or FGSM-RS inputs)
 
 Batches are ``(x, y, idx)`` with ``x`` uint8 in ``[0, 255]`` or float in ``[0, 1]``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,13 +21,19 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .attacks import check_eps, fgsm_rs, frozen_params, logits_of, pgd, trades_attack
-from .fast_views import make_views
+from .attacks import check_eps, fgsm_rs, frozen_params, pgd, trades_attack
 from .backbones import Classifier, build_backbone, load_state_dict
+from .fast_views import make_views
 from .heads import ContrastiveHead
 from .losses import info_nce, trades_kl
-from .resume import (get_rng_states, load_pending_loader_states, make_scheduler, rebuild_schedule,
-                     saved_schedule_total, set_rng_states)
+from .resume import (
+    get_rng_states,
+    load_pending_loader_states,
+    make_scheduler,
+    rebuild_schedule,
+    saved_schedule_total,
+    set_rng_states,
+)
 from .reversal import ReversalConfig, reverse
 from .settings import check_settings
 
@@ -53,8 +60,10 @@ def check_pixels(x: torch.Tensor, what: str = "input") -> None:
         raise ValueError(f"{what} holds NaN or inf pixels ({int((~torch.isfinite(x)).sum())} values)")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
-        raise ValueError(f"{what} pixels must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}); "
-                         "pass uint8 images or divide by 255 (normalization happens inside the model)")
+        raise ValueError(
+            f"{what} pixels must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}); "
+            "pass uint8 images or divide by 255 (normalization happens inside the model)"
+        )
 
 
 class ReversalModule(pl.LightningModule):
@@ -153,14 +162,30 @@ class ReversalModule(pl.LightningModule):
                 self._hparams_initial["reversal"] = dataclasses.asdict(reversal)
         self.training_mode = TrainingMode(training)
         check_eps(eps)
-        check_settings(steps=steps, alpha=alpha, predict_attack_steps=predict_attack_steps,
-                       val_attack_steps=val_attack_steps, n_views=n_views, head_hidden=head_hidden, head_dim=head_dim,
-                       temperature=temperature, ssl_weight=ssl_weight, lr=lr, warmup=warmup, momentum=momentum,
-                       weight_decay=weight_decay, trades_beta=trades_beta, label_smoothing=label_smoothing,
-                       image_size=image_size, num_classes=num_classes)
+        check_settings(
+            steps=steps,
+            alpha=alpha,
+            predict_attack_steps=predict_attack_steps,
+            val_attack_steps=val_attack_steps,
+            n_views=n_views,
+            head_hidden=head_hidden,
+            head_dim=head_dim,
+            temperature=temperature,
+            ssl_weight=ssl_weight,
+            lr=lr,
+            warmup=warmup,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trades_beta=trades_beta,
+            label_smoothing=label_smoothing,
+            image_size=image_size,
+            num_classes=num_classes,
+        )
         if noise_std < 0 or (noise_std > 0 and self.training_mode is not TrainingMode.standard):
-            raise ValueError(f"noise_std={noise_std}: Gaussian-noise training needs noise_std >= 0 and "
-                             f"training: standard (got '{training}')")
+            raise ValueError(
+                f"noise_std={noise_std}: Gaussian-noise training needs noise_std >= 0 and "
+                f"training: standard (got '{training}')"
+            )
         if predict_attack not in ("none", "pgd"):
             raise ValueError(f"predict_attack must be 'none' or 'pgd', got '{predict_attack}'")
         if schedule not in ("onecycle", "cosine", "multistep", "constant"):
@@ -168,8 +193,9 @@ class ReversalModule(pl.LightningModule):
         if robustbench_model is not None:
             from .robustbench_models import load_robustbench
 
-            net = load_robustbench(robustbench_model, robustbench_dataset, robustbench_threat_model, model_dir,
-                                   trust=trust_checkpoint)
+            net = load_robustbench(
+                robustbench_model, robustbench_dataset, robustbench_threat_model, model_dir, trust=trust_checkpoint
+            )
             self.classifier = Classifier(net)  # zoo models normalize inside
             freeze_backbone = True if freeze_backbone is None else freeze_backbone
         else:
@@ -193,28 +219,36 @@ class ReversalModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(nc, average="micro")
         self.val_pgd_acc = MulticlassAccuracy(nc, average="micro")
         self.val_ssl = MeanMetric()
-        self.test_metrics = nn.ModuleDict({k: MulticlassAccuracy(nc, average="micro") for k in
-                                           ("clean", "pgd", "clean_reversed", "pgd_reversed")})
+        self.test_metrics = nn.ModuleDict(
+            {k: MulticlassAccuracy(nc, average="micro") for k in ("clean", "pgd", "clean_reversed", "pgd_reversed")}
+        )
 
     # -- building blocks ----------------------------------------------------------------------
     def load_backbone(self, path: str, trust: bool = False) -> None:
         """Load classifier weights from a state dict or a Lightning checkpoint of this module."""
         sd = load_state_dict(path, trust=trust)
         if any(k.startswith("classifier.") for k in sd):
-            sd = {k[len("classifier."):]: v for k, v in sd.items() if k.startswith("classifier.")}
+            sd = {k[len("classifier.") :]: v for k, v in sd.items() if k.startswith("classifier.")}
         target = self.classifier if any(k.startswith(("net.", "normalize.")) for k in sd) else self.classifier.net
         own = target.state_dict()
-        shapes = [f"size mismatch for {k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in sd.items()
-                  if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        shapes = [
+            f"size mismatch for {k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+            for k, v in sd.items()
+            if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+        ]
         if shapes:
-            raise RuntimeError(f"checkpoint {path} does not fit backbone '{self.hparams.backbone}' "
-                               f"{self.hparams.backbone_kwargs or ''}: {'; '.join(shapes[:3])}{'...' if len(shapes) > 3 else ''}")
+            raise RuntimeError(
+                f"checkpoint {path} does not fit backbone '{self.hparams.backbone}' "
+                f"{self.hparams.backbone_kwargs or ''}: {'; '.join(shapes[:3])}{'...' if len(shapes) > 3 else ''}"
+            )
         missing, unexpected = target.load_state_dict(sd, strict=False)
         missing = [k for k in missing if not k.startswith("normalize.")]
         if missing or unexpected:
-            raise RuntimeError(f"checkpoint {path} does not fit backbone '{self.hparams.backbone}': "
-                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+            raise RuntimeError(
+                f"checkpoint {path} does not fit backbone '{self.hparams.backbone}': "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture with a message naming both (Lightning calls
@@ -266,15 +300,23 @@ class ReversalModule(pl.LightningModule):
             _, feats = self.classifier(v)
         return info_nce(self.head(feats), n, self.hparams.temperature)
 
-    def attack(self, x: torch.Tensor, y: torch.Tensor, steps: Optional[int] = None, eps: Optional[float] = None,
-               **kw: Any) -> torch.Tensor:
+    def attack(
+        self, x: torch.Tensor, y: torch.Tensor, steps: Optional[int] = None, eps: Optional[float] = None, **kw: Any
+    ) -> torch.Tensor:
         """PGD (fp32) on the undefended classifier, in eval mode."""
         was = self.classifier.training
         self.classifier.eval()
         try:
             with frozen_params(self.classifier):
-                return pgd(self.model_fn, x, y, eps if eps is not None else self.hparams.eps, self.hparams.alpha,
-                           steps if steps is not None else self.hparams.predict_attack_steps, **kw)
+                return pgd(
+                    self.model_fn,
+                    x,
+                    y,
+                    eps if eps is not None else self.hparams.eps,
+                    self.hparams.alpha,
+                    steps if steps is not None else self.hparams.predict_attack_steps,
+                    **kw,
+                )
         finally:
             self.classifier.train(was)
 
@@ -305,8 +347,10 @@ class ReversalModule(pl.LightningModule):
     @staticmethod
     def _need_grad_mode() -> None:
         if torch.is_inference_mode_enabled():
-            raise RuntimeError("attacks and the reversal need gradients: set `trainer.inference_mode: false` "
-                               "(the configs in experiments/ do)")
+            raise RuntimeError(
+                "attacks and the reversal need gradients: set `trainer.inference_mode: false` "
+                "(the configs in experiments/ do)"
+            )
 
     # -- training -----------------------------------------------------------------------------
     def _train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -341,8 +385,9 @@ class ReversalModule(pl.LightningModule):
             loss_cls = F.cross_entropy(logits.float(), y, label_smoothing=h.label_smoothing)
             if self.training_mode is TrainingMode.trades:
                 logits_clean = self.model_fn(x)
-                loss_cls = F.cross_entropy(logits_clean.float(), y, label_smoothing=h.label_smoothing) \
-                    + h.trades_beta * trades_kl(logits, logits_clean)
+                loss_cls = F.cross_entropy(
+                    logits_clean.float(), y, label_smoothing=h.label_smoothing
+                ) + h.trades_beta * trades_kl(logits, logits_clean)
             loss = loss_cls + h.ssl_weight * loss_ssl
             self.log("train/loss_cls", loss_cls.detach())
         self.train_acc(logits.detach(), y)
@@ -376,7 +421,8 @@ class ReversalModule(pl.LightningModule):
         trainer = self._trainer
         quick = trainer is None or (
             len(trainer.num_test_batches) <= 1
-            and not any(getattr(cb, "replaces_test_attacks", False) for cb in trainer.callbacks))
+            and not any(getattr(cb, "replaces_test_attacks", False) for cb in trainer.callbacks)
+        )
         if not quick:
             with torch.no_grad():
                 acc = (self.model_fn(x).argmax(1) == y).float().mean()
@@ -401,11 +447,13 @@ class ReversalModule(pl.LightningModule):
         x_rev = self.reverse(x_in)
         with torch.no_grad():
             out = {
-                "idx": idx, "y": y,
+                "idx": idx,
+                "y": y,
                 "pred_clean": self.model_fn(x).argmax(1),
                 "pred_before": self.model_fn(x_in).argmax(1),
                 "pred_after": self.model_fn(x_rev).argmax(1),
-                "x_input": x_in, "x_reversed": x_rev,
+                "x_input": x_in,
+                "x_reversed": x_rev,
             }
         return out
 
@@ -415,9 +463,12 @@ class ReversalModule(pl.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": h.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}],
-                              lr=h.lr, momentum=h.momentum, nesterov=h.nesterov and h.momentum > 0)
+        opt = torch.optim.SGD(
+            [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=h.lr,
+            momentum=h.momentum,
+            nesterov=h.nesterov and h.momentum > 0,
+        )
         total = self._schedule_total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = make_scheduler(opt, h, total)
         if sched is None:

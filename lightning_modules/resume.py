@@ -16,6 +16,7 @@ and resumed from a checkpoint draws the same augmentations, attack starts and vi
 was not interrupted. Under DDP the checkpoint holds global rank 0's states and every rank gets
 them (ranks seeded alike start alike).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,12 +40,20 @@ def make_scheduler(opt: torch.optim.Optimizer, h: Any, total: int, done: int = 0
     if h.schedule == "onecycle":
         # torch divides by (warmup * total - 1): nudge that exact case (e.g. 0.2 of 5 steps) off zero
         pct = h.warmup * 1.01 if abs(h.warmup * total - 1) < 1e-9 else h.warmup
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=total, pct_start=pct,
-                                                    anneal_strategy="linear", div_factor=25, final_div_factor=1e3)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=h.lr,
+            total_steps=total,
+            pct_start=pct,
+            anneal_strategy="linear",
+            div_factor=25,
+            final_div_factor=1e3,
+        )
     elif h.schedule == "cosine":
         warm = max(1, int(h.warmup * total))
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+        )
     else:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.5 * total), int(0.75 * total)], 0.1)
     with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
@@ -61,9 +70,11 @@ def rebuild_schedule(module: Any, saved_total: int, total: int) -> None:
     for config in trainer.lr_scheduler_configs:
         config.scheduler = make_scheduler(config.scheduler.optimizer, module.hparams, total, done=step)
     lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-    say(f"resuming at step {step} with a budget of {total} steps (the checkpoint's "
-                   f"{module.hparams.schedule} schedule was for {saved_total}): the schedule is rebuilt for "
-                   f"{total} steps; learning rate now {lr:.4g}")
+    say(
+        f"resuming at step {step} with a budget of {total} steps (the checkpoint's "
+        f"{module.hparams.schedule} schedule was for {saved_total}): the schedule is rebuilt for "
+        f"{total} steps; learning rate now {lr:.4g}"
+    )
 
 
 def saved_schedule_total(checkpoint: dict) -> int | None:
@@ -96,8 +107,13 @@ def get_rng_states() -> dict[str, Any]:
     version, state, gauss_next = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": {"version": version, "state": list(state), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -23,6 +23,7 @@ Example:
     >>> bool((x_rev - x).abs().max() <= 16 / 255 + 1e-6)
     True
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -115,7 +116,14 @@ def reverse(
         objective = lambda xr: ssl_loss(classifier, head, xr, views, cfg.n_views, t)  # noqa: E731
         with frozen_params(classifier, head):  # gradients w.r.t. the input only (matters when compiled)
             return projected_gradient(
-                objective, x, cfg.eps, cfg.alpha, cfg.steps, "Linf", random_start=cfg.random_start, ascend=False,
+                objective,
+                x,
+                cfg.eps,
+                cfg.alpha,
+                cfg.steps,
+                "Linf",
+                random_start=cfg.random_start,
+                ascend=False,
                 amp=cfg.amp,
             )
     finally:

@@ -10,6 +10,7 @@ Example:
     >>> from lightning_modules.robustbench_models import load_robustbench
     >>> net = load_robustbench("Standard", "cifar10", "Linf", model_dir="models")  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import difflib
@@ -33,6 +34,7 @@ class BenchmarkDataset(str, Enum):
 def _install_pkg_resources_shim() -> None:
     try:
         import pkg_resources  # noqa: F401
+
         return
     except ImportError:
         pass
@@ -61,8 +63,9 @@ def import_robustbench():
     return importlib.import_module("robustbench")
 
 
-def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str = "models",
-                     trust: bool = False) -> nn.Module:
+def load_robustbench(
+    name: str, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str = "models", trust: bool = False
+) -> nn.Module:
     """Build zoo model ``name`` and load ``model_dir/<dataset>/<threat_model>/<name>.pt`` (eval mode).
 
     Raises ``ValueError`` for an unknown name (with close matches) and ``FileNotFoundError`` naming
@@ -80,18 +83,23 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
     try:
         tm = RBThreat(threat_model)
     except ValueError:
-        raise ValueError(f"unknown threat model '{threat_model}'; choose one of {[t.value for t in RBThreat]}") from None
+        raise ValueError(
+            f"unknown threat model '{threat_model}'; choose one of {[t.value for t in RBThreat]}"
+        ) from None
     zoo = model_dicts[ds[dataset]][tm]
     if name not in zoo:
         close = difflib.get_close_matches(name, list(zoo), n=5)
-        raise ValueError(f"unknown RobustBench model '{name}' for {dataset}/{threat_model}; did you mean {close}? "
-                         f"({len(zoo)} models listed by robustbench.utils.list_available_models)")
+        raise ValueError(
+            f"unknown RobustBench model '{name}' for {dataset}/{threat_model}; did you mean {close}? "
+            f"({len(zoo)} models listed by robustbench.utils.list_available_models)"
+        )
     path = Path(model_dir) / ds[dataset].value / tm.value / f"{name}.pt"
     if not path.is_file():
         raise FileNotFoundError(
             f"RobustBench weights for '{name}' not found at {path}. This machine cannot download them: on a "
-            f"machine with internet run `python -c \"from robustbench.utils import load_model; "
-            f"load_model('{name}', model_dir='{model_dir}', dataset='{ds[dataset].value}', threat_model='{tm.value}')\"` "
+            f'machine with internet run `python -c "from robustbench.utils import load_model; '
+            f"load_model('{name}', model_dir='{model_dir}', dataset='{ds[dataset].value}', "
+            f"threat_model='{tm.value}')\"` "
             f"and copy {path} here."
         )
     sd = load_state_dict(path, trust=trust)  # before building: a bad file fails fast
@@ -99,6 +107,7 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
     sd = rm_substr_from_state_dict(rm_substr_from_state_dict(sd, "module."), "model.")
     missing, unexpected = net.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"{path} does not match RobustBench model '{name}': missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+        raise RuntimeError(
+            f"{path} does not match RobustBench model '{name}': missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return net.eval()

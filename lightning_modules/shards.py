@@ -17,6 +17,7 @@ Example:
     >>> names, back["w"].dtype, bool(torch.equal(back["w"], sd["w"].bfloat16())), int(back["n"])
     (['weights-00-of-01.pt'], torch.bfloat16, True, 3)
 """
+
 from __future__ import annotations
 
 import io
@@ -28,22 +29,30 @@ from typing import Any, Optional
 import torch
 
 PREFIX = "weights"
-MAX_BYTES = 15 * 2 ** 20  # under the 16 MiB a returned file may have, with room for the container
+MAX_BYTES = 15 * 2**20  # under the 16 MiB a returned file may have, with room for the container
 _NAME = re.compile(r"^(?P<prefix>.+)-(?P<i>\d{2})-of-(?P<n>\d{2})\.pt$")
 
 
 def to_bf16(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Floating-point tensors as bf16 (detached, on the CPU, contiguous); other tensors unchanged."""
-    return {k: (v.detach().cpu().to(torch.bfloat16) if v.is_floating_point() else v.detach().cpu()).contiguous()
-            for k, v in state_dict.items() if torch.is_tensor(v)}
+    return {
+        k: (v.detach().cpu().to(torch.bfloat16) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in state_dict.items()
+        if torch.is_tensor(v)
+    }
 
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def save_shards(state_dict: dict[str, torch.Tensor], folder: str | os.PathLike, extra: Optional[dict[str, Any]] = None,
-                prefix: str = PREFIX, max_bytes: int = MAX_BYTES) -> list[str]:
+def save_shards(
+    state_dict: dict[str, torch.Tensor],
+    folder: str | os.PathLike,
+    extra: Optional[dict[str, Any]] = None,
+    prefix: str = PREFIX,
+    max_bytes: int = MAX_BYTES,
+) -> list[str]:
     """Write the bf16 state dict as shards of at most ``max_bytes`` bytes each; returns the file names.
 
     ``extra`` (plain types: hyperparameters, provenance) is stored in every shard."""
@@ -54,8 +63,10 @@ def save_shards(state_dict: dict[str, torch.Tensor], folder: str | os.PathLike, 
     for k, v in sd.items():
         n = _nbytes(v)
         if n > budget:
-            raise ValueError(f"tensor {k} ({n / 2 ** 20:.1f} MiB in bf16) exceeds the shard limit of "
-                             f"{max_bytes / 2 ** 20:.1f} MiB; split it or raise max_bytes")
+            raise ValueError(
+                f"tensor {k} ({n / 2**20:.1f} MiB in bf16) exceeds the shard limit of "
+                f"{max_bytes / 2**20:.1f} MiB; split it or raise max_bytes"
+            )
         if groups[-1] and used + n > budget:
             groups.append([])
             used = 0
@@ -71,8 +82,13 @@ def save_shards(state_dict: dict[str, torch.Tensor], folder: str | os.PathLike, 
     for i, keys in enumerate(groups):
         name = f"{prefix}-{i:02d}-of-{len(groups):02d}.pt"
         buf = io.BytesIO()
-        torch.save({"tensors": {k: sd[k] for k in keys},
-                    "meta": {"index": i, "count": len(groups), "keys": list(keys), "extra": dict(extra or {})}}, buf)
+        torch.save(
+            {
+                "tensors": {k: sd[k] for k in keys},
+                "meta": {"index": i, "count": len(groups), "keys": list(keys), "extra": dict(extra or {})},
+            },
+            buf,
+        )
         if buf.tell() > max_bytes:
             raise ValueError(f"shard {name} came out at {buf.tell()} bytes, over the limit {max_bytes}")
         tmp = folder / (name + ".tmp")
@@ -86,7 +102,9 @@ def shard_files(folder: str | os.PathLike, prefix: str = PREFIX) -> list[Path]:
     """The shard files of ``folder``, in order; raises naming what is missing."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no folder {folder}: pass the folder a GPU run returned (it holds {prefix}-00-of-NN.pt)")
+        raise FileNotFoundError(
+            f"no folder {folder}: pass the folder a GPU run returned (it holds {prefix}-00-of-NN.pt)"
+        )
     found = {}
     counts = set()
     for p in folder.iterdir():
@@ -135,8 +153,10 @@ def module_from_shards(folder: str | os.PathLike, prefix: str = PREFIX, **overri
     sd, extra = read_shards(folder, prefix)
     hp = {k: v for k, v in (extra.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     if not hp:
-        raise ValueError(f"the shards in {folder} carry no hyper_parameters: build the module yourself and "
-                         "load_state_dict(load_shards(folder))")
+        raise ValueError(
+            f"the shards in {folder} carry no hyper_parameters: build the module yourself and "
+            "load_state_dict(load_shards(folder))"
+        )
     hp.update({"compile": False, **overrides})
     module = ReversalModule(**hp)
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})

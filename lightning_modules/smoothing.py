@@ -27,10 +27,12 @@ Example:
     >>> w = torch.tensor([[0.0, 0.0], [1.0, 0.0]])          # class 1 iff x_0 > 0
     >>> f = lambda x: x.flatten(1) @ w.t()
     >>> cfg = SmoothingConfig(sigma=0.5, n0=100, n=2000, alpha=0.001, clamp=False)
-    >>> pred, radius, _ = certify(f, torch.tensor([[1.0, 0.0]]), cfg, num_classes=2, generator=torch.Generator().manual_seed(0))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> pred, radius, _ = certify(f, torch.tensor([[1.0, 0.0]]), cfg, num_classes=2, generator=g)
     >>> int(pred[0]), 0.8 < float(radius[0]) < 1.0          # the true distance to the boundary is 1.0
     (1, True)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,8 +80,10 @@ def _betacf(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, iters: int) -> to
     d = torch.where(d.abs() < tiny, torch.full_like(d, tiny), d).reciprocal()
     h = d.clone()
     for m in range(1, iters + 1):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1 + num * d
             d = torch.where(d.abs() < tiny, torch.full_like(d, tiny), d).reciprocal()
             c = 1 + num / c
@@ -96,8 +100,7 @@ def betainc(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     a, b, x = (torch.as_tensor(v, dtype=torch.float64) for v in (a, b, x))
     a, b, x = torch.broadcast_tensors(a, b, x)
     xc = x.clamp(1e-300, 1 - 1e-16)
-    log_front = (torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b)
-                 + a * torch.log(xc) + b * torch.log1p(-xc))
+    log_front = torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b) + a * torch.log(xc) + b * torch.log1p(-xc)
     swap = x > (a + 1) / (a + b + 2)  # continued fraction converges fast on the other side
     aa, bb, xx = torch.where(swap, b, a), torch.where(swap, a, b), torch.where(swap, 1 - xc, xc)
     iters = int(min(10_000, 50 + 3 * math.sqrt(float(torch.maximum(a, b).max()))))
@@ -152,8 +155,14 @@ def binom_test_two_sided(k: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 
 # -- sampling and the two procedures --------------------------------------------------------------
-def sample_counts(model: Callable, x: torch.Tensor, num: int, cfg: SmoothingConfig, num_classes: int,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_counts(
+    model: Callable,
+    x: torch.Tensor,
+    num: int,
+    cfg: SmoothingConfig,
+    num_classes: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Class counts ``(B, num_classes)`` of the base classifier on ``num`` noisy copies of each image."""
     b = x.shape[0]
     counts = torch.zeros(b, num_classes, dtype=torch.long, device=x.device)
@@ -163,8 +172,12 @@ def sample_counts(model: Callable, x: torch.Tensor, num: int, cfg: SmoothingConf
         while done < num:
             m = min(per, num - done)
             xs = x.repeat_interleave(m, dim=0)
-            noise = torch.randn(xs.shape, generator=generator, dtype=xs.dtype,
-                                device=generator.device if generator is not None else x.device).to(x.device)
+            noise = torch.randn(
+                xs.shape,
+                generator=generator,
+                dtype=xs.dtype,
+                device=generator.device if generator is not None else x.device,
+            ).to(x.device)
             z = xs + cfg.sigma * noise
             if cfg.clamp:
                 z = z.clamp(0, 1)
@@ -174,8 +187,13 @@ def sample_counts(model: Callable, x: torch.Tensor, num: int, cfg: SmoothingConf
     return counts
 
 
-def certify(model: Callable, x: torch.Tensor, cfg: SmoothingConfig, num_classes: int,
-            generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def certify(
+    model: Callable,
+    x: torch.Tensor,
+    cfg: SmoothingConfig,
+    num_classes: int,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CERTIFY on a batch: ``(prediction or -1, certified L2 radius (0 when abstaining), pA_lower)``."""
     c_a = sample_counts(model, x, cfg.n0, cfg, num_classes, generator).argmax(1)
     counts = sample_counts(model, x, cfg.n, cfg, num_classes, generator)
@@ -188,8 +206,13 @@ def certify(model: Callable, x: torch.Tensor, cfg: SmoothingConfig, num_classes:
     return pred, radius, p_lower.float().to(x.device)
 
 
-def predict(model: Callable, x: torch.Tensor, cfg: SmoothingConfig, num_classes: int,
-            generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def predict(
+    model: Callable,
+    x: torch.Tensor,
+    cfg: SmoothingConfig,
+    num_classes: int,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """PREDICT on a batch (``n`` samples, level ``alpha``): the class, or ``-1`` (abstain)."""
     counts = sample_counts(model, x, cfg.n, cfg, num_classes, generator)
     top2 = counts.topk(min(2, num_classes), dim=1)
@@ -199,12 +222,23 @@ def predict(model: Callable, x: torch.Tensor, cfg: SmoothingConfig, num_classes:
     return torch.where(p <= cfg.alpha, top2.indices[:, 0], torch.full_like(n_a, ABSTAIN))
 
 
-def certified_accuracy(pred: torch.Tensor, radius: torch.Tensor, y: torch.Tensor,
-                       radii: list[float]) -> dict[float, float]:
+def certified_accuracy(
+    pred: torch.Tensor, radius: torch.Tensor, y: torch.Tensor, radii: list[float]
+) -> dict[float, float]:
     """Fraction of examples certified correct with radius ``>= r`` (``r = 0``: correct and not abstaining)."""
     correct = pred == y
     return {float(r): float((correct & (radius >= r)).float().mean()) for r in radii}
 
 
-__all__ = ["ABSTAIN", "SmoothingConfig", "betainc", "beta_ppf", "clopper_pearson_lower", "binom_test_two_sided",
-           "sample_counts", "certify", "predict", "certified_accuracy"]
+__all__ = [
+    "ABSTAIN",
+    "SmoothingConfig",
+    "betainc",
+    "beta_ppf",
+    "clopper_pearson_lower",
+    "binom_test_two_sided",
+    "sample_counts",
+    "certify",
+    "predict",
+    "certified_accuracy",
+]

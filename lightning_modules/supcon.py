@@ -35,6 +35,7 @@ Example:
     >>> int(keep.neg.sum())                         # nothing leaks into another class
     0
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -118,8 +119,10 @@ def ascl_loss(
     if temperature <= 0:
         raise ValueError(f"ASCL temperature must be > 0, got {temperature}")
     if z_adv.shape != z_clean.shape or z_adv.ndim != 2 or y.shape != z_adv.shape[:1]:
-        raise ValueError(f"ascl_loss needs z_adv, z_clean of one (B, d) shape and B labels, got "
-                         f"{tuple(z_adv.shape)}, {tuple(z_clean.shape)}, {tuple(y.shape)}")
+        raise ValueError(
+            f"ascl_loss needs z_adv, z_clean of one (B, d) shape and B labels, got "
+            f"{tuple(z_adv.shape)}, {tuple(z_clean.shape)}, {tuple(y.shape)}"
+        )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"unknown reduction '{reduction}'")
     pool = F.normalize(torch.cat([z_adv, z_clean]).float(), dim=1)

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny data sets in the real CIFAR layouts, the shared real-data pack."""
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,9 @@ def real_cifar10(tmp_path_factory) -> Path:
     import sys
 
     out = tmp_path_factory.mktemp("cifar10-real")
-    subprocess.run([sys.executable, str(SHARED_DATA / "cifar10_from_pack.py"), "--out", str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(SHARED_DATA / "cifar10_from_pack.py"), "--out", str(out)], check=True, capture_output=True
+    )
     return out
 
 

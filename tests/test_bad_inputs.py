@@ -1,5 +1,6 @@
 """Bad inputs fail early with an error naming the culprit, exit non-zero from the CLI, and leave
 existing outputs (checkpoints, predictions) untouched."""
+
 from __future__ import annotations
 
 import pickle
@@ -19,8 +20,16 @@ from tests.conftest import write_cifar10
 
 
 def small(**kw) -> ReversalModule:
-    return ReversalModule(**{"backbone": "small_cnn", "backbone_kwargs": {"width": 4}, "head_hidden": 8,
-                             "head_dim": 4, "val_attack_steps": 0, **kw})
+    return ReversalModule(
+        **{
+            "backbone": "small_cnn",
+            "backbone_kwargs": {"width": 4},
+            "head_hidden": 8,
+            "head_dim": 4,
+            "val_attack_steps": 0,
+            **kw,
+        }
+    )
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:
@@ -35,11 +44,14 @@ def rewrite(path: Path, **changes) -> None:
 
 
 # -- data files --------------------------------------------------------------------------------
-@pytest.mark.parametrize("case,file,match", [
-    ("truncated", "data_batch_3", "corrupt or truncated|truncated"),
-    ("wrong_shape", "test_batch", r"'data' must be uint8 of shape \(N, 3072\), got uint8 \(8, 1024\)"),
-    ("labels_out_of_range", "data_batch_1", r"labels out of range \[0, 10\): min 0, max 12"),
-])
+@pytest.mark.parametrize(
+    "case,file,match",
+    [
+        ("truncated", "data_batch_3", "corrupt or truncated|truncated"),
+        ("wrong_shape", "test_batch", r"'data' must be uint8 of shape \(N, 3072\), got uint8 \(8, 1024\)"),
+        ("labels_out_of_range", "data_batch_1", r"labels out of range \[0, 10\): min 0, max 12"),
+    ],
+)
 def test_bad_data_files_name_the_file(tmp_path, case, file, match):
     data = write_cifar10(tmp_path / "data", n_train=20, n_test=8)
     path = data / "cifar-10-batches-py" / file
@@ -70,12 +82,15 @@ def test_cli_predict_on_bad_data_exits_nonzero_and_keeps_predictions(tmp_path):
 
 
 # -- predict inputs ------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad,match", [
-    (float("nan"), "NaN or inf pixels"),
-    (float("inf"), "NaN or inf pixels"),
-    (1.5, r"must lie in \[0, 1\] \(got min .*, max 1.5\).*divide by 255"),
-    (-0.1, r"must lie in \[0, 1\] \(got min -0.1"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (float("nan"), "NaN or inf pixels"),
+        (float("inf"), "NaN or inf pixels"),
+        (1.5, r"must lie in \[0, 1\] \(got min .*, max 1.5\).*divide by 255"),
+        (-0.1, r"must lie in \[0, 1\] \(got min -0.1"),
+    ],
+)
 def test_predict_rejects_bad_pixels_and_keeps_predictions(tmp_path, bad, match):
     x = torch.rand(6, 3, 32, 32)
     x[2, 1, 5, 5] = bad
@@ -84,8 +99,13 @@ def test_predict_rejects_bad_pixels_and_keeps_predictions(tmp_path, bad, match):
     out.mkdir()
     torch.save({"idx": torch.arange(3)}, out / "predictions.pt")
     before = snapshot(out / "predictions.pt")
-    trainer = pl.Trainer(accelerator="cpu", logger=False, inference_mode=False, enable_progress_bar=False,
-                         callbacks=[PredictionWriter(str(out), overwrite=True)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        inference_mode=False,
+        enable_progress_bar=False,
+        callbacks=[PredictionWriter(str(out), overwrite=True)],
+    )
     with pytest.raises(ValueError, match="predict input.*" + match):
         trainer.predict(small(predict_attack="none"), dataloaders=batches)
     assert snapshot(out / "predictions.pt") == before
@@ -98,7 +118,9 @@ def test_unknown_backbone_and_robustbench_names():
         build_backbone("resnet9000")
     with pytest.raises(ValueError, match="unknown backbone 'resnet9000'"):
         ReversalModule(backbone="resnet9000")
-    with pytest.raises(ValueError, match=r"unknown RobustBench model 'Carmon2019Unlabeledd'.*did you mean \['Carmon2019Unlabeled'"):
+    with pytest.raises(
+        ValueError, match=r"unknown RobustBench model 'Carmon2019Unlabeledd'.*did you mean \['Carmon2019Unlabeled'"
+    ):
         ReversalModule(robustbench_model="Carmon2019Unlabeledd")
     with pytest.raises(ValueError, match="unknown RobustBench dataset 'cifar11'"):
         ReversalModule(robustbench_model="Standard", robustbench_dataset="cifar11")
@@ -109,20 +131,34 @@ def test_checkpoint_for_another_architecture(tmp_path):
     wide = build_backbone("small_cnn", width=8)
     path = tmp_path / "small_cnn_w8.pt"
     torch.save(wide.state_dict(), path)
-    with pytest.raises(RuntimeError, match=rf"checkpoint {path} does not fit backbone 'small_cnn' {{'width': 4}}: "
-                                           r"size mismatch for net.body.0.weight: checkpoint \(8, 3, 3, 3\), model \(4, 3, 3, 3\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"checkpoint {path} does not fit backbone 'small_cnn' {{'width': 4}}: "
+        r"size mismatch for net.body.0.weight: checkpoint \(8, 3, 3, 3\), model \(4, 3, 3, 3\)",
+    ):
         small(backbone_checkpoint=str(path))
     with pytest.raises(RuntimeError, match=rf"checkpoint {path} does not fit backbone 'preact_resnet18'"):
         ReversalModule(backbone="preact_resnet18", backbone_checkpoint=str(path))
     # a Lightning checkpoint of another model, given to the Trainer
     other = small(backbone_kwargs={"width": 8})
     ckpt = tmp_path / "w8.ckpt"
-    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams), "epoch": 0,
-                "global_step": 0, "pytorch-lightning_version": pl.__version__}, ckpt)
+    torch.save(
+        {
+            "state_dict": other.state_dict(),
+            "hyper_parameters": dict(other.hparams),
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": pl.__version__,
+        },
+        ckpt,
+    )
     trainer = pl.Trainer(accelerator="cpu", logger=False, inference_mode=False, enable_progress_bar=False)
     batches = DeviceLoader(torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long), batch_size=4)
-    with pytest.raises(RuntimeError, match=rf"checkpoint {ckpt} does not fit this model \(backbone 'small_cnn' "
-                                           r"{'width': 4}\); it was saved from 'small_cnn' {'width': 8}: shapes differ"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"checkpoint {ckpt} does not fit this model \(backbone 'small_cnn' "
+        r"{'width': 4}\); it was saved from 'small_cnn' {'width': 8}: shapes differ",
+    ):
         trainer.validate(small(), dataloaders=batches, ckpt_path=str(ckpt), weights_only=True)
     with pytest.raises(RuntimeError, match=r"does not fit this model \(backbone 'preact_resnet18' {}\).*missing"):
         ReversalModule.load_from_checkpoint(ckpt, backbone="preact_resnet18", backbone_kwargs=None, weights_only=True)
@@ -145,8 +181,7 @@ def test_cli_eps_in_pixels_exits_nonzero_and_keeps_last_checkpoint(tmp_path):
     last.parent.mkdir(parents=True)
     torch.save({"global_step": 7}, last)
     before = snapshot(last)
-    r = lightning("fit", *tiny_args(data, root, "--model.init_args.eps", "8", "--trainer.max_steps", "1"),
-                  cwd=tmp_path)
+    r = lightning("fit", *tiny_args(data, root, "--model.init_args.eps", "8", "--trainer.max_steps", "1"), cwd=tmp_path)
     assert r.returncode != 0
     assert "eps=8.0 is larger than the whole [0, 1] pixel range" in r.stderr and "8/255 = 0.03137" in r.stderr
     assert snapshot(last) == before and sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]

@@ -1,4 +1,5 @@
 """experiments/bench.py in its CPU tiny mode: every figure present, positive and consistent."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,8 +28,27 @@ bench = _bench()
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    bench.main(["--device", "cpu", "--tiny", "--views", "fast", "--seconds", "0.3", "--windows", "2",
-                "--rev-steps", "4", "--aa-n", "4", "--ema", "0.99", "--json", str(out)])
+    bench.main(
+        [
+            "--device",
+            "cpu",
+            "--tiny",
+            "--views",
+            "fast",
+            "--seconds",
+            "0.3",
+            "--windows",
+            "2",
+            "--rev-steps",
+            "4",
+            "--aa-n",
+            "4",
+            "--ema",
+            "0.99",
+            "--json",
+            str(out),
+        ]
+    )
     return json.loads(out.read_text())
 
 
@@ -85,8 +105,22 @@ def test_window_timer_times_windows_of_equal_steps():
 
 def test_progress_bar_metrics_cost_host_syncs():
     """The measured reason for ReversalModule(train_progress_bar=False)."""
-    r = bench.main(["--device", "cpu", "--tiny", "--views", "fast", "--benches", "fgsm_rs", "--seconds", "0.1",
-                    "--windows", "1", "--progress-bar-metrics"])["results"]["fgsm_rs"]
+    r = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--tiny",
+            "--views",
+            "fast",
+            "--benches",
+            "fgsm_rs",
+            "--seconds",
+            "0.1",
+            "--windows",
+            "1",
+            "--progress-bar-metrics",
+        ]
+    )["results"]["fgsm_rs"]
     assert sum(r["host_syncs_per_iteration"].values()) >= 3
 
 
@@ -95,10 +129,25 @@ def test_unknown_bench_is_named():
         bench.parse_args(["--benches", "pgd_at,warp"])
 
 
-@pytest.mark.skipif(os.environ.get("SSL_REVERSAL_SLOW_TESTS") != "1",
-                    reason="torch.compile of a training step takes ~2 min on a 2-core CPU; "
-                           "set SSL_REVERSAL_SLOW_TESTS=1 to run")
+@pytest.mark.skipif(
+    os.environ.get("SSL_REVERSAL_SLOW_TESTS") != "1",
+    reason="torch.compile of a training step takes ~2 min on a 2-core CPU; set SSL_REVERSAL_SLOW_TESTS=1 to run",
+)
 def test_compiled_training_step_runs_on_cpu():
-    r = bench.main(["--device", "cpu", "--tiny", "--views", "fast", "--benches", "fgsm_rs", "--compile",
-                    "--seconds", "0.1", "--windows", "1"])["results"]["fgsm_rs"]
+    r = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--tiny",
+            "--views",
+            "fast",
+            "--benches",
+            "fgsm_rs",
+            "--compile",
+            "--seconds",
+            "0.1",
+            "--windows",
+            "1",
+        ]
+    )["results"]["fgsm_rs"]
     assert r["images_per_s"] > 0

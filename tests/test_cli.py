@@ -1,5 +1,5 @@
 """The CLI end to end on tiny data: fit -> test -> predict, configs, re-runs, the console script."""
-import json
+
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +11,9 @@ from lightning_modules.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 # every experiment file (data blocks such as data.yaml / data_c.yaml are included by them, not run alone)
-EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if p.name != "base.yaml" and not p.name.startswith("data"))
+EXPERIMENTS = sorted(
+    p for p in (REPO / "experiments").rglob("*.yaml") if p.name != "base.yaml" and not p.name.startswith("data")
+)
 
 
 def tiny_args(data_dir, root, *extra):
@@ -23,15 +25,37 @@ def tiny_args(data_dir, root, *extra):
         f"      init_args: {{dirpath: {root / 'ckpt'}, save_last: true}}\n"
         "    - class_path: callbacks.ImageGrid\n      init_args: {n_images: 4, every_n_epochs: 1}\n"
         "    - class_path: callbacks.PredictionWriter\n"
-        f"      init_args: {{output_dir: {root / 'preds'}}}\n")
+        f"      init_args: {{output_dir: {root / 'preds'}}}\n"
+    )
     return [
-        "--config", str(REPO / "experiments/cifar10/pgd_at.yaml"), "--config", str(callbacks),
-        "--data.init_args.data_dir", str(data_dir), "--data.init_args.strict_counts", "false",
-        "--data.init_args.batch_size", "16", "--data.init_args.eval_batch_size", "20",
-        "--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", "{width: 8}",
-        "--model.init_args.steps", "2", "--model.init_args.val_attack_steps", "2",
-        "--model.init_args.predict_attack_steps", "2", "--model.init_args.reversal", "{steps: 2, n_views: 2}",
-        "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+        "--config",
+        str(REPO / "experiments/cifar10/pgd_at.yaml"),
+        "--config",
+        str(callbacks),
+        "--data.init_args.data_dir",
+        str(data_dir),
+        "--data.init_args.strict_counts",
+        "false",
+        "--data.init_args.batch_size",
+        "16",
+        "--data.init_args.eval_batch_size",
+        "20",
+        "--model.init_args.backbone",
+        "small_cnn",
+        "--model.init_args.backbone_kwargs",
+        "{width: 8}",
+        "--model.init_args.steps",
+        "2",
+        "--model.init_args.val_attack_steps",
+        "2",
+        "--model.init_args.predict_attack_steps",
+        "2",
+        "--model.init_args.reversal",
+        "{steps: 2, n_views: 2}",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
         *extra,
     ]
 
@@ -53,7 +77,7 @@ def test_fit_test_predict_end_to_end(tiny_cifar10, tmp_path, monkeypatch):
     run_cli(["predict", *tiny_args(tiny_cifar10, tmp_path, "--ckpt_path", str(last))])
     p = torch.load(out / "predictions.pt", weights_only=True)
     assert torch.equal(p["idx"], torch.arange(40)) and p["x_reversed"].shape == (40, 3, 32, 32)
-    assert ((p["x_reversed"] - p["x_input"]).abs().amax() <= 16 / 255 + 1e-6)
+    assert (p["x_reversed"] - p["x_input"]).abs().amax() <= 16 / 255 + 1e-6
     assert {"pred_clean", "pred_before", "pred_after", "y"} <= set(p)
     # re-running into the same log dir does not crash
     run_cli(["fit", *tiny_args(tiny_cifar10, tmp_path, "--trainer.fast_dev_run", "1")])
@@ -73,6 +97,17 @@ def test_every_experiment_config_parses(config, tmp_path, monkeypatch, capsys):
 
 def test_console_script_reports_bad_config_key(tmp_path):
     exe = Path(sys.executable).with_name("lightning")
-    r = subprocess.run([str(exe), "fit", "--config", str(REPO / "experiments/cifar10/pgd_at.yaml"),
-                        "--model.init_args.no_such_key", "1"], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            str(exe),
+            "fit",
+            "--config",
+            str(REPO / "experiments/cifar10/pgd_at.yaml"),
+            "--model.init_args.no_such_key",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode != 0 and "no_such_key" in r.stderr

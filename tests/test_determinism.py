@@ -1,6 +1,7 @@
 """Same seed -> same metrics and weights on CPU (every random source: shuffles, crops and flips,
 SimCLR views, PGD random starts); another seed -> different ones. ``trainer.deterministic: true``
 works with our code and changes nothing on CPU. GPU caveats: /work/notes/determinism.md."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,10 +14,30 @@ from tests.conftest import write_cifar10
 
 
 def fit(data: Path, root: Path, seed: int, *extra: str) -> tuple[list[dict], dict]:
-    run_cli(["fit", *tiny_args(data, root, "--seed_everything", str(seed), "--trainer.max_epochs", "2",
-                                "--trainer.limit_train_batches", "3", "--model.init_args.training", "pgd",
-                                "--model.init_args.steps", "2", "--model.init_args.val_attack_steps", "1",
-                                "--data.init_args.augment", "true", *extra)])
+    run_cli(
+        [
+            "fit",
+            *tiny_args(
+                data,
+                root,
+                "--seed_everything",
+                str(seed),
+                "--trainer.max_epochs",
+                "2",
+                "--trainer.limit_train_batches",
+                "3",
+                "--model.init_args.training",
+                "pgd",
+                "--model.init_args.steps",
+                "2",
+                "--model.init_args.val_attack_steps",
+                "1",
+                "--data.init_args.augment",
+                "true",
+                *extra,
+            ),
+        ]
+    )
     rows = read_metrics(root)
     state = torch.load(root / "checkpoints" / "tiny" / "last.ckpt", weights_only=True)["state_dict"]
     return rows, state

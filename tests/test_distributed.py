@@ -5,6 +5,7 @@ weights and data; predictions come back in data-set order with every example exa
 test split has an odd size (41), so the two shards are uneven. The attack (eps 0) and the reversal
 (0 steps) are identities here so the comparison with one process is exact.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,9 +23,21 @@ DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
 def args(data: Path, root: Path, *extra: str) -> list[str]:
-    return tiny_args(data, root, "--model.init_args.eps", "0", "--model.init_args.predict_attack", "none",
-                     "--model.init_args.reversal", "{steps: 0, n_views: 2}", "--trainer.max_epochs", "1",
-                     "--trainer.limit_train_batches", "2", *extra)
+    return tiny_args(
+        data,
+        root,
+        "--model.init_args.eps",
+        "0",
+        "--model.init_args.predict_attack",
+        "none",
+        "--model.init_args.reversal",
+        "{steps: 0, n_views: 2}",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        *extra,
+    )
 
 
 def last_value(rows, key: str) -> float:

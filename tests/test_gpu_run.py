@@ -1,4 +1,5 @@
 """experiments/gpu_run.py end to end in its CPU tiny mode, the weight shards, and gpu_results folding."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,10 +33,34 @@ def tiny_run(tmp_path_factory) -> Path:
     machine, so that no stage is cut (the cutting itself is tested below)."""
     root = tmp_path_factory.mktemp("gpu_run")
     out = root / "out"
-    proc = subprocess.run([sys.executable, "experiments/gpu_run.py", "--device", "cpu", "--tiny", "--out", str(out),
-                           "--work", str(root / "work"), "--total-seconds", "900", "--bench-seconds", "240",
-                           "--train-seconds", "240", "--eval-seconds", "120", "--adaptive-seconds", "120"], cwd=REPO, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "experiments/gpu_run.py",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--out",
+            str(out),
+            "--work",
+            str(root / "work"),
+            "--total-seconds",
+            "900",
+            "--bench-seconds",
+            "240",
+            "--train-seconds",
+            "240",
+            "--eval-seconds",
+            "120",
+            "--adaptive-seconds",
+            "120",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -46,7 +71,7 @@ def test_every_stage_ran_and_wrote_at_most_eight_small_files(tiny_run):
     failed = {k: v for k, v in res["stages"].items() if v["status"] != "ok"}
     assert not failed, failed
     files = sorted(p.name for p in tiny_run.iterdir())
-    assert len(files) <= 8 and all(p.stat().st_size < 16 * 2 ** 20 for p in tiny_run.iterdir())
+    assert len(files) <= 8 and all(p.stat().st_size < 16 * 2**20 for p in tiny_run.iterdir())
     assert {"results.json", "results.md", "bench.json", "run.log", "grid.png", "weights-00-of-01.pt"} <= set(files)
     assert all(c.isalnum() or c in "._-" for f in files for c in f)
     assert res["meta"]["tiny"] is True and res["meta"]["commit"]
@@ -71,7 +96,11 @@ def test_shards_rebuild_the_trained_model(tiny_run):
 
 def test_shard_round_trip_equals_the_bf16_weights(tmp_path):
     torch.manual_seed(0)
-    sd = {"a.weight": torch.randn(300, 300), "b.weight": torch.randn(200, 300), "bn.num_batches_tracked": torch.tensor(7)}
+    sd = {
+        "a.weight": torch.randn(300, 300),
+        "b.weight": torch.randn(200, 300),
+        "bn.num_batches_tracked": torch.tensor(7),
+    }
     names = save_shards(sd, tmp_path, extra={"note": 1}, max_bytes=250_000)  # forces several shards
     assert len(names) >= 2 and names[0].endswith(f"-of-{len(names):02d}.pt")
     back = load_shards(tmp_path)
@@ -111,13 +140,24 @@ def test_gpu_results_refuses_a_readme_without_its_block_and_a_folder_without_res
 
 def test_missing_pack_and_wheels_are_named(tmp_path):
     gpu_run = _load("gpu_run")
-    args = gpu_run.parse_args(["--device", "cpu", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"),
-                               "--pack", str(tmp_path / "no.npz")])
+    args = gpu_run.parse_args(
+        [
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+            "--work",
+            str(tmp_path / "w"),
+            "--pack",
+            str(tmp_path / "no.npz"),
+        ]
+    )
     with pytest.raises(FileNotFoundError, match="no.npz.*make device-wheels"):
         gpu_run.prepare_data(args, 10)
     run = gpu_run.Run.__new__(gpu_run.Run)
-    run.args = gpu_run.parse_args(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"),
-                                   "--wheels", str(tmp_path / "nowheels")])
+    run.args = gpu_run.parse_args(
+        ["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"), "--wheels", str(tmp_path / "nowheels")]
+    )
     gpu_run.NEEDED = ("surely_not_an_installed_module",)
     with pytest.raises(FileNotFoundError, match="nowheels.*make device-wheels"):
         gpu_run.setup(run, 10)
@@ -125,17 +165,32 @@ def test_missing_pack_and_wheels_are_named(tmp_path):
 
 def test_a_stage_over_its_budget_is_cut_and_the_next_still_runs(tmp_path):
     gpu_run = _load("gpu_run")
-    args = gpu_run.parse_args(["--device", "cpu", "--tiny", "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"),
-                               "--total-seconds", "30"])
+    args = gpu_run.parse_args(
+        [
+            "--device",
+            "cpu",
+            "--tiny",
+            "--out",
+            str(tmp_path / "o"),
+            "--work",
+            str(tmp_path / "w"),
+            "--total-seconds",
+            "30",
+        ]
+    )
     args.out.mkdir(parents=True)
     run = gpu_run.Run(args)
-    rc, text, cut = gpu_run.run_logged([sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"], 2)
+    rc, text, cut = gpu_run.run_logged(
+        [sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"], 2
+    )
     assert cut and "hi" in text
     run.stage("slow", 1, lambda b: {"cut": True})
     run.stage("broken", 1, lambda b: 1 / 0)
     run.stage("late", 100, lambda b: {"budget": b}, reserve=20)
     run.stage("never", 5, lambda b: None, reserve=1000)
     st = json.loads((args.out / "results.json").read_text())["stages"]
-    assert st["slow"]["status"] == "cut" and st["broken"]["status"] == "failed" and "ZeroDivision" in st["broken"]["error"]
+    assert (
+        st["slow"]["status"] == "cut" and st["broken"]["status"] == "failed" and "ZeroDivision" in st["broken"]["error"]
+    )
     assert st["late"]["status"] == "ok" and st["never"]["status"] == "skipped"
     assert (args.out / "results.md").is_file()

@@ -1,5 +1,6 @@
 """experiments/kap_scaling.py (make kap-scaling) on its tiny profile: the grid trains and evaluates,
 the table / plot are written, KAP sits where the docstring says, and a rerun resumes."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,8 +39,12 @@ def test_kap_goes_after_every_conv_of_stages_2_and_3(depth):
     plain = build_backbone("small_cnn", **ks.backbone_kwargs(ks.PROFILES["cpu"], depth, 8, kap=False))
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in net.parameters())
     wrn = build_backbone("wide_resnet", **ks.backbone_kwargs(ks.PROFILES["gpu"], 16, 1, kap=True)).net
-    assert [n for n, m in wrn.named_modules() if isinstance(m, KernelAveragePool)] == \
-        ["layer2.0.1", "layer2.1.1", "layer3.0.1", "layer3.1.1"]
+    assert [n for n, m in wrn.named_modules() if isinstance(m, KernelAveragePool)] == [
+        "layer2.0.1",
+        "layer2.1.1",
+        "layer3.0.1",
+        "layer3.1.1",
+    ]
 
 
 def test_tiny_grid_end_to_end_and_resume(tiny_cifar10, tmp_path, monkeypatch, capsys):
@@ -68,6 +73,7 @@ def test_tiny_grid_end_to_end_and_resume(tiny_cifar10, tmp_path, monkeypatch, ca
     assert sorted(stored) == sorted(ks.point_name(r) for r in records)
     assert "| cifar10 | 1 | 4 | yes |" in (out / "scaling.md").read_text()
     assert (out / "kap_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     # a rerun with the same settings trains nothing; other settings retrain
     def no_training(*a, **k):
         raise RuntimeError("stored point retrained")

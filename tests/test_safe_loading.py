@@ -1,5 +1,6 @@
 """Safe loading: planted pickles that would run code are refused with a clear message, and
 nothing runs. Every load in the package is weights_only / restricted (checked on the source)."""
+
 from __future__ import annotations
 
 import ast
@@ -28,8 +29,9 @@ class Payload:
 
 
 def plant_checkpoint(path: Path, marker: Path, **extra) -> Path:
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 0, "global_step": 0, "evil": Payload(marker),
-                **extra}, path)
+    torch.save(
+        {"state_dict": {"w": torch.zeros(1)}, "epoch": 0, "global_step": 0, "evil": Payload(marker), **extra}, path
+    )
     return path
 
 
@@ -119,10 +121,23 @@ def test_our_checkpoints_load_with_weights_only(tmp_path, schedule):
     from lightning_modules import ReversalConfig
 
     data = write_cifar10(tmp_path / "data", n_train=16, n_test=4)
-    model = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, head_hidden=8, head_dim=4,
-                           val_attack_steps=0, schedule=schedule, reversal=ReversalConfig(steps=3, n_views=2))
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
-                         callbacks=[AtomicCheckpoint(dirpath=tmp_path / "ck", save_last=True)])
+    model = ReversalModule(
+        backbone="small_cnn",
+        backbone_kwargs={"width": 4},
+        head_hidden=8,
+        head_dim=4,
+        val_attack_steps=0,
+        schedule=schedule,
+        reversal=ReversalConfig(steps=3, n_views=2),
+    )
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        callbacks=[AtomicCheckpoint(dirpath=tmp_path / "ck", save_last=True)],
+    )
     trainer.fit(model, CIFAR10DataModule(str(data), batch_size=8, strict_counts=False))
     ck = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
     assert ck["hyper_parameters"]["reversal"]["steps"] == 3 and ck["lr_schedulers"]
@@ -159,8 +174,10 @@ def _unsafe_loads(source: str) -> list[str]:
 
 
 def test_audit_flags_unsafe_calls():
-    src = ("torch.load(p)\ntorch.load(p, weights_only=False)\npickle.load(f)\nnp.load(p, allow_pickle=True)\n"
-           "torch.load(p, weights_only=True)\ntorch.load(p, weights_only=not trust)\nnp.load(p)\n")
+    src = (
+        "torch.load(p)\ntorch.load(p, weights_only=False)\npickle.load(f)\nnp.load(p, allow_pickle=True)\n"
+        "torch.load(p, weights_only=True)\ntorch.load(p, weights_only=not trust)\nnp.load(p)\n"
+    )
     assert len(_unsafe_loads(src)) == 4
 
 

@@ -12,13 +12,29 @@
 ``callbacks.RobustEvaluation`` runs it during ``lightning test``; everything here also works
 without Lightning (see :class:`RobustEvaluator`'s example).
 """
+
+from .catalog import Row, build_catalog
 from .config import EvalConfig, eps_label, legacy_hint, parse_eps
 from .defense import Defense
-from .catalog import Row, build_catalog
 from .engine import EvaluationStopped, RobustEvaluator
 from .registry import ATTACKS, Attack, Job
 from .store import ResultStore, atomic_write_text
 from .summary import summarize
 
-__all__ = ["EvalConfig", "parse_eps", "eps_label", "legacy_hint", "Defense", "RobustEvaluator", "EvaluationStopped",
-           "Row", "build_catalog", "ATTACKS", "Attack", "Job", "ResultStore", "atomic_write_text", "summarize"]
+__all__ = [
+    "EvalConfig",
+    "parse_eps",
+    "eps_label",
+    "legacy_hint",
+    "Defense",
+    "RobustEvaluator",
+    "EvaluationStopped",
+    "Row",
+    "build_catalog",
+    "ATTACKS",
+    "Attack",
+    "Job",
+    "ResultStore",
+    "atomic_write_text",
+    "summarize",
+]

@@ -15,6 +15,7 @@ Example:
     >>> len(build_catalog(cfg, True, lambda name: None, True))  # clean, pgd, defense-aware at two lambdas
     4
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,7 @@ class Row:
     """One row: an attack (or ``clean``) with its settings, on examples ``idx < subset``."""
 
     key: str
-    group: str                 # main | eps-sweep | steps-sweep | eot-sweep | rev-sweep | sanity | clean
+    group: str  # main | eps-sweep | steps-sweep | eot-sweep | rev-sweep | sanity | clean
     attack: str
     norm: str = ""
     eps: float = 0.0
@@ -43,15 +44,14 @@ class Row:
     columns: tuple[str, ...] = ("without",)
     subset: Optional[int] = None
     seed_key: Optional[str] = None
-    reuse: Optional[str] = None        # a row with the same result: copy it
+    reuse: Optional[str] = None  # a row with the same result: copy it
     reversal_steps: Optional[int] = None
     label: str = ""
     kind: str = "non-adaptive"
-    setting: Optional[int] = None      # the swept value (steps, EOT, reversal steps)
+    setting: Optional[int] = None  # the swept value (steps, EOT, reversal steps)
 
 
-def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[str]],
-                  reversal_sweep: bool) -> list[Row]:
+def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[str]], reversal_sweep: bool) -> list[Row]:
     """Every row of the evaluation, in the order they run.
 
     Args:
@@ -68,16 +68,36 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
             cols += tuple(f"with@{m}" for m in c.composition)
         return cols
 
-    def attack_row(group: str, name: str, norm: str, eps: float, cfg: EvalConfig, params: dict,
-                   subset: Optional[int], **kw: Any) -> Row:
+    def attack_row(
+        group: str, name: str, norm: str, eps: float, cfg: EvalConfig, params: dict, subset: Optional[int], **kw: Any
+    ) -> Row:
         a = ATTACKS[name]
         ident = a.ident(cfg, params)
         sub = min(x for x in (subset, a.subset(cfg)) if x is not None) if (subset or a.subset(cfg)) else None
-        return Row(key(group, norm, eps, ident), group, name, norm, eps, cfg, params, columns(name, group), sub,
-                   label=a.label(cfg, params), kind=a.kind, **kw)
+        return Row(
+            key(group, norm, eps, ident),
+            group,
+            name,
+            norm,
+            eps,
+            cfg,
+            params,
+            columns(name, group),
+            sub,
+            label=a.label(cfg, params),
+            kind=a.kind,
+            **kw,
+        )
 
-    clean_cols = ("without",) + (("with",) if rev else ()) + (tuple(
-        f"with@{m}" for m in c.composition if m != "clean_mates") if rev and c.with_composition("clean") else ())
+    clean_cols = (
+        ("without",)
+        + (("with",) if rev else ())
+        + (
+            tuple(f"with@{m}" for m in c.composition if m != "clean_mates")
+            if rev and c.with_composition("clean")
+            else ()
+        )
+    )
     rows.append(Row("clean", "clean", "clean", columns=clean_cols, label="clean"))
     live = [a for a in c.attacks if not missing(a)]
     main: dict[tuple, str] = {}
@@ -93,8 +113,9 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
         for name in c.eps_sweep_attacks:
             if missing(name) or eps == 0:  # eps 0: the clean rows
                 continue
-            r = attack_row("eps-sweep", name, c.eps_sweep_norm, eps, c, ATTACKS[name].variants(c)[0],
-                           c.eps_sweep_n, setting=None)
+            r = attack_row(
+                "eps-sweep", name, c.eps_sweep_norm, eps, c, ATTACKS[name].variants(c)[0], c.eps_sweep_n, setting=None
+            )
             r.reuse = main.get((c.eps_sweep_norm, eps, name, r.key.split("|")[-1]))
             rows.append(r)
     norm0, eps0 = c.main
@@ -103,8 +124,17 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
             continue
         for s in sorted({main_setting(c, name), *c.attack_steps_sweep}):
             cs = dataclasses.replace(c, **{ATTACKS[name].steps_field: s})
-            r = attack_row("steps-sweep", name, norm0, eps0, cs, ATTACKS[name].variants(c)[0],
-                           c.steps_sweep_n, seed_key=key("steps-sweep", name), setting=s)
+            r = attack_row(
+                "steps-sweep",
+                name,
+                norm0,
+                eps0,
+                cs,
+                ATTACKS[name].variants(c)[0],
+                c.steps_sweep_n,
+                seed_key=key("steps-sweep", name),
+                setting=s,
+            )
             r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
             rows.append(r)
     for name in c.eot_sweep_attacks if c.eot_sweep else []:
@@ -112,19 +142,37 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
             continue
         for e in sorted({c.eot, *c.eot_sweep}):
             ce = dataclasses.replace(c, eot=e)
-            r = attack_row("eot-sweep", name, norm0, eps0, ce, ATTACKS[name].variants(c)[0],
-                           c.steps_sweep_n, seed_key=key("eot-sweep", name), setting=e)
+            r = attack_row(
+                "eot-sweep",
+                name,
+                norm0,
+                eps0,
+                ce,
+                ATTACKS[name].variants(c)[0],
+                c.steps_sweep_n,
+                seed_key=key("eot-sweep", name),
+                setting=e,
+            )
             r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
             rows.append(r)
     if reversal_sweep:
         for k in c.reversal_steps_sweep:
-            rows.append(Row(key("rev-sweep", k, "clean"), "rev-sweep", "clean", columns=("with",),
-                            subset=c.steps_sweep_n, reversal_steps=k, label="clean", setting=k))
+            rows.append(
+                Row(
+                    key("rev-sweep", k, "clean"),
+                    "rev-sweep",
+                    "clean",
+                    columns=("with",),
+                    subset=c.steps_sweep_n,
+                    reversal_steps=k,
+                    label="clean",
+                    setting=k,
+                )
+            )
             for name in c.reversal_sweep_attacks:
                 if missing(name):
                     continue
-                r = attack_row("rev-sweep", name, norm0, eps0, c, {}, c.steps_sweep_n, reversal_steps=k,
-                               setting=k)
+                r = attack_row("rev-sweep", name, norm0, eps0, c, {}, c.steps_sweep_n, reversal_steps=k, setting=k)
                 r.key, r.columns = key("rev-sweep", k, norm0, eps0, ATTACKS[name].ident(c, {})), ("with",)
                 if name == "pgd":  # crafted once on the classifier: seeded as the main PGD row
                     r.seed_key = key("main", norm0, eps0, ATTACKS["pgd"].ident(c, {}))

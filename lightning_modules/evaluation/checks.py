@@ -10,6 +10,7 @@ Example:
     >>> round(tolerance(0.5, 100), 3)
     0.11
 """
+
 from __future__ import annotations
 
 import math
@@ -48,12 +49,21 @@ def eps_to_zero(summary: dict, cfg: EvalConfig) -> list[Check]:
     out = []
     for r in (r for r in rows if r["eps"] == top):
         col = _col(r)
-        out.append(_check(f"eps->large: {r['attack']} {col} reversal at {r['norm']} {r['eps_label']} ~ 0",
-                          r[col] <= cfg.zero_tolerance,
-                          f"accuracy {r[col]:.2%} (n={r['n']}), must be <= {cfg.zero_tolerance:.0%}"))
+        out.append(
+            _check(
+                f"eps->large: {r['attack']} {col} reversal at {r['norm']} {r['eps_label']} ~ 0",
+                r[col] <= cfg.zero_tolerance,
+                f"accuracy {r[col]:.2%} (n={r['n']}), must be <= {cfg.zero_tolerance:.0%}",
+            )
+        )
     if cfg.eps_sweep_norm == "Linf" and top < 32 / 255:
-        out.append(_check("eps->large: the sweep reaches a large eps", False,
-                          f"largest eps {top * 255:.0f}/255 < 32/255: 'accuracy goes to 0' is not tested"))
+        out.append(
+            _check(
+                "eps->large: the sweep reaches a large eps",
+                False,
+                f"largest eps {top * 255:.0f}/255 < 32/255: 'accuracy goes to 0' is not tested",
+            )
+        )
     return out
 
 
@@ -65,8 +75,13 @@ def standard_model_broken(summary: dict, cfg: EvalConfig) -> list[Check]:
     if not rows:
         return [_check("standard model ~0% under PGD-20 at 8/255", None, "not run")]
     a = rows[0]["without"]
-    return [_check("standard model ~0% under PGD-20 at 8/255", a <= cfg.zero_tolerance,
-                   f"accuracy {a:.2%} (n={rows[0]['n']}), must be <= {cfg.zero_tolerance:.0%}")]
+    return [
+        _check(
+            "standard model ~0% under PGD-20 at 8/255",
+            a <= cfg.zero_tolerance,
+            f"accuracy {a:.2%} (n={rows[0]['n']}), must be <= {cfg.zero_tolerance:.0%}",
+        )
+    ]
 
 
 def adaptive_strength(summary: dict, cfg: EvalConfig) -> list[Check]:
@@ -81,16 +96,25 @@ def adaptive_strength(summary: dict, cfg: EvalConfig) -> list[Check]:
         if wb and na:
             a, b = min(wb, key=lambda r: r["with"]), min(na, key=lambda r: r["with"])
             tol = tolerance(b["with"], min(a["n"], b["n"]), cfg.noise_tolerance)
-            out.append(_check(f"{lab}: adaptive attacks at least as strong as non-adaptive (with reversal)",
-                              a["with"] <= b["with"] + tol,
-                              f"strongest adaptive {a['attack']} {a['with']:.2%} vs non-adaptive {b['attack']} "
-                              f"{b['with']:.2%} (tolerance {tol:.2%})"))
+            out.append(
+                _check(
+                    f"{lab}: adaptive attacks at least as strong as non-adaptive (with reversal)",
+                    a["with"] <= b["with"] + tol,
+                    f"strongest adaptive {a['attack']} {a['with']:.2%} vs non-adaptive {b['attack']} "
+                    f"{b['with']:.2%} (tolerance {tol:.2%})",
+                )
+            )
         tr = [r for r in mine if r["attack"] == "transfer"]
         if tr and wb:
             t, a = tr[0], min(wb, key=lambda r: r["with"])
             tol = tolerance(a["with"], min(t["n"], a["n"]), cfg.noise_tolerance)
-            out.append(_check(f"{lab}: transfer >= white-box (with reversal)", t["with"] >= a["with"] - tol,
-                              f"transfer {t['with']:.2%} vs {a['attack']} {a['with']:.2%} (tolerance {tol:.2%})"))
+            out.append(
+                _check(
+                    f"{lab}: transfer >= white-box (with reversal)",
+                    t["with"] >= a["with"] - tol,
+                    f"transfer {t['with']:.2%} vs {a['attack']} {a['with']:.2%} (tolerance {tol:.2%})",
+                )
+            )
     return out
 
 
@@ -107,25 +131,36 @@ def _converged(name: str, pts: list[dict], main: Optional[dict], what: str, cfg:
         if b[col] > a[col] + tol:
             rises.append(f"{a['setting']}->{b['setting']}: {a[col]:.2%} -> {b[col]:.2%} (tolerance {tol:.2%})")
     curve = ", ".join(f"{p['setting']}: {p[col]:.2%}" for p in pts)
-    out.append(_check(f"more {name} {what} never raise accuracy ({col} reversal)", not rises,
-                      "; ".join(rises) if rises else f"accuracy by {what}: {curve}"))
+    out.append(
+        _check(
+            f"more {name} {what} never raise accuracy ({col} reversal)",
+            not rises,
+            "; ".join(rises) if rises else f"accuracy by {what}: {curve}",
+        )
+    )
     if main is not None and pts and main.get(col) is not None:
         top = pts[-1]
         ref = main["setting"]
         if top["setting"] > ref:
             tol = tolerance(main[col], min(main["n"], top["n"]), cfg.noise_tolerance)
-            out.append(_check(f"{name} converged: {top['setting']} {what} no lower than the main {ref}",
-                              top[col] >= main[col] - tol,
-                              f"{ref}: {main[col]:.2%} (main) vs {top['setting']}: {top[col]:.2%} "
-                              f"(tolerance {tol:.2%}); lower means the main setting is not converged"))
+            out.append(
+                _check(
+                    f"{name} converged: {top['setting']} {what} no lower than the main {ref}",
+                    top[col] >= main[col] - tol,
+                    f"{ref}: {main[col]:.2%} (main) vs {top['setting']}: {top[col]:.2%} "
+                    f"(tolerance {tol:.2%}); lower means the main setting is not converged",
+                )
+            )
     return out
 
 
 def convergence(summary: dict, cfg: EvalConfig) -> list[Check]:
     """Steps and EOT sweeps: no rise with more effort, and the largest setting does not beat the main one."""
     out: list[Check] = []
-    for group, what, attacks in (("attack_steps", "steps", cfg.steps_sweep_attacks), ("eot", "EOT draws",
-                                                                                      cfg.eot_sweep_attacks)):
+    for group, what, attacks in (
+        ("attack_steps", "steps", cfg.steps_sweep_attacks),
+        ("eot", "EOT draws", cfg.eot_sweep_attacks),
+    ):
         for name in attacks:
             pts = [r for r in summary["sweeps"][group] if r["attack"] == name]
             if not pts:
@@ -140,9 +175,14 @@ def multi_draw(summary: dict, cfg: EvalConfig) -> list[Check]:
     """A randomized defense is scored over several draws."""
     if summary["clean"].get("with") is None:
         return []
-    return [_check("randomized defense scored over several draws", cfg.draws >= 2,
-                   f"{cfg.draws} draw(s) per reversed input; clean draw disagreement "
-                   f"{(summary['clean'].get('with_disagreement') or 0):.2%}")]
+    return [
+        _check(
+            "randomized defense scored over several draws",
+            cfg.draws >= 2,
+            f"{cfg.draws} draw(s) per reversed input; clean draw disagreement "
+            f"{(summary['clean'].get('with_disagreement') or 0):.2%}",
+        )
+    ]
 
 
 CHECKS = (eps_to_zero, standard_model_broken, adaptive_strength, convergence, multi_draw)

@@ -8,6 +8,7 @@ Example:
     >>> cfg.threat_models, cfg.draws
     ({'Linf': 0.03137254901960784}, 3)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,8 +25,21 @@ RENAMED = {
     "full_gradient_smooth": "full_gradient_taus (a list, e.g. [0.1, 0.3, 1])",
 }
 
-FULL_ATTACKS = ["pgd", "cw", "apgd-ce", "autoattack", "defense_aware", "bpda_eot", "full_gradient",
-                "apgd_ce_bpda", "apgd_dlrt_bpda", "apgd_ce_full", "apgd_dlrt_full", "square", "transfer"]
+FULL_ATTACKS = [
+    "pgd",
+    "cw",
+    "apgd-ce",
+    "autoattack",
+    "defense_aware",
+    "bpda_eot",
+    "full_gradient",
+    "apgd_ce_bpda",
+    "apgd_dlrt_bpda",
+    "apgd_ce_full",
+    "apgd_dlrt_full",
+    "square",
+    "transfer",
+]
 
 
 def parse_eps(value: Union[float, int, str]) -> float:
@@ -126,7 +140,8 @@ class EvalConfig:
     square_n: int = 100
     transfer_steps: Optional[int] = None
     eps_sweep: list[Union[float, str]] = field(
-        default_factory=lambda: ["0/255", "2/255", "4/255", "8/255", "16/255", "32/255", "64/255"])
+        default_factory=lambda: ["0/255", "2/255", "4/255", "8/255", "16/255", "32/255", "64/255"]
+    )
     eps_sweep_norm: str = "Linf"
     eps_sweep_attacks: list[str] = field(default_factory=lambda: ["pgd", "bpda_eot"])
     eps_sweep_n: int = 200
@@ -164,10 +179,23 @@ class EvalConfig:
         _check_names("reversal_sweep_attacks", self.reversal_sweep_attacks, ("pgd", "bpda_eot"))
         for c in self.composition:
             if c != "clean_mates" and not (c.startswith("batch") and c[5:].isdigit() and int(c[5:]) >= 2):
-                raise ValueError(f"unknown composition '{c}'; use clean_mates or batch<N> with N >= 2 "
-                                 "(batch2, batch16)")
-        for name in ("draws", "steps", "restarts", "apgd_steps", "apgd_targets", "eot", "judge_draws", "mates_groups",
-                     "square_queries", "square_n", "eps_sweep_n", "steps_sweep_n"):
+                raise ValueError(
+                    f"unknown composition '{c}'; use clean_mates or batch<N> with N >= 2 (batch2, batch16)"
+                )
+        for name in (
+            "draws",
+            "steps",
+            "restarts",
+            "apgd_steps",
+            "apgd_targets",
+            "eot",
+            "judge_draws",
+            "mates_groups",
+            "square_queries",
+            "square_n",
+            "eps_sweep_n",
+            "steps_sweep_n",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("adaptive_steps", "adaptive_n", "full_gradient_steps", "full_gradient_batch", "transfer_steps"):
@@ -180,8 +208,9 @@ class EvalConfig:
             raise ValueError("defense_aware_lambdas and full_gradient_taus need at least one value each")
         if any(t < 0 for t in self.full_gradient_taus):
             raise ValueError(f"full_gradient_taus must be >= 0, got {self.full_gradient_taus}")
-        if (any(s < 1 for s in self.attack_steps_sweep + self.eot_sweep)
-                or any(s < 0 for s in self.reversal_steps_sweep)):
+        if any(s < 1 for s in self.attack_steps_sweep + self.eot_sweep) or any(
+            s < 0 for s in self.reversal_steps_sweep
+        ):
             raise ValueError("attack_steps_sweep and eot_sweep need values >= 1, reversal_steps_sweep values >= 0")
         self.attack_steps_sweep = sorted(set(int(s) for s in self.attack_steps_sweep))
         self.eot_sweep = sorted(set(int(s) for s in self.eot_sweep))
@@ -219,17 +248,19 @@ def _check_names(what: str, names: Sequence[str], allowed: Sequence[str]) -> Non
 def legacy_hint(message: str) -> Optional[str]:
     """For a parser error that names a setting of the earlier evaluation layout, where it lives now."""
     import re
-
     from dataclasses import fields
 
     names = {f.name for f in fields(EvalConfig)}
     for key in re.findall(r"[\"'`]?([a-z_]+)[\"'`]? (?:is not expected|is not accepted)", message) + re.findall(
-            r"--[\w.]*\.([a-z_]+)\b", message):
+        r"--[\w.]*\.([a-z_]+)\b", message
+    ):
         if key in RENAMED:
             return f"'{key}' is now config.{RENAMED[key]}"
         if key in names:
-            return (f"the evaluation's settings moved under 'config': write `init_args: {{config: {{{key}: ...}}}}` "
-                    f"for callbacks.RobustEvaluation (or --trainer.callbacks.init_args.config.{key} ...)")
+            return (
+                f"the evaluation's settings moved under 'config': write `init_args: {{config: {{{key}: ...}}}}` "
+                f"for callbacks.RobustEvaluation (or --trainer.callbacks.init_args.config.{key} ...)"
+            )
     return None
 
 

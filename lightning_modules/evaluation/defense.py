@@ -17,6 +17,7 @@ Example:
     >>> bool(((counts == 0) | (counts == 3)).all())
     True
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -41,17 +42,30 @@ class Defense:
         surrogate_fn: an independent model's logits (transfer attack); None: no transfer row.
     """
 
-    def __init__(self, model_fn: Fn, reverse_fn: Optional[Fn] = None, ssl_fn: Optional[Fn] = None, *,
-                 reverse_diff_fn: Optional[Callable] = None, reverse_steps_fn: Optional[Callable] = None,
-                 surrogate_fn: Optional[Fn] = None) -> None:
+    def __init__(
+        self,
+        model_fn: Fn,
+        reverse_fn: Optional[Fn] = None,
+        ssl_fn: Optional[Fn] = None,
+        *,
+        reverse_diff_fn: Optional[Callable] = None,
+        reverse_steps_fn: Optional[Callable] = None,
+        surrogate_fn: Optional[Fn] = None,
+    ) -> None:
         self.model_fn, self.reverse_fn, self.ssl_fn = model_fn, reverse_fn, ssl_fn
         self.reverse_diff_fn, self.reverse_steps_fn, self.surrogate_fn = reverse_diff_fn, reverse_steps_fn, surrogate_fn
 
     @classmethod
     def from_fns(cls, fns, surrogate_fn: Optional[Fn] = None) -> "Defense":
         """From a :class:`~lightning_modules.adaptive.ReversalFns`."""
-        return cls(fns.model_fn, fns.reverse, fns.ssl, reverse_diff_fn=fns.reverse_diff,
-                   reverse_steps_fn=fns.reverse_steps, surrogate_fn=surrogate_fn)
+        return cls(
+            fns.model_fn,
+            fns.reverse,
+            fns.ssl,
+            reverse_diff_fn=fns.reverse_diff,
+            reverse_steps_fn=fns.reverse_steps,
+            surrogate_fn=surrogate_fn,
+        )
 
     def has(self, need: str) -> bool:
         return getattr(self, need) is not None
@@ -60,8 +74,9 @@ class Defense:
         with torch.no_grad():
             return logits_of(self.model_fn, x).argmax(1)
 
-    def reverse(self, x: torch.Tensor, reverse_fn: Optional[Fn] = None,
-                mates: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def reverse(
+        self, x: torch.Tensor, reverse_fn: Optional[Fn] = None, mates: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The reversal of ``x``; a single image is reversed beside ``mates[0]`` (it needs a negative)."""
         rev = reverse_fn or self.reverse_fn
         if len(x) >= 2:
@@ -69,13 +84,15 @@ class Defense:
         pad = mates[:1] if mates is not None and len(mates) else x
         return rev(torch.cat([x, pad]))[:1]
 
-    def defended_logits(self, x: torch.Tensor, reverse_fn: Optional[Fn] = None,
-                        mates: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def defended_logits(
+        self, x: torch.Tensor, reverse_fn: Optional[Fn] = None, mates: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Logits of the defended model: one random draw of the reversal, then the classifier."""
         return logits_of(self.model_fn, self.reverse(x, reverse_fn, mates))
 
-    def _reversed(self, x_adv: torch.Tensor, x_clean: torch.Tensor, composition: str, groups: int,
-                  rev: Fn) -> torch.Tensor:
+    def _reversed(
+        self, x_adv: torch.Tensor, x_clean: torch.Tensor, composition: str, groups: int, rev: Fn
+    ) -> torch.Tensor:
         if composition == "batch":
             return rev(x_adv)
         if composition.startswith("batch"):
@@ -90,9 +107,16 @@ class Defense:
             return out
         raise ValueError(f"unknown composition '{composition}'")
 
-    def correct_draws(self, x_adv: torch.Tensor, y: torch.Tensor, draws: int = 1, composition: str = "batch",
-                      x_clean: Optional[torch.Tensor] = None, groups: int = 8,
-                      reverse_fn: Optional[Fn] = None) -> torch.Tensor:
+    def correct_draws(
+        self,
+        x_adv: torch.Tensor,
+        y: torch.Tensor,
+        draws: int = 1,
+        composition: str = "batch",
+        x_clean: Optional[torch.Tensor] = None,
+        groups: int = 8,
+        reverse_fn: Optional[Fn] = None,
+    ) -> torch.Tensor:
         """Per example, how many of ``draws`` independent reversals classify ``x_adv`` correctly."""
         rev = reverse_fn or self.reverse_fn
         if rev is None:

@@ -26,6 +26,7 @@ Example:
     >>> [r["attack"] for r in ev.summary()["rows"]]
     ['pgd', 'bpda_eot']
 """
+
 from __future__ import annotations
 
 import sys
@@ -61,9 +62,17 @@ class RobustEvaluator:
         n_batches: batches this process will see (for the time left).
     """
 
-    def __init__(self, defense: Defense, cfg: Optional[EvalConfig] = None, store: Optional[ResultStore] = None, *,
-                 should_stop: Optional[Callable[[], bool]] = None, on_row_done: Optional[Callable[[], None]] = None,
-                 log: Optional[Callable[[str], None]] = None, n_batches: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        defense: Defense,
+        cfg: Optional[EvalConfig] = None,
+        store: Optional[ResultStore] = None,
+        *,
+        should_stop: Optional[Callable[[], bool]] = None,
+        on_row_done: Optional[Callable[[], None]] = None,
+        log: Optional[Callable[[str], None]] = None,
+        n_batches: Optional[int] = None,
+    ) -> None:
         self.defense, self.cfg = defense, cfg or EvalConfig()
         self.store = store if store is not None else ResultStore()
         self.should_stop, self.on_row_done, self.n_batches = should_stop, on_row_done, n_batches
@@ -74,8 +83,9 @@ class RobustEvaluator:
         self._batches_done, self._batch_seconds = 0, 0.0
 
     @classmethod
-    def for_reversal(cls, fns: Any, cfg: Optional[EvalConfig] = None, surrogate_fn: Optional[Fn] = None,
-                     **kw: Any) -> "RobustEvaluator":
+    def for_reversal(
+        cls, fns: Any, cfg: Optional[EvalConfig] = None, surrogate_fn: Optional[Fn] = None, **kw: Any
+    ) -> "RobustEvaluator":
         """Wire every callable from a :class:`~lightning_modules.adaptive.ReversalFns`."""
         return cls(Defense.from_fns(fns, surrogate_fn), cfg, **kw)
 
@@ -87,12 +97,13 @@ class RobustEvaluator:
     # -- the rows -------------------------------------------------------------------------------
     def catalog(self) -> list[Row]:
         """Every row of the evaluation, in the order they run (:func:`~.catalog.build_catalog`)."""
-        return build_catalog(self.cfg, self.defense.reverse_fn is not None, self.missing,
-                             "reversal_steps_sweep" not in self.skipped)
+        return build_catalog(
+            self.cfg, self.defense.reverse_fn is not None, self.missing, "reversal_steps_sweep" not in self.skipped
+        )
 
     # -- one batch ------------------------------------------------------------------------------
     def _seed(self, seed_key: str, idx: torch.Tensor) -> int:
-        s = (self.cfg.seed * 1_000_003 + zlib.crc32(seed_key.encode()) + 7919 * int(idx.min())) % (2 ** 31 - 1)
+        s = (self.cfg.seed * 1_000_003 + zlib.crc32(seed_key.encode()) + 7919 * int(idx.min())) % (2**31 - 1)
         torch.manual_seed(s)
         return s
 
@@ -126,8 +137,17 @@ class RobustEvaluator:
         if row.attack == "clean":
             x_adv = xs
         else:
-            job = Job(xs, ys, row.norm, row.eps, row.cfg or c, d, row.params, seed,
-                      reverse_fn=rev if ATTACKS[row.attack].adaptive else None)
+            job = Job(
+                xs,
+                ys,
+                row.norm,
+                row.eps,
+                row.cfg or c,
+                d,
+                row.params,
+                seed,
+                reverse_fn=rev if ATTACKS[row.attack].adaptive else None,
+            )
             x_adv = ATTACKS[row.attack].craft(job) if row.eps > 0 else xs
         self._seed(key(row.seed_key or row.key, "score"), ids)
         for col in todo:
@@ -135,12 +155,17 @@ class RobustEvaluator:
                 st.add(f"{row.key}|without", ids, d.predict(x_adv) == ys)
             else:
                 comp = col.split("@", 1)[1] if "@" in col else "batch"
-                st.add(f"{row.key}|{col}", ids, d.correct_draws(x_adv, ys, c.draws, comp, xs, c.mates_groups, rev),
-                       draws=c.draws)
+                st.add(
+                    f"{row.key}|{col}",
+                    ids,
+                    d.correct_draws(x_adv, ys, c.draws, comp, xs, c.mates_groups, rev),
+                    draws=c.draws,
+                )
         st.seconds[f"{row.key}|{todo[0]}"] = st.seconds.get(f"{row.key}|{todo[0]}", 0.0) + time.perf_counter() - t0
 
-    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-                       batch_idx: Optional[int] = None) -> None:
+    def evaluate_batch(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batch_idx: Optional[int] = None
+    ) -> None:
         """Record every row for this batch (``x`` in ``[0, 1]``); rows already stored are skipped."""
         x, y, idx = x.detach().float(), y.detach(), torch.as_tensor(idx).detach().cpu()
         if x.min() < 0 or x.max() > 1:
@@ -154,9 +179,11 @@ class RobustEvaluator:
         t_batch = time.perf_counter()
         for i, row in enumerate(rows):
             if self.should_stop is not None and self.should_stop():
-                raise EvaluationStopped(f"evaluation stopped (SIGTERM) before row {i + 1}/{len(rows)} of batch "
-                                        f"{b + 1}: "
-                                        "every finished row is saved; rerun the same command to resume")
+                raise EvaluationStopped(
+                    f"evaluation stopped (SIGTERM) before row {i + 1}/{len(rows)} of batch "
+                    f"{b + 1}: "
+                    "every finished row is saved; rerun the same command to resume"
+                )
             t0 = time.perf_counter()
             self._run_row(row, x, y, idx)
             if self.on_row_done is not None:
@@ -169,8 +196,11 @@ class RobustEvaluator:
         """Convenience loop over tensors (``idx`` = position, a 1-image tail merged); returns :meth:`summary`."""
         from ..defense_attacks import chunks
 
-        spans = chunks(len(x), batch_size) if self.defense.reverse_fn is not None else [
-            (s, min(len(x), s + batch_size)) for s in range(0, len(x), batch_size)]
+        spans = (
+            chunks(len(x), batch_size)
+            if self.defense.reverse_fn is not None
+            else [(s, min(len(x), s + batch_size)) for s in range(0, len(x), batch_size)]
+        )
         self.n_batches = self.n_batches or len(spans)
         for b, (s, e) in enumerate(spans):
             self.evaluate_batch(x[s:e], y[s:e], torch.arange(s, e), b)
@@ -181,8 +211,7 @@ class RobustEvaluator:
         where = f"{row.group} {row.norm} {row.label}".replace("  ", " ").strip()
         left = ""
         if self.n_batches:
-            per_batch = (self._batch_seconds / self._batches_done if self._batches_done
-                         else in_batch / (i + 1) * n_rows)
+            per_batch = self._batch_seconds / self._batches_done if self._batches_done else in_batch / (i + 1) * n_rows
             rest = per_batch * (self.n_batches - self._batches_done) - in_batch
             left = f", about {_duration(max(rest, 0.0))} left" + ("" if self._batches_done else " (first batch: rough)")
         return f"[eval] batch {b + 1}{nb} row {i + 1}/{n_rows} {where}: {dt:.1f} s{left}"

@@ -20,6 +20,7 @@ Example:
     >>> [ATTACKS["full_gradient"].ident(cfg, v) for v in ATTACKS["full_gradient"].variants(cfg)][:1]
     ['full_gradient20x1-a0.25-eot20-unrollall-tau0.1']
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class Job:
     defense: Defense
     params: dict = field(default_factory=dict)
     seed: int = 0
-    reverse_fn: Optional[Fn] = None   # attacks this reversal instead (reversal-steps sweep)
+    reverse_fn: Optional[Fn] = None  # attacks this reversal instead (reversal-steps sweep)
 
     @property
     def alpha(self) -> float:
@@ -80,16 +81,16 @@ class Attack:
     """One attack of the evaluation (see the module doc)."""
 
     name: str
-    kind: str                                      # "non-adaptive" | "adaptive"
+    kind: str  # "non-adaptive" | "adaptive"
     craft: Callable[[Job], torch.Tensor]
     label: Callable[[EvalConfig, dict], str]
     ident: Callable[[EvalConfig, dict], str]
-    needs: tuple[str, ...] = ()                    # Defense attributes it needs, e.g. ("reverse_fn",)
-    steps_field: str = "steps"                     # the EvalConfig field a steps sweep changes
+    needs: tuple[str, ...] = ()  # Defense attributes it needs, e.g. ("reverse_fn",)
+    steps_field: str = "steps"  # the EvalConfig field a steps sweep changes
     norms: tuple[str, ...] = ("Linf", "L2")
     variants: Callable[[EvalConfig], list[dict]] = lambda c: [{}]
-    subset: Callable[[EvalConfig], Optional[int]] = lambda c: None   # runs on idx < subset
-    partial: bool = False                          # meant for a smaller subset: does not narrow the headline
+    subset: Callable[[EvalConfig], Optional[int]] = lambda c: None  # runs on idx < subset
+    partial: bool = False  # meant for a smaller subset: does not narrow the headline
 
     @property
     def adaptive(self) -> bool:
@@ -99,14 +100,17 @@ class Attack:
 # -- craft functions ------------------------------------------------------------------------------
 def _pgd(loss: str) -> Callable[[Job], torch.Tensor]:
     def craft(j: Job) -> torch.Tensor:
-        return pgd(j.defense.model_fn, j.x, j.y, j.eps, j.alpha, j.cfg.steps, j.norm, loss=loss,
-                   restarts=j.cfg.restarts)
+        return pgd(
+            j.defense.model_fn, j.x, j.y, j.eps, j.alpha, j.cfg.steps, j.norm, loss=loss, restarts=j.cfg.restarts
+        )
+
     return craft
 
 
 def _apgd_classifier(j: Job) -> torch.Tensor:
-    return autoattack.apgd(j.defense.model_fn, j.x, j.y, j.eps, j.norm, j.cfg.apgd_steps, j.cfg.restarts,
-                           "ce", seed=j.seed)
+    return autoattack.apgd(
+        j.defense.model_fn, j.x, j.y, j.eps, j.norm, j.cfg.apgd_steps, j.cfg.restarts, "ce", seed=j.seed
+    )
 
 
 def _autoattack(j: Job) -> torch.Tensor:
@@ -117,24 +121,56 @@ def _defense_aware(j: Job) -> torch.Tensor:
     steps = j.cfg.n_adaptive_steps
     marks = {max(1, steps * k // 4) for k in (1, 2, 3)}
     cands: list[torch.Tensor] = []
-    x_last = adaptive.defense_aware(j.defense.model_fn, j.defense.ssl_fn, j.x, j.y, j.eps, j.alpha, steps, j.norm,
-                                    j.params["lam"], j.cfg.restarts,
-                                    on_step=lambda k, xk: cands.append(xk) if k in marks else None)
+    x_last = adaptive.defense_aware(
+        j.defense.model_fn,
+        j.defense.ssl_fn,
+        j.x,
+        j.y,
+        j.eps,
+        j.alpha,
+        steps,
+        j.norm,
+        j.params["lam"],
+        j.cfg.restarts,
+        on_step=lambda k, xk: cands.append(xk) if k in marks else None,
+    )
     return defense_attacks.pick_best(cands + [x_last], j.defended, j.y, j.cfg.judge_draws)
 
 
 def _bpda_eot(j: Job) -> torch.Tensor:
     t = defense_attacks.BestIterate(j.x, j.y)
-    x_last = adaptive.bpda_eot(j.defense.model_fn, j.rev, j.x, j.y, j.eps, j.alpha, j.cfg.n_adaptive_steps,
-                               j.norm, j.cfg.eot, j.cfg.restarts, observe=t.observe)
+    x_last = adaptive.bpda_eot(
+        j.defense.model_fn,
+        j.rev,
+        j.x,
+        j.y,
+        j.eps,
+        j.alpha,
+        j.cfg.n_adaptive_steps,
+        j.norm,
+        j.cfg.eot,
+        j.cfg.restarts,
+        observe=t.observe,
+    )
     return j.best_of(t, x_last)
 
 
 def _full_gradient(j: Job) -> torch.Tensor:
     t = defense_attacks.BestIterate(j.x, j.y)
-    x_last = adaptive.full_gradient(j.defense.model_fn, j.reverse_diff(j.params["tau"]), j.x, j.y, j.eps, j.alpha,
-                                    j.cfg.n_adaptive_steps, j.norm, j.cfg.eot, j.cfg.restarts,
-                                    batch_size=j.cfg.full_gradient_batch, observe=j.observer(t, "full"))
+    x_last = adaptive.full_gradient(
+        j.defense.model_fn,
+        j.reverse_diff(j.params["tau"]),
+        j.x,
+        j.y,
+        j.eps,
+        j.alpha,
+        j.cfg.n_adaptive_steps,
+        j.norm,
+        j.cfg.eot,
+        j.cfg.restarts,
+        batch_size=j.cfg.full_gradient_batch,
+        observe=j.observer(t, "full"),
+    )
     return j.best_of(t, x_last)
 
 
@@ -143,12 +179,18 @@ def _apgd_defense(stand_in: str, loss: str) -> Callable[[Job], torch.Tensor]:
         t = defense_attacks.BestIterate(j.x, j.y)
         d = j.defense
         obs = j.observer(t, stand_in)
-        net = (defense_attacks.StandIn(d.model_fn, j.rev, mode="bpda", observe=obs) if stand_in == "bpda" else
-               defense_attacks.StandIn(d.model_fn, reverse_diff_fn=j.reverse_diff(j.params["tau"]), mode="full",
-                                       observe=obs))
-        own = defense_attacks.apgd_eot(net, j.x, j.y, j.eps, j.norm, j.cfg.apgd_steps, j.cfg.eot, loss,
-                                       j.cfg.apgd_targets, seed=j.seed)
+        net = (
+            defense_attacks.StandIn(d.model_fn, j.rev, mode="bpda", observe=obs)
+            if stand_in == "bpda"
+            else defense_attacks.StandIn(
+                d.model_fn, reverse_diff_fn=j.reverse_diff(j.params["tau"]), mode="full", observe=obs
+            )
+        )
+        own = defense_attacks.apgd_eot(
+            net, j.x, j.y, j.eps, j.norm, j.cfg.apgd_steps, j.cfg.eot, loss, j.cfg.apgd_targets, seed=j.seed
+        )
         return j.best_of(t, *own)
+
     return craft
 
 
@@ -158,8 +200,9 @@ def _square(j: Job) -> torch.Tensor:
 
 
 def _transfer(j: Job) -> torch.Tensor:
-    return pgd(j.defense.surrogate_fn, j.x, j.y, j.eps, j.alpha, j.cfg.n_transfer_steps, j.norm,
-               restarts=j.cfg.restarts)
+    return pgd(
+        j.defense.surrogate_fn, j.x, j.y, j.eps, j.alpha, j.cfg.n_transfer_steps, j.norm, restarts=j.cfg.restarts
+    )
 
 
 # -- the registry ---------------------------------------------------------------------------------
@@ -175,61 +218,149 @@ _taus = lambda c: [{"tau": t} for t in c.full_gradient_taus]  # noqa: E731
 _adaptive_n = lambda c: c.adaptive_n  # noqa: E731
 _R = ("reverse_fn",)
 
-ATTACKS: dict[str, Attack] = {a.name: a for a in [
-    Attack("pgd", "non-adaptive", _pgd("ce"),
-           lambda c, v: f"PGD-{c.steps} (CE)", lambda c, v: f"pgd{c.steps}x{c.restarts}-{_a(c)}"),
-    Attack("cw", "non-adaptive", _pgd("cw"),
-           lambda c, v: f"CW-margin PGD-{c.steps}", lambda c, v: f"cw{c.steps}x{c.restarts}-{_a(c)}"),
-    Attack("apgd-ce", "non-adaptive", _apgd_classifier,
-           lambda c, v: f"APGD-CE-{c.apgd_steps} (pyautoattack)", lambda c, v: f"apgd-ce{c.apgd_steps}x{c.restarts}",
-           steps_field="apgd_steps"),
-    Attack("autoattack", "non-adaptive", _autoattack,
-           lambda c, v: "AutoAttack standard (pyautoattack)", lambda c, v: "autoattack-standard"),
-    Attack("defense_aware", "adaptive", _defense_aware,
-           lambda c, v: f"Defense-aware PGD-{c.n_adaptive_steps} (CE - {v['lam']:g} L_ssl)",
-           lambda c, v: f"defense_aware{c.n_adaptive_steps}x{c.restarts}-{_a(c)}-l{v['lam']:g}-j{c.judge_draws}",
-           needs=("reverse_fn", "ssl_fn"), steps_field="adaptive_steps",
-           variants=lambda c: [{"lam": v} for v in c.defense_aware_lambdas],
-           subset=_adaptive_n),
-    Attack("bpda_eot", "adaptive", _bpda_eot,
-           lambda c, v: f"BPDA + EOT-{c.eot} PGD-{c.n_adaptive_steps}",
-           lambda c, v: f"bpda_eot{c.n_adaptive_steps}x{c.restarts}-{_a(c)}-eot{c.eot}-j{c.judge_draws}",
-           needs=_R, steps_field="adaptive_steps", subset=_adaptive_n),
-    Attack("full_gradient", "adaptive", _full_gradient,
-           lambda c, v: f"Full gradient + EOT-{c.eot} PGD-{c.n_adaptive_steps} (tau {v['tau']:g}, {_fg(c)})",
-           lambda c, v: f"full_gradient{c.n_adaptive_steps}x{c.restarts}-{_a(c)}-eot{c.eot}-{_fg(c)}-tau{v['tau']:g}",
-           needs=("reverse_fn", "reverse_diff_fn"), steps_field="adaptive_steps", variants=_taus,
-           subset=_adaptive_n),
-    Attack("apgd_ce_bpda", "adaptive", _apgd_defense("bpda", "ce"),
-           lambda c, v: f"APGD-CE-{c.apgd_steps} + EOT-{c.eot} (BPDA: reversal straight-through)",
-           lambda c, v: f"apgd_ce_bpda{c.apgd_steps}-eot{c.eot}", needs=_R, steps_field="apgd_steps",
-           subset=_adaptive_n),
-    Attack("apgd_dlrt_bpda", "adaptive", _apgd_defense("bpda", "dlr-t"),
-           lambda c, v: f"APGD-DLR-T-{c.apgd_steps} x{c.apgd_targets} targets + EOT-{c.eot} (BPDA)",
-           lambda c, v: f"apgd_dlrt_bpda{c.apgd_steps}x{c.apgd_targets}-eot{c.eot}", needs=_R,
-           steps_field="apgd_steps", subset=_adaptive_n),
-    Attack("apgd_ce_full", "adaptive", _apgd_defense("full", "ce"),
-           lambda c, v: f"APGD-CE-{c.apgd_steps} + EOT-{c.eot} (full gradient, tau {v['tau']:g})",
-           lambda c, v: f"apgd_ce_full{c.apgd_steps}-eot{c.eot}-{_fg(c)}-tau{v['tau']:g}",
-           needs=("reverse_fn", "reverse_diff_fn"), steps_field="apgd_steps", variants=_taus, subset=_adaptive_n),
-    Attack("apgd_dlrt_full", "adaptive", _apgd_defense("full", "dlr-t"),
-           lambda c, v: f"APGD-DLR-T-{c.apgd_steps} x{c.apgd_targets} targets + EOT-{c.eot} (full gradient, "
-                        f"tau {v['tau']:g})",
-           lambda c, v: f"apgd_dlrt_full{c.apgd_steps}x{c.apgd_targets}-eot{c.eot}-{_fg(c)}-tau{v['tau']:g}",
-           needs=("reverse_fn", "reverse_diff_fn"), steps_field="apgd_steps", variants=_taus, subset=_adaptive_n),
-    Attack("square", "adaptive", _square,
-           lambda c, v: f"Square-{c.square_queries} (gradient-free, on the randomized defense)",
-           lambda c, v: f"square{c.square_queries}-j{c.judge_draws}", needs=_R, steps_field="square_queries",
-           subset=lambda c: min(c.square_n, c.adaptive_n or c.square_n), partial=True),
-    Attack("transfer", "adaptive", _transfer,
-           lambda c, v: f"Transfer: PGD-{c.n_transfer_steps} on an independent surrogate model",
-           lambda c, v: f"transfer{c.n_transfer_steps}x{c.restarts}-{_a(c)}", needs=("reverse_fn", "surrogate_fn"),
-           steps_field="transfer_steps"),
-]}
+ATTACKS: dict[str, Attack] = {
+    a.name: a
+    for a in [
+        Attack(
+            "pgd",
+            "non-adaptive",
+            _pgd("ce"),
+            lambda c, v: f"PGD-{c.steps} (CE)",
+            lambda c, v: f"pgd{c.steps}x{c.restarts}-{_a(c)}",
+        ),
+        Attack(
+            "cw",
+            "non-adaptive",
+            _pgd("cw"),
+            lambda c, v: f"CW-margin PGD-{c.steps}",
+            lambda c, v: f"cw{c.steps}x{c.restarts}-{_a(c)}",
+        ),
+        Attack(
+            "apgd-ce",
+            "non-adaptive",
+            _apgd_classifier,
+            lambda c, v: f"APGD-CE-{c.apgd_steps} (pyautoattack)",
+            lambda c, v: f"apgd-ce{c.apgd_steps}x{c.restarts}",
+            steps_field="apgd_steps",
+        ),
+        Attack(
+            "autoattack",
+            "non-adaptive",
+            _autoattack,
+            lambda c, v: "AutoAttack standard (pyautoattack)",
+            lambda c, v: "autoattack-standard",
+        ),
+        Attack(
+            "defense_aware",
+            "adaptive",
+            _defense_aware,
+            lambda c, v: f"Defense-aware PGD-{c.n_adaptive_steps} (CE - {v['lam']:g} L_ssl)",
+            lambda c, v: f"defense_aware{c.n_adaptive_steps}x{c.restarts}-{_a(c)}-l{v['lam']:g}-j{c.judge_draws}",
+            needs=("reverse_fn", "ssl_fn"),
+            steps_field="adaptive_steps",
+            variants=lambda c: [{"lam": v} for v in c.defense_aware_lambdas],
+            subset=_adaptive_n,
+        ),
+        Attack(
+            "bpda_eot",
+            "adaptive",
+            _bpda_eot,
+            lambda c, v: f"BPDA + EOT-{c.eot} PGD-{c.n_adaptive_steps}",
+            lambda c, v: f"bpda_eot{c.n_adaptive_steps}x{c.restarts}-{_a(c)}-eot{c.eot}-j{c.judge_draws}",
+            needs=_R,
+            steps_field="adaptive_steps",
+            subset=_adaptive_n,
+        ),
+        Attack(
+            "full_gradient",
+            "adaptive",
+            _full_gradient,
+            lambda c, v: f"Full gradient + EOT-{c.eot} PGD-{c.n_adaptive_steps} (tau {v['tau']:g}, {_fg(c)})",
+            lambda c, v: f"full_gradient{c.n_adaptive_steps}x{c.restarts}-{_a(c)}-eot{c.eot}-{_fg(c)}-tau{v['tau']:g}",
+            needs=("reverse_fn", "reverse_diff_fn"),
+            steps_field="adaptive_steps",
+            variants=_taus,
+            subset=_adaptive_n,
+        ),
+        Attack(
+            "apgd_ce_bpda",
+            "adaptive",
+            _apgd_defense("bpda", "ce"),
+            lambda c, v: f"APGD-CE-{c.apgd_steps} + EOT-{c.eot} (BPDA: reversal straight-through)",
+            lambda c, v: f"apgd_ce_bpda{c.apgd_steps}-eot{c.eot}",
+            needs=_R,
+            steps_field="apgd_steps",
+            subset=_adaptive_n,
+        ),
+        Attack(
+            "apgd_dlrt_bpda",
+            "adaptive",
+            _apgd_defense("bpda", "dlr-t"),
+            lambda c, v: f"APGD-DLR-T-{c.apgd_steps} x{c.apgd_targets} targets + EOT-{c.eot} (BPDA)",
+            lambda c, v: f"apgd_dlrt_bpda{c.apgd_steps}x{c.apgd_targets}-eot{c.eot}",
+            needs=_R,
+            steps_field="apgd_steps",
+            subset=_adaptive_n,
+        ),
+        Attack(
+            "apgd_ce_full",
+            "adaptive",
+            _apgd_defense("full", "ce"),
+            lambda c, v: f"APGD-CE-{c.apgd_steps} + EOT-{c.eot} (full gradient, tau {v['tau']:g})",
+            lambda c, v: f"apgd_ce_full{c.apgd_steps}-eot{c.eot}-{_fg(c)}-tau{v['tau']:g}",
+            needs=("reverse_fn", "reverse_diff_fn"),
+            steps_field="apgd_steps",
+            variants=_taus,
+            subset=_adaptive_n,
+        ),
+        Attack(
+            "apgd_dlrt_full",
+            "adaptive",
+            _apgd_defense("full", "dlr-t"),
+            lambda c, v: (
+                f"APGD-DLR-T-{c.apgd_steps} x{c.apgd_targets} targets + EOT-{c.eot} (full gradient, tau {v['tau']:g})"
+            ),
+            lambda c, v: f"apgd_dlrt_full{c.apgd_steps}x{c.apgd_targets}-eot{c.eot}-{_fg(c)}-tau{v['tau']:g}",
+            needs=("reverse_fn", "reverse_diff_fn"),
+            steps_field="apgd_steps",
+            variants=_taus,
+            subset=_adaptive_n,
+        ),
+        Attack(
+            "square",
+            "adaptive",
+            _square,
+            lambda c, v: f"Square-{c.square_queries} (gradient-free, on the randomized defense)",
+            lambda c, v: f"square{c.square_queries}-j{c.judge_draws}",
+            needs=_R,
+            steps_field="square_queries",
+            subset=lambda c: min(c.square_n, c.adaptive_n or c.square_n),
+            partial=True,
+        ),
+        Attack(
+            "transfer",
+            "adaptive",
+            _transfer,
+            lambda c, v: f"Transfer: PGD-{c.n_transfer_steps} on an independent surrogate model",
+            lambda c, v: f"transfer{c.n_transfer_steps}x{c.restarts}-{_a(c)}",
+            needs=("reverse_fn", "surrogate_fn"),
+            steps_field="transfer_steps",
+        ),
+    ]
+}
 
 # attacks whose iterations / EOT a sweep can change (the convergence checks)
-SWEEPABLE = ("pgd", "cw", "defense_aware", "bpda_eot", "full_gradient", "apgd_ce_bpda", "apgd_dlrt_bpda",
-             "apgd_ce_full", "apgd_dlrt_full")
+SWEEPABLE = (
+    "pgd",
+    "cw",
+    "defense_aware",
+    "bpda_eot",
+    "full_gradient",
+    "apgd_ce_bpda",
+    "apgd_dlrt_bpda",
+    "apgd_ce_full",
+    "apgd_dlrt_full",
+)
 
 # attacks that average gradients over draws (the EOT sweep)
 EOT_ATTACKS = ("bpda_eot", "full_gradient", "apgd_ce_bpda", "apgd_dlrt_bpda", "apgd_ce_full", "apgd_dlrt_full")
@@ -246,7 +377,7 @@ WHY_MISSING = {
     "ssl_fn": "no contrastive loss (ssl_fn) given",
     "reverse_diff_fn": "no differentiable reversal (reverse_diff_fn) given",
     "surrogate_fn": "no independent surrogate model: set transfer_from to another checkpoint (PGD on the "
-                    "evaluated classifier itself is not a transfer attack)",
+    "evaluated classifier itself is not a transfer attack)",
 }
 
 __all__ = ["Attack", "Job", "ATTACKS", "SWEEPABLE", "EOT_ATTACKS", "WHY_MISSING", "main_setting"]

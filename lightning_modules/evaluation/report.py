@@ -17,6 +17,7 @@ Example:
     >>> print(markdown_table(summary).splitlines()[2])
     | clean | - | - | 90.00% | 88.00% | 90.00% | 4.00% | 86.00% | 10 | 1 s |
 """
+
 from __future__ import annotations
 
 import json
@@ -35,17 +36,21 @@ def _pct(v: Optional[float]) -> str:
 
 
 def _cells(r: dict) -> str:
-    return (f"{_pct(r.get('without'))} | {_pct(r.get('with'))} | {_pct(r.get('with_mean'))} | "
-            f"{_pct(r.get('with_disagreement'))} | {_pct(r.get('with_worst'))} | {r.get('n', 0)} | "
-            f"{r.get('time_s', 0):.0f} s")
+    return (
+        f"{_pct(r.get('without'))} | {_pct(r.get('with'))} | {_pct(r.get('with_mean'))} | "
+        f"{_pct(r.get('with_disagreement'))} | {_pct(r.get('with_worst'))} | {r.get('n', 0)} | "
+        f"{r.get('time_s', 0):.0f} s"
+    )
 
 
 def markdown_table(summary: dict) -> str:
     """The main table: clean, one row per (threat model, attack, variant), the worst case per threat model."""
     d = summary.get("draws", 1)
-    lines = [f"| Threat model | Attack | Type | Without reversal | With reversal (all {d} draws) | With, mean over "
-             "draws | Draw disagreement | With, worst batch composition | n | time |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| Threat model | Attack | Type | Without reversal | With reversal (all {d} draws) | With, mean over "
+        "draws | Draw disagreement | With, worst batch composition | n | time |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     lines.append(f"| clean | - | - | {_cells(summary['clean'])} |")
     worst = {(w["threat"], w["eps"]): w for w in summary.get("worst_case", [])}
     threats = list(dict.fromkeys((r["threat"], r["eps"]) for r in summary.get("rows", [])))
@@ -56,9 +61,11 @@ def markdown_table(summary: dict) -> str:
             lines.append(f"| {r['threat']} {r['eps_label']} | {r['label']}{sub} | {r['kind']} | {_cells(r)} |")
         w = worst.get(t)
         if w is not None:
-            lines.append(f"| {w['threat']} {w['eps_label']} | **worst case per example (every attack, draw and "
-                         f"composition)**{unreliable} | all | **{_pct(w['without'])}** | **{_pct(w['with'])}** | | | | "
-                         f"{w['n']} | |")
+            lines.append(
+                f"| {w['threat']} {w['eps_label']} | **worst case per example (every attack, draw and "
+                f"composition)**{unreliable} | all | **{_pct(w['without'])}** | **{_pct(w['with'])}** | | | | "
+                f"{w['n']} | |"
+            )
     return "\n".join(lines)
 
 
@@ -73,10 +80,17 @@ def sanity_lines(summary: dict) -> list[str]:
 def _sweep_table(title: str, rows: list[dict], setting: str) -> list[str]:
     if not rows:
         return []
-    md = [f"## {title}", "", f"| attack | {setting} | Without reversal | With reversal (all draws) | With, mean | n |",
-          "|---|---:|---:|---:|---:|---:|"]
-    md += [f"| {r['attack']} | {r['eps_label'] if setting == 'eps' else r['setting']} | {_pct(r.get('without'))} | "
-           f"{_pct(r.get('with'))} | {_pct(r.get('with_mean'))} | {r['n']} |" for r in rows]
+    md = [
+        f"## {title}",
+        "",
+        f"| attack | {setting} | Without reversal | With reversal (all draws) | With, mean | n |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    md += [
+        f"| {r['attack']} | {r['eps_label'] if setting == 'eps' else r['setting']} | {_pct(r.get('without'))} | "
+        f"{_pct(r.get('with'))} | {_pct(r.get('with_mean'))} | {r['n']} |"
+        for r in rows
+    ]
     return md + [""]
 
 
@@ -85,8 +99,11 @@ def markdown_report(summary: dict, title: str = "Robustness evaluation") -> str:
     md = [f"# {title}", ""]
     bad = failed_checks(summary)
     if bad:
-        md += [f"> **WARNING: {len(bad)} SANITY CHECK(S) FAILED — the headline is UNRELIABLE:**",
-               *[f"> - {s['name']}: {s['detail']}" for s in bad], ""]
+        md += [
+            f"> **WARNING: {len(bad)} SANITY CHECK(S) FAILED — the headline is UNRELIABLE:**",
+            *[f"> - {s['name']}: {s['detail']}" for s in bad],
+            "",
+        ]
     meta = summary.get("meta", {})
     if meta.get("model"):
         ckpt = f", checkpoint `{meta['checkpoint']}`" if meta.get("checkpoint") else ""
@@ -95,17 +112,24 @@ def markdown_report(summary: dict, title: str = "Robustness evaluation") -> str:
     if heads:
         tag = "" if summary.get("reliable", True) else " — **UNRELIABLE** (see the failed checks)"
         md += [f"**Headline** (worst case per example over every attack, draw and batch composition){tag}:", ""]
-        md += [f"- {w['threat']} {w['eps_label']}: robust accuracy {_pct(w['without'])} without the reversal, "
-               f"**{_pct(w['with'])} with the reversal** (n={w['n']})" for w in heads]
+        md += [
+            f"- {w['threat']} {w['eps_label']}: robust accuracy {_pct(w['without'])} without the reversal, "
+            f"**{_pct(w['with'])} with the reversal** (n={w['n']})"
+            for w in heads
+        ]
         md.append("")
-    md += [markdown_table(summary), "",
-           "Non-adaptive attacks are crafted on the classifier alone; *with reversal* reverses those examples before "
-           "classifying. Adaptive attacks are crafted against the whole defense and keep their best iterate per "
-           f"example; *without reversal* classifies their examples with the classifier alone. Every reversed input "
-           f"is reversed {summary.get('draws', 1)} times with independent randomness and counts as correct only if "
-           "every draw is; *draw disagreement* is the share of examples whose draws differ. The worst case counts "
-           "an example as robust only if it is classified correctly clean and under every attack of its threat "
-           "model, every draw and every batch composition.", ""]
+    md += [
+        markdown_table(summary),
+        "",
+        "Non-adaptive attacks are crafted on the classifier alone; *with reversal* reverses those examples before "
+        "classifying. Adaptive attacks are crafted against the whole defense and keep their best iterate per "
+        f"example; *without reversal* classifies their examples with the classifier alone. Every reversed input "
+        f"is reversed {summary.get('draws', 1)} times with independent randomness and counts as correct only if "
+        "every draw is; *draw disagreement* is the share of examples whose draws differ. The worst case counts "
+        "an example as robust only if it is classified correctly clean and under every attack of its threat "
+        "model, every draw and every batch composition.",
+        "",
+    ]
     sw = summary.get("sweeps", {})
     md += _sweep_table("Accuracy vs eps", sw.get("eps", []), "eps")
     md += _sweep_table("Accuracy vs attack steps (convergence)", sw.get("attack_steps", []), "steps")
@@ -179,10 +203,15 @@ def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
         return None
     fig, ax = pyplot().subplots(figsize=(6, 4))
     for attack in dict.fromkeys(r["attack"] for r in rows):
-        pts = sorted((r for r in rows if r["attack"] == attack and r.get("with") is not None),
-                     key=lambda r: r["setting"])
-        ax.plot([r["setting"] for r in pts], [100 * r["with"] for r in pts], marker="o",
-                label=attack if attack == "clean" else f"{attack} ({pts[0]['kind'] if pts else ''})")
+        pts = sorted(
+            (r for r in rows if r["attack"] == attack and r.get("with") is not None), key=lambda r: r["setting"]
+        )
+        ax.plot(
+            [r["setting"] for r in pts],
+            [100 * r["with"] for r in pts],
+            marker="o",
+            label=attack if attack == "clean" else f"{attack} ({pts[0]['kind'] if pts else ''})",
+        )
     return _finish(fig, ax, "reversal steps", "accuracy after reversal (%)", "Accuracy vs reversal steps", path)
 
 
@@ -194,8 +223,10 @@ def write_report(summary: dict, out_dir: str | Path, name: str = REPORT_NAME, pl
     atomic_write_text(paths["json"], json.dumps(summary, indent=2, default=str))
     atomic_write_text(paths["markdown"], markdown_report(summary))
     if plots:
-        for kind, fn, fname in (("plot_eps", plot_eps, "robust_acc_vs_eps.png"),
-                                ("plot_reversal_steps", plot_reversal_steps, "acc_vs_reversal_steps.png")):
+        for kind, fn, fname in (
+            ("plot_eps", plot_eps, "robust_acc_vs_eps.png"),
+            ("plot_reversal_steps", plot_reversal_steps, "acc_vs_reversal_steps.png"),
+        ):
             p = fn(summary, out / fname)
             if p is not None:
                 paths[kind] = p
@@ -228,5 +259,14 @@ def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
     return m
 
 
-__all__ = ["markdown_table", "markdown_report", "write_report", "plot_eps", "plot_reversal_steps", "flat_metrics",
-           "failed_checks", "pyplot", "save_figure"]
+__all__ = [
+    "markdown_table",
+    "markdown_report",
+    "write_report",
+    "plot_eps",
+    "plot_reversal_steps",
+    "flat_metrics",
+    "failed_checks",
+    "pyplot",
+    "save_figure",
+]

@@ -15,6 +15,7 @@ Example:
     >>> s.draw_stats("clean|with")  # mean over draws, examples whose draws disagree
     {'mean': 0.5333333333333333, 'disagreement': 0.3333333333333333}
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,14 @@ class ResultStore:
         row = self.rows.get(key)
         return row is not None and all(int(i) in row for i in idx)
 
-    def add(self, key: str, idx: torch.Tensor | Sequence[int], correct: torch.Tensor | Sequence[int],
-            draws: int = 1, seconds: float = 0.0) -> None:
+    def add(
+        self,
+        key: str,
+        idx: torch.Tensor | Sequence[int],
+        correct: torch.Tensor | Sequence[int],
+        draws: int = 1,
+        seconds: float = 0.0,
+    ) -> None:
         """Record ``correct`` (bools, or counts of correct draws out of ``draws``) for ``idx``."""
         idx = torch.as_tensor(idx).flatten().tolist()
         correct = [int(c) for c in torch.as_tensor(correct).flatten().tolist()]
@@ -106,13 +113,17 @@ class ResultStore:
         if not ids:
             return {"mean": None, "disagreement": None}
         d, row = self.draws[key], self.rows[key]
-        return {"mean": sum(row[i] for i in ids) / (d * len(ids)),
-                "disagreement": sum(0 < row[i] < d for i in ids) / len(ids)}
+        return {
+            "mean": sum(row[i] for i in ids) / (d * len(ids)),
+            "disagreement": sum(0 < row[i] < d for i in ids) / len(ids),
+        }
 
     def merge(self, other: "ResultStore", source: str = "results") -> "ResultStore":
         if not other.meta or not self.meta or other.meta != self.meta:
-            raise ValueError(f"cannot merge {source}: it comes from a different evaluation "
-                             f"(differs in {differing_keys(self.meta, other.meta)})")
+            raise ValueError(
+                f"cannot merge {source}: it comes from a different evaluation "
+                f"(differs in {differing_keys(self.meta, other.meta)})"
+            )
         for k, row in other.rows.items():
             if k in self.draws and self.draws[k] != other.draws[k]:
                 raise ValueError(f"cannot merge {source}: row {k} has {other.draws[k]} draws, not {self.draws[k]}")
@@ -122,8 +133,10 @@ class ResultStore:
         return self
 
     def to_dict(self) -> dict:
-        rows = {k: {"idx": sorted(r), "correct": [r[i] for i in sorted(r)], "draws": self.draws[k]}
-                for k, r in self.rows.items()}
+        rows = {
+            k: {"idx": sorted(r), "correct": [r[i] for i in sorted(r)], "draws": self.draws[k]}
+            for k, r in self.rows.items()
+        }
         return {"format": FORMAT, "meta": self.meta, "rows": rows, "seconds": self.seconds}
 
     @classmethod
@@ -131,8 +144,10 @@ class ResultStore:
         if not isinstance(d, dict) or not isinstance(d.get("rows"), dict):
             raise ValueError(f"{source} is not a per-example results file (no 'rows' mapping)")
         if d.get("format") != FORMAT:
-            raise ValueError(f"{source} is in format {d.get('format')!r}, not {FORMAT!r}: it was written by another "
-                             "version of the evaluation; use another output_dir or delete it")
+            raise ValueError(
+                f"{source} is in format {d.get('format')!r}, not {FORMAT!r}: it was written by another "
+                "version of the evaluation; use another output_dir or delete it"
+            )
         store = cls(d.get("meta") or {})
         for k, r in d["rows"].items():
             try:
@@ -156,12 +171,16 @@ class ResultStore:
         store = cls.from_dict(d, str(path))
         if meta is not None:
             if not store.meta:
-                raise ValueError(f"{path} holds results without metadata (what model, data and settings they "
-                                 "belong to): they cannot be resumed; delete the file or use another output_dir")
+                raise ValueError(
+                    f"{path} holds results without metadata (what model, data and settings they "
+                    "belong to): they cannot be resumed; delete the file or use another output_dir"
+                )
             diff = differing_keys(store.meta, jsonable(meta))
             if diff:
-                raise ValueError(f"{path} holds results of a different evaluation (differs in {diff}); use another "
-                                 "output_dir, delete the file, or set resume: false")
+                raise ValueError(
+                    f"{path} holds results of a different evaluation (differs in {diff}); use another "
+                    "output_dir, delete the file, or set resume: false"
+                )
         return store
 
 

@@ -16,6 +16,7 @@ Example:
     >>> clean["without"], clean["with"], clean["with_mean"], clean["with_disagreement"]
     (1.0, 0.5, 0.7, 0.5)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,12 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
     """Accuracy per column of one row on the examples every column has."""
     keys = [f"{row.key}|{c}" for c in row.columns if f"{row.key}|{c}" in st.rows]
     common = st.common(keys)
-    out: dict[str, Any] = {"n": len(common), "time_s": round(sum(st.seconds.get(k, 0.0) for k in keys), 3),
-                           "with_mean": None, "with_disagreement": None}
+    out: dict[str, Any] = {
+        "n": len(common),
+        "time_s": round(sum(st.seconds.get(k, 0.0) for k in keys), 3),
+        "with_mean": None,
+        "with_disagreement": None,
+    }
     for col in dict.fromkeys(("without", "with", *row.columns)):
         k = f"{row.key}|{col}"
         out[col] = st.accuracy([k], common)[0] if k in st.rows else None
@@ -69,8 +74,12 @@ def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[d
             entry[side] = None
             continue
         ids = st.common(base)
-        keys = [f"{r.key}|{c}" for r in [clean] + mine for c in r.columns
-                if (c == side or c.startswith(side + "@")) and f"{r.key}|{c}" in st.rows]
+        keys = [
+            f"{r.key}|{c}"
+            for r in [clean] + mine
+            for c in r.columns
+            if (c == side or c.startswith(side + "@")) and f"{r.key}|{c}" in st.rows
+        ]
         ok = sum(all(st.robust(k, i) for k in keys if i in st.rows[k]) for i in ids)
         entry[side] = ok / len(ids) if ids else None
         entry[f"n_{side}"] = len(ids)
@@ -85,9 +94,19 @@ def sweep_rows(st: ResultStore, rows: list, group: str) -> list[dict[str, Any]]:
     for r in rows:
         if r.group != group or not any(f"{r.key}|{c}" in st.rows for c in r.columns):
             continue
-        out.append({"norm": r.norm, "eps": r.eps, "eps_label": eps_label(r.eps, r.norm) if r.norm else "0",
-                    "attack": r.attack, "kind": r.kind, "setting": r.setting, "label": r.label, "key": r.key,
-                    **column_stats(st, r)})
+        out.append(
+            {
+                "norm": r.norm,
+                "eps": r.eps,
+                "eps_label": eps_label(r.eps, r.norm) if r.norm else "0",
+                "attack": r.attack,
+                "kind": r.kind,
+                "setting": r.setting,
+                "label": r.label,
+                "key": r.key,
+                **column_stats(st, r),
+            }
+        )
     return out
 
 
@@ -97,8 +116,20 @@ def _eps_sweep(st: ResultStore, rows: list, cfg: EvalConfig) -> list[dict[str, A
     if 0 in cfg.eps_sweep and out:
         clean = column_stats(st, next(r for r in rows if r.group == "clean"))
         for attack, kind in dict.fromkeys((r["attack"], r["kind"]) for r in out):
-            out.insert(0, {"norm": cfg.eps_sweep_norm, "eps": 0.0, "eps_label": "0", "attack": attack, "kind": kind,
-                           "setting": None, "label": "clean", "key": "clean", **clean})
+            out.insert(
+                0,
+                {
+                    "norm": cfg.eps_sweep_norm,
+                    "eps": 0.0,
+                    "eps_label": "0",
+                    "attack": attack,
+                    "kind": kind,
+                    "setting": None,
+                    "label": "clean",
+                    "key": "clean",
+                    **clean,
+                },
+            )
     return out
 
 
@@ -110,9 +141,20 @@ def summarize(st: ResultStore, rows: list, cfg: EvalConfig, skipped: Optional[di
     table = []
     for r in rows:
         if r.group == "main" and any(f"{r.key}|{c}" in st.rows for c in r.columns):
-            table.append({"threat": r.norm, "eps": r.eps, "eps_label": eps_label(r.eps, r.norm), "attack": r.attack,
-                          "label": r.label, "kind": r.kind, "key": r.key, "params": r.params, "subset": r.subset,
-                          **column_stats(st, r)})
+            table.append(
+                {
+                    "threat": r.norm,
+                    "eps": r.eps,
+                    "eps_label": eps_label(r.eps, r.norm),
+                    "attack": r.attack,
+                    "label": r.label,
+                    "kind": r.kind,
+                    "key": r.key,
+                    "params": r.params,
+                    "subset": r.subset,
+                    **column_stats(st, r),
+                }
+            )
     worst = [w for w in (worst_case(st, rows, n, e) for n, e in cfg.threat_models.items()) if w is not None]
     summary: dict[str, Any] = {
         "meta": {**st.meta, "config": jsonable(dataclasses.asdict(cfg)), "skipped": dict(skipped or {})},
@@ -121,16 +163,26 @@ def summarize(st: ResultStore, rows: list, cfg: EvalConfig, skipped: Optional[di
         "clean": column_stats(st, clean_row),
         "rows": table,
         "worst_case": worst,
-        "sweeps": {"eps": _eps_sweep(st, rows, cfg), "attack_steps": sweep_rows(st, rows, "steps-sweep"),
-                   "eot": sweep_rows(st, rows, "eot-sweep"), "reversal_steps": sweep_rows(st, rows, "rev-sweep"),
-                   "sanity": sweep_rows(st, rows, "sanity")},
+        "sweeps": {
+            "eps": _eps_sweep(st, rows, cfg),
+            "attack_steps": sweep_rows(st, rows, "steps-sweep"),
+            "eot": sweep_rows(st, rows, "eot-sweep"),
+            "reversal_steps": sweep_rows(st, rows, "rev-sweep"),
+            "sanity": sweep_rows(st, rows, "sanity"),
+        },
     }
     summary["sanity"] = sanity_checks(summary, cfg) if cfg.sanity_checks else []
     failed = [s["name"] for s in summary["sanity"] if s["passed"] is False]
     summary["reliable"] = not failed
-    summary["headline"] = {f"{w['threat']} {w['eps_label']}": {"without": w["without"], "with": w["with"],
-                                                                "n": w["n"], "reliable": not failed}
-                           for w in worst}
+    summary["headline"] = {
+        f"{w['threat']} {w['eps_label']}": {
+            "without": w["without"],
+            "with": w["with"],
+            "n": w["n"],
+            "reliable": not failed,
+        }
+        for w in worst
+    }
     return summary
 
 

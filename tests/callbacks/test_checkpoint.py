@@ -1,4 +1,5 @@
 """Fault tolerance: atomic checkpoint writes, exact mid-epoch resume, and a real SIGKILL + ``--ckpt_path last``."""
+
 from __future__ import annotations
 
 import os
@@ -14,13 +15,20 @@ import callbacks.checkpoint as ckpt_mod
 from callbacks import AtomicCheckpoint
 from datamodules import CIFAR10DataModule
 from lightning_modules import ReversalModule
-from tests.cli_runs import popen_lightning, lightning, metric_values, read_metrics, tiny_args
+from tests.cli_runs import lightning, metric_values, popen_lightning, read_metrics, tiny_args
 from tests.conftest import write_cifar10
 
 
 def tiny_module() -> ReversalModule:
-    return ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, head_hidden=8, head_dim=4,
-                          val_attack_steps=0, schedule="constant", ssl_weight=0.0)
+    return ReversalModule(
+        backbone="small_cnn",
+        backbone_kwargs={"width": 4},
+        head_hidden=8,
+        head_dim=4,
+        val_attack_steps=0,
+        schedule="constant",
+        ssl_weight=0.0,
+    )
 
 
 class RecordBatches(pl.Callback):
@@ -34,9 +42,15 @@ class RecordBatches(pl.Callback):
 def fit(data: Path, ckpt_dir: Path, max_epochs: int, ckpt_path=None, **ckpt_kw) -> tuple[pl.Trainer, RecordBatches]:
     pl.seed_everything(0)
     rec = RecordBatches()
-    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0,
-                         callbacks=[AtomicCheckpoint(dirpath=ckpt_dir, **ckpt_kw), rec])
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[AtomicCheckpoint(dirpath=ckpt_dir, **ckpt_kw), rec],
+    )
     trainer.fit(tiny_module(), CIFAR10DataModule(str(data), batch_size=8, strict_counts=False), ckpt_path=ckpt_path)
     return trainer, rec
 
@@ -76,6 +90,7 @@ def test_crash_while_saving_keeps_previous_checkpoint(data, tmp_path, monkeypatc
 
         def half_write(checkpoint, filepath):
             import io
+
             buf = io.BytesIO()
             torch.save(checkpoint, buf)
             with open(filepath, "wb") as f:
@@ -84,6 +99,7 @@ def test_crash_while_saving_keeps_previous_checkpoint(data, tmp_path, monkeypatc
 
         monkeypatch.setattr(torch_io, "_atomic_save", half_write)
     else:
+
         def boom(src, dst):
             raise Crash(f"{src} -> {dst}")
 
@@ -119,8 +135,9 @@ def test_save_last_link_is_swapped_atomically(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt_mod.os, "replace", boom)
     with pytest.raises(RuntimeError, match="killed"):
-        AtomicCheckpoint._link_checkpoint(pl.Trainer(accelerator="cpu", logger=False),
-                                          str(ckdir / "epoch=0-step=2.ckpt"), str(last))
+        AtomicCheckpoint._link_checkpoint(
+            pl.Trainer(accelerator="cpu", logger=False), str(ckdir / "epoch=0-step=2.ckpt"), str(last)
+        )
     monkeypatch.undo()
     assert last.is_symlink() and os.readlink(last) == "epoch=0-step=5.ckpt"  # the old link is still in place
     # training that ends between saves: last.ckpt becomes a file holding the final state
@@ -153,11 +170,17 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     root = tmp_path / "run"
     (tmp_path / "stall_helper.py").write_text(STALL)
     marker = tmp_path / "stalled"
-    ckpt_cb = "    - class_path: callbacks.AtomicCheckpoint\n      init_args: {every_n_train_steps: 5, save_last: true}\n"
+    ckpt_cb = (
+        "    - class_path: callbacks.AtomicCheckpoint\n      init_args: {every_n_train_steps: 5, save_last: true}\n"
+    )
     common = ["--trainer.max_epochs", "3", "--model.init_args.ssl_weight", "0", "--trainer.limit_val_batches", "0"]
-    args = tiny_args(data, root, *common, callbacks=ckpt_cb + (
-        "    - class_path: stall_helper.Stall\n"
-        f"      init_args: {{at_step: 23, marker: {marker}}}\n"))
+    args = tiny_args(
+        data,
+        root,
+        *common,
+        callbacks=ckpt_cb
+        + (f"    - class_path: stall_helper.Stall\n      init_args: {{at_step: 23, marker: {marker}}}\n"),
+    )
     proc = popen_lightning("fit", *args, cwd=tmp_path, log=tmp_path / "killed.log", PYTHONPATH=str(tmp_path))
     deadline = time.monotonic() + 400
     try:

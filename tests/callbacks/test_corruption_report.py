@@ -1,5 +1,6 @@
 """CorruptionReport end to end: `lightning test` with experiments/cifar10/corruptions.yaml on a tiny
 synthetic CIFAR-10-C and a tiny model; the tables are checked against direct forward passes."""
+
 from __future__ import annotations
 
 import json
@@ -28,24 +29,46 @@ def test_lightning_test_writes_the_report(tmp_path, monkeypatch):
         np.save(root / "CIFAR-10-C" / f"{c}.npy", rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8))
     monkeypatch.chdir(tmp_path)  # the config writes results/ and logs/ relative to the working directory
     torch.manual_seed(0)
-    cli = run_cli([
-        "test", "--config", str(REPO / "experiments/cifar10/corruptions.yaml"),
-        "--model", "lightning_modules.ReversalModule", "--model.init_args.backbone", "small_cnn",
-        "--model.init_args.backbone_kwargs", '{"width": 8}',
-        "--model.init_args.reversal", '{"steps": 2, "n_views": 2}',
-        "--data.init_args.data_dir", str(root), "--data.init_args.corruptions", "[fog, snow]",
-        "--data.init_args.severities", "[2, 5]", "--data.init_args.n_examples", "5",
-        "--data.init_args.eval_batch_size", "4",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
-        "--allow_untrained", "true",
-    ])
+    cli = run_cli(
+        [
+            "test",
+            "--config",
+            str(REPO / "experiments/cifar10/corruptions.yaml"),
+            "--model",
+            "lightning_modules.ReversalModule",
+            "--model.init_args.backbone",
+            "small_cnn",
+            "--model.init_args.backbone_kwargs",
+            '{"width": 8}',
+            "--model.init_args.reversal",
+            '{"steps": 2, "n_views": 2}',
+            "--data.init_args.data_dir",
+            str(root),
+            "--data.init_args.corruptions",
+            "[fog, snow]",
+            "--data.init_args.severities",
+            "[2, 5]",
+            "--data.init_args.n_examples",
+            "5",
+            "--data.init_args.eval_batch_size",
+            "4",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--allow_untrained",
+            "true",
+        ]
+    )
     out = tmp_path / "results/corruptions/cifar10"
     report = json.loads((out / "corruption_report.json").read_text())
     assert list(report["sets"]) == ["fog/2", "fog/5", "snow/2", "snow/5"]
     model = cli.model.eval()
     for name, r in report["sets"].items():
         c, s = name.split("/")
-        x = torch.from_numpy(np.load(root / "CIFAR-10-C" / f"{c}.npy")[(int(s) - 1) * 6:(int(s) - 1) * 6 + 5])
+        x = torch.from_numpy(np.load(root / "CIFAR-10-C" / f"{c}.npy")[(int(s) - 1) * 6 : (int(s) - 1) * 6 + 5])
         with torch.no_grad():
             pred = model.model_fn(x.permute(0, 3, 1, 2).float() / 255).argmax(1)
         assert r["n"] == 5

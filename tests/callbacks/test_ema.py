@@ -1,4 +1,5 @@
 """DeviceEMA: the same averaged weights as Lightning's EMAWeightAveraging, without host syncs."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -33,9 +34,16 @@ def _data():
 def _fit(callback, tmp_path, max_epochs=2):
     torch.manual_seed(0)
     model = Tiny()
-    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, _data())
     return model, trainer
 
@@ -73,9 +81,15 @@ def test_update_does_not_sync_with_the_host(tmp_path):
     for ema in (DeviceEMA(decay=0.9), EMAWeightAveraging(decay=0.9)):
         syncs.clear()
         torch.manual_seed(0)
-        trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False,
-                             callbacks=[Enter(), ema, Exit()])
+        trainer = pl.Trainer(
+            max_steps=4,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[Enter(), ema, Exit()],
+        )
         trainer.fit(Tiny(), _data())
         if isinstance(ema, DeviceEMA):
             assert syncs == []
@@ -90,6 +104,6 @@ def test_bad_decay_is_named():
 
 def test_before_the_first_update_the_live_weights_are_kept(tmp_path):
     with pytest.warns(UserWarning, match="never updated"):
-        ours, _ = _fit(DeviceEMA(decay=0.9, update_starting_at_step=10 ** 6), tmp_path / "a", max_epochs=1)
+        ours, _ = _fit(DeviceEMA(decay=0.9, update_starting_at_step=10**6), tmp_path / "a", max_epochs=1)
     raw, _ = _fit(pl.Callback(), tmp_path / "b", max_epochs=1)
     torch.testing.assert_close(ours.net[0].weight, raw.net[0].weight)

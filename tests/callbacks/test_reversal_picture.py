@@ -1,4 +1,5 @@
 """The reversal picture: the pure figure function, ``lightning predict`` with reverse.yaml, W&B offline."""
+
 from pathlib import Path
 
 import pytest
@@ -30,13 +31,28 @@ def test_figure_size_labels_and_accuracies(tmp_path):
     y8 = torch.arange(8)
     acc = accuracies(y8, y8.clone(), torch.tensor([0, 9, 9, 9, 9, 9, 9, 9]), torch.tensor([0, 1, 2, 9, 9, 5, 6, 9]))
     assert acc == {"n": 8, "clean": 1.0, "before": 1 / 8, "after": 5 / 8}
-    fig = reversal_figure(x, x_adv, x_rev, y, pred_clean, pred_before, pred_after, CIFAR10_CLASSES, acc,
-                          attack="PGD-2", idx=torch.tensor([10, 11, 12, 13]))
+    fig = reversal_figure(
+        x,
+        x_adv,
+        x_rev,
+        y,
+        pred_clean,
+        pred_before,
+        pred_after,
+        CIFAR10_CLASSES,
+        acc,
+        attack="PGD-2",
+        idx=torch.tensor([10, 11, 12, 13]),
+    )
     title = fig._suptitle.get_text()
     assert "Accuracy on 8 images: clean 100.0% | attacked, no reversal 12.5% | attacked + reversal 62.5%" in title
     assert len(fig.axes) == 5 * 4
-    assert [ax.get_title() for ax in fig.axes[:4]] == ["#10 true: airplane", "#11 true: automobile",
-                                                        "#12 true: bird", "#13 true: cat"]
+    assert [ax.get_title() for ax in fig.axes[:4]] == [
+        "#10 true: airplane",
+        "#11 true: automobile",
+        "#12 true: bird",
+        "#13 true: cat",
+    ]
     # under the clean / attacked / reversed rows: the prediction, green + check when right, red + cross when wrong
     for row, preds in enumerate((pred_clean, pred_before, pred_after)):
         for i in range(4):
@@ -66,15 +82,44 @@ def test_figure_without_class_names_shows_numbers():
 def _predict_args(data_dir: Path, root: Path, png: Path, *extra: str) -> list[str]:
     """reverse.yaml on tiny data: 12 test images in one batch, a tiny untrained model, 2 attack / reversal steps."""
     return [
-        "predict", "--config", str(REPO / "experiments/cifar10/reverse.yaml"), "--allow_untrained", "true",
-        "--data.init_args.data_dir", str(data_dir), "--data.init_args.strict_counts", "false",
-        "--data.init_args.n_examples", "12", "--data.init_args.eval_batch_size", "12",
-        "--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", "{width: 4}",
-        "--model.init_args.head_hidden", "16", "--model.init_args.head_dim", "8",
-        "--model.init_args.predict_attack_steps", "2", "--model.init_args.reversal", "{steps: 2, n_views: 2}",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-        "--trainer.callbacks.init_args.output", str(png), *extra,
+        "predict",
+        "--config",
+        str(REPO / "experiments/cifar10/reverse.yaml"),
+        "--allow_untrained",
+        "true",
+        "--data.init_args.data_dir",
+        str(data_dir),
+        "--data.init_args.strict_counts",
+        "false",
+        "--data.init_args.n_examples",
+        "12",
+        "--data.init_args.eval_batch_size",
+        "12",
+        "--model.init_args.backbone",
+        "small_cnn",
+        "--model.init_args.backbone_kwargs",
+        "{width: 4}",
+        "--model.init_args.head_hidden",
+        "16",
+        "--model.init_args.head_dim",
+        "8",
+        "--model.init_args.predict_attack_steps",
+        "2",
+        "--model.init_args.reversal",
+        "{steps: 2, n_views: 2}",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+        "--trainer.callbacks.init_args.output",
+        str(png),
+        *extra,
     ]
 
 

@@ -1,6 +1,7 @@
 """``lightning test --config experiments/cifar10/eval.yaml --ckpt_path ...`` end to end on tiny
 data: the report files, the printed table, resuming, merging rank parts, refusing the results of
 another evaluation, a RobustBench backbone + trained head, the old layout's keys, and SIGTERM."""
+
 from __future__ import annotations
 
 import json
@@ -20,22 +21,42 @@ from tests.conftest import write_cifar10
 REPO = Path(__file__).resolve().parents[2]
 EVAL = str(REPO / "experiments" / "cifar10" / "eval.yaml")
 CB = "--trainer.callbacks.init_args."
-FAST = ("{threat_models: {Linf: 8/255}, attacks: [pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer], draws: 2, "
-        "composition: [batch2], steps: 2, apgd_steps: 2, adaptive_steps: 1, eot: 1, judge_draws: 1, "
-        "adaptive_n: null, eps_sweep: [0/255, 64/255], eps_sweep_attacks: [pgd], eps_sweep_n: 4, "
-        "attack_steps_sweep: [1, 2], steps_sweep_attacks: [pgd], eot_sweep: [], reversal_steps_sweep: [0, 1], "
-        "steps_sweep_n: 4, progress: false}")
+FAST = (
+    "{threat_models: {Linf: 8/255}, attacks: [pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer], draws: 2, "
+    "composition: [batch2], steps: 2, apgd_steps: 2, adaptive_steps: 1, eot: 1, judge_draws: 1, "
+    "adaptive_n: null, eps_sweep: [0/255, 64/255], eps_sweep_attacks: [pgd], eps_sweep_n: 4, "
+    "attack_steps_sweep: [1, 2], steps_sweep_attacks: [pgd], eot_sweep: [], reversal_steps_sweep: [0, 1], "
+    "steps_sweep_n: 4, progress: false}"
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def common(data: Path, root: Path, eval_batch: int = 4) -> list[str]:
-    return ["--data.init_args.data_dir", str(data), "--data.init_args.strict_counts", "false",
-            "--data.init_args.batch_size", "16", "--data.init_args.eval_batch_size", str(eval_batch),
-            "--data.init_args.n_examples", "8",
-            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false",
-            "--trainer.default_root_dir", str(root / "logs"), "--trainer.logger.init_args.save_dir", str(root / "logs")]
+    return [
+        "--data.init_args.data_dir",
+        str(data),
+        "--data.init_args.strict_counts",
+        "false",
+        "--data.init_args.batch_size",
+        "16",
+        "--data.init_args.eval_batch_size",
+        str(eval_batch),
+        "--data.init_args.n_examples",
+        "8",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.default_root_dir",
+        str(root / "logs"),
+        "--trainer.logger.init_args.save_dir",
+        str(root / "logs"),
+    ]
 
 
 def fast_eval(out: Path, config: str = FAST) -> list[str]:
@@ -43,15 +64,41 @@ def fast_eval(out: Path, config: str = FAST) -> list[str]:
 
 
 def fit_tiny(data: Path, root: Path, name: str, *extra: str):
-    cli = run_cli(["fit", "--model.class_path", "lightning_modules.ReversalModule",
-                   "--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", "{width: 4}",
-                   "--model.init_args.head_hidden", "16", "--model.init_args.head_dim", "8",
-                   "--model.init_args.val_attack_steps", "0", "--model.init_args.views_backend", "fast",
-                   "--model.init_args.reversal", "{steps: 2, n_views: 2, views: fast}",
-                   "--model.init_args.schedule", "constant", "--model.init_args.lr", "0.02",
-                   "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
-                   "--trainer.callbacks", "[]", "--data.class_path", "datamodules.CIFAR10DataModule",
-                   *common(data, root), *extra])
+    cli = run_cli(
+        [
+            "fit",
+            "--model.class_path",
+            "lightning_modules.ReversalModule",
+            "--model.init_args.backbone",
+            "small_cnn",
+            "--model.init_args.backbone_kwargs",
+            "{width: 4}",
+            "--model.init_args.head_hidden",
+            "16",
+            "--model.init_args.head_dim",
+            "8",
+            "--model.init_args.val_attack_steps",
+            "0",
+            "--model.init_args.views_backend",
+            "fast",
+            "--model.init_args.reversal",
+            "{steps: 2, n_views: 2, views: fast}",
+            "--model.init_args.schedule",
+            "constant",
+            "--model.init_args.lr",
+            "0.02",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.callbacks",
+            "[]",
+            "--data.class_path",
+            "datamodules.CIFAR10DataModule",
+            *common(data, root),
+            *extra,
+        ]
+    )
     ckpt = root / f"{name}.ckpt"
     cli.trainer.save_checkpoint(ckpt)
     return cli.model, ckpt
@@ -66,12 +113,27 @@ def test_eval_yaml_end_to_end_report_resume_and_refusals(tmp_path: Path, capsys,
     model, ckpt = fit_tiny(data, tmp_path, "a")
     _, other = fit_tiny(data, tmp_path, "b", "--seed_everything", "1")
     out = tmp_path / "eval"
-    args = ["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out),
-            CB + "transfer_from", str(other)]
+    args = [
+        "test",
+        "--config",
+        EVAL,
+        "--ckpt_path",
+        str(ckpt),
+        *common(data, tmp_path),
+        *fast_eval(out),
+        CB + "transfer_from",
+        str(other),
+    ]
     cli = run_cli(args)
     s = summary_of(cli)
-    for name in ("robustness.json", "robustness.md", "robust_acc_vs_eps.png", "acc_vs_reversal_steps.png",
-                 "reversal_grid.png", "per_example.json"):
+    for name in (
+        "robustness.json",
+        "robustness.md",
+        "robust_acc_vs_eps.png",
+        "acc_vs_reversal_steps.png",
+        "reversal_grid.png",
+        "per_example.json",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "robustness.json").read_text()) == json.loads(json.dumps(s))
     run_md = Path(cli.trainer.log_dir) / "robustness" / "robustness.md"
@@ -95,23 +157,58 @@ def test_eval_yaml_end_to_end_report_resume_and_refusals(tmp_path: Path, capsys,
     part.add("clean|without", [100], [True])
     part.save(out / "per_example.rank1.json")
     for name, a in list(registry.ATTACKS.items()):
-        monkeypatch.setitem(registry.ATTACKS, name, a.__class__(**{**a.__dict__, "craft": (
-            lambda j: (_ for _ in ()).throw(AssertionError("resumed run recomputed an attack")))}))
+        monkeypatch.setitem(
+            registry.ATTACKS,
+            name,
+            a.__class__(
+                **{
+                    **a.__dict__,
+                    "craft": (lambda j: (_ for _ in ()).throw(AssertionError("resumed run recomputed an attack"))),
+                }
+            ),
+        )
     s2 = summary_of(run_cli(args))
     assert s2["rows"] == s["rows"] and s2["n_examples"] == 9
     assert not list(out.glob("per_example.rank*.json"))
     monkeypatch.undo()
 
     # results of other weights, or of another batch layout, are refused naming what differs
-    with pytest.raises(ValueError, match=r"per_example.json holds results of a different evaluation \(differs in "
-                                         r"\['transfer_from_sha1', 'weights_sha1'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"per_example.json holds results of a different evaluation \(differs in "
+        r"\['transfer_from_sha1', 'weights_sha1'\]\)",
+    ):
         run_cli(["test", "--config", EVAL, "--ckpt_path", str(other), *common(data, tmp_path), *fast_eval(out)])
     with pytest.raises(ValueError, match=r"differs in \['data.eval_batch_size'\]"):
-        run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path, eval_batch=8),
-                 *fast_eval(out), CB + "transfer_from", str(other)])
+        run_cli(
+            [
+                "test",
+                "--config",
+                EVAL,
+                "--ckpt_path",
+                str(ckpt),
+                *common(data, tmp_path, eval_batch=8),
+                *fast_eval(out),
+                CB + "transfer_from",
+                str(other),
+            ]
+        )
     with pytest.raises(ValueError, match="holds the evaluated model's own weights"):
-        run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out),
-                 CB + "transfer_from", str(ckpt), CB + "resume", "false"])
+        run_cli(
+            [
+                "test",
+                "--config",
+                EVAL,
+                "--ckpt_path",
+                str(ckpt),
+                *common(data, tmp_path),
+                *fast_eval(out),
+                CB + "transfer_from",
+                str(ckpt),
+                CB + "resume",
+                "false",
+            ]
+        )
 
 
 def test_old_layout_keys_fail_naming_the_new_key(tmp_path: Path, capsys):
@@ -129,16 +226,25 @@ def test_robustbench_backbone_with_trained_head(tmp_path: Path, monkeypatch):
 
     def tiny_zoo_model(name, dataset="cifar10", threat_model="Linf", model_dir="models", trust=False):
         assert name == "Standard" and threat_model == "Linf"
-        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             nn.Linear(4, 10)).eval()
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+        ).eval()
 
     monkeypatch.setattr(rb, "load_robustbench", tiny_zoo_model)
     data = write_cifar10(tmp_path / "data", n_train=32, n_test=16, learnable=True)
     model, ckpt = fit_tiny(data, tmp_path, "rb", "--model.init_args.robustbench_model", "Standard")
     assert model.freeze_backbone and not any(p.requires_grad for p in model.classifier.parameters())
-    cli = run_cli(["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path),
-                   *fast_eval(tmp_path / "eval", FAST.replace("apgd-ce, bpda_eot, apgd_ce_bpda, transfer",
-                                                              "bpda_eot"))])
+    cli = run_cli(
+        [
+            "test",
+            "--config",
+            EVAL,
+            "--ckpt_path",
+            str(ckpt),
+            *common(data, tmp_path),
+            *fast_eval(tmp_path / "eval", FAST.replace("apgd-ce, bpda_eot, apgd_ce_bpda, transfer", "bpda_eot")),
+        ]
+    )
     assert cli.model.hparams.robustbench_model == "Standard"
     s = summary_of(cli)
     assert s["meta"]["weights_sha1"] == model_fingerprint(model)
@@ -154,10 +260,20 @@ def test_sigterm_stops_within_a_row_with_everything_saved(tmp_path: Path):
     data = write_cifar10(tmp_path / "data", n_train=32, n_test=16, learnable=True)
     _, ckpt = fit_tiny(data, tmp_path, "a")
     out = tmp_path / "eval"
-    slow = FAST.replace("attacks: [pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer]",
-                        "attacks: [pgd, cw, bpda_eot, apgd_ce_bpda]").replace("adaptive_steps: 1", "adaptive_steps: 40")
-    args = ["test", "--config", EVAL, "--ckpt_path", str(ckpt), *common(data, tmp_path), *fast_eval(out, slow),
-            CB + "reversal", "{steps: 8}"]
+    slow = FAST.replace(
+        "attacks: [pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer]", "attacks: [pgd, cw, bpda_eot, apgd_ce_bpda]"
+    ).replace("adaptive_steps: 1", "adaptive_steps: 40")
+    args = [
+        "test",
+        "--config",
+        EVAL,
+        "--ckpt_path",
+        str(ckpt),
+        *common(data, tmp_path),
+        *fast_eval(out, slow),
+        CB + "reversal",
+        "{steps: 8}",
+    ]
     log = tmp_path / "run.log"
     proc = popen_lightning(*args, cwd=REPO, log=log)
     part = out / "per_example.rank0.json"

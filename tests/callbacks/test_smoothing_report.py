@@ -1,5 +1,6 @@
 """`lightning fit` with a smoothing config, then `lightning test --config experiments/cifar10/certify.yaml`:
 the report files, and the numbers against direct calls of certify / predict with the same noise."""
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,54 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_train_with_noise_then_certify(tiny_cifar10, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    small = ["--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", "{width: 4}",
-             "--model.init_args.head_hidden", "16", "--model.init_args.head_dim", "8"]
-    cli = run_cli(["fit", "--config", str(CONFIGS / "smoothing_sigma_0.25.yaml"), *small,
-                   "--trainer.fast_dev_run", "2", "--trainer.callbacks", "[]", *common(tiny_cifar10, tmp_path)])
+    small = [
+        "--model.init_args.backbone",
+        "small_cnn",
+        "--model.init_args.backbone_kwargs",
+        "{width: 4}",
+        "--model.init_args.head_hidden",
+        "16",
+        "--model.init_args.head_dim",
+        "8",
+    ]
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "smoothing_sigma_0.25.yaml"),
+            *small,
+            "--trainer.fast_dev_run",
+            "2",
+            "--trainer.callbacks",
+            "[]",
+            *common(tiny_cifar10, tmp_path),
+        ]
+    )
     assert cli.model.hparams.noise_std == 0.25 and cli.trainer.global_step == 2
     ckpt = tmp_path / "noise.ckpt"
     cli.trainer.save_checkpoint(ckpt)
     out = tmp_path / "certify"
     cb = "--trainer.callbacks.init_args."
-    cli = run_cli(["test", "--config", str(CONFIGS / "certify.yaml"), "--ckpt_path", str(ckpt),
-                   *common(tiny_cifar10, tmp_path), cb + "output_dir", str(out), cb + "n0", "8", cb + "n", "64",
-                   cb + "batch_size", "128", cb + "alpha", "0.05"])
+    cli = run_cli(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "certify.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            *common(tiny_cifar10, tmp_path),
+            cb + "output_dir",
+            str(out),
+            cb + "n0",
+            "8",
+            cb + "n",
+            "64",
+            cb + "batch_size",
+            "128",
+            cb + "alpha",
+            "0.05",
+        ]
+    )
     report = json.loads((out / "certify.json").read_text())
     assert report["settings"]["sigma"] == 0.25 and report["n_examples"] == 8  # sigma from the checkpoint
     assert list(report["certified_accuracy"]) == ["0.0", "0.25", "0.5", "0.75", "1.0"]
@@ -46,8 +83,9 @@ def test_train_with_noise_then_certify(tiny_cifar10, tmp_path, monkeypatch):
     pred, radius, _ = certify(model.model_fn, model._prep(x), cfg, 10, gen)
     assert pred.tolist() == ex["pred"][:4]
     torch.testing.assert_close(radius, torch.tensor(ex["radius"][:4]))
-    cert = certified_accuracy(torch.tensor(ex["pred"]), torch.tensor(ex["radius"]), torch.tensor(ex["y"]),
-                              [0, 0.25, 0.5, 0.75, 1.0])
+    cert = certified_accuracy(
+        torch.tensor(ex["pred"]), torch.tensor(ex["radius"]), torch.tensor(ex["y"]), [0, 0.25, 0.5, 0.75, 1.0]
+    )
     assert report["certified_accuracy"] == {str(float(k)): v for k, v in cert.items()}
     assert report["abstain"] == sum(p == -1 for p in ex["pred"]) / 8
     assert 0 <= report["predict_accuracy"] <= 1 and report["seconds_per_image"] > 0
@@ -80,9 +118,15 @@ def test_sigma_must_come_from_somewhere():
 def test_markdown_and_wandb():
     from types import SimpleNamespace
 
-    report = {"settings": {"sigma": 0.5, "n0": 10, "n": 100, "alpha": 0.001}, "n_examples": 4,
-              "certified_accuracy": {"0.0": 0.5, "0.5": 0.25}, "abstain": 0.25, "predict_accuracy": 0.5,
-              "predict_abstain": 0.0, "seconds_per_image": 0.5}
+    report = {
+        "settings": {"sigma": 0.5, "n0": 10, "n": 100, "alpha": 0.001},
+        "n_examples": 4,
+        "certified_accuracy": {"0.0": 0.5, "0.5": 0.25},
+        "abstain": 0.25,
+        "predict_accuracy": 0.5,
+        "predict_abstain": 0.0,
+        "seconds_per_image": 0.5,
+    }
     assert "| 50.00% | 25.00% | 25.00% | 50.00% | 0.00% | 0.5 |" in markdown_table(report)
     calls = {}
 

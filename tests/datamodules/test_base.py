@@ -17,11 +17,14 @@ def test_counts_beyond_the_data_are_clamped_saying_so(tmp_path, capsys):
     assert "train_subset=500 is more than the 20 examples of the training split: using all 20" in err
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"eval_batch_size": 0}, r"eval_batch_size must be >= 1 or null \(= batch_size\), got 0"),
-    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
-    ({"n_examples": 0}, "n_examples must be >= 1 or null, got 0"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"eval_batch_size": 0}, r"eval_batch_size must be >= 1 or null \(= batch_size\), got 0"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"n_examples": 0}, "n_examples must be >= 1 or null, got 0"),
+    ],
+)
 def test_sizes_below_one_fail(kw, match):
     with pytest.raises(ValueError, match=match):
         CIFAR10DataModule("data", **kw)

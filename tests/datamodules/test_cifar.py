@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from datamodules import CIFAR10DataModule, CIFAR100DataModule, DataFileError
-from tests.conftest import write_cifar10
 
 
 def test_splits_val_holdout_and_n_examples(tiny_cifar10):
@@ -49,9 +48,14 @@ def test_cifar100_layout(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 30), ("test", 10)):
         with open(folder / split, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"fine_labels": rng.integers(0, 100, n).tolist(),
-                         b"coarse_labels": rng.integers(0, 20, n).tolist()}, f)
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    b"fine_labels": rng.integers(0, 100, n).tolist(),
+                    b"coarse_labels": rng.integers(0, 20, n).tolist(),
+                },
+                f,
+            )
     dm = CIFAR100DataModule(str(tmp_path), batch_size=8, strict_counts=False)
     dm.setup()
     assert len(dm.splits["train"][0]) == 30 and dm.num_classes == 100

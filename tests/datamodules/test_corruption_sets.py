@@ -1,4 +1,5 @@
 """CIFAR-10-C / CIFAR-100-C / ImageNet-C data modules on small synthetic files in the official layouts."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,15 @@ from datamodules.corruptions import CORRUPTIONS
 from datamodules.imagenet import imagenet_wnids
 
 
-def write_cifar_c(root: Path, n: int = 6, corruptions=("fog", "snow"), num_classes: int = 10, folder="CIFAR-10-C",
-                  tiled_labels: bool = True, seed: int = 0) -> tuple[Path, np.ndarray]:
+def write_cifar_c(
+    root: Path,
+    n: int = 6,
+    corruptions=("fog", "snow"),
+    num_classes: int = 10,
+    folder="CIFAR-10-C",
+    tiled_labels: bool = True,
+    seed: int = 0,
+) -> tuple[Path, np.ndarray]:
     """``root/folder/labels.npy`` + ``<corruption>.npy`` (5 n, 32, 32, 3) uint8; image value =
     encodes (corruption, severity, index) so tests can check which rows were served."""
     rng = np.random.default_rng(seed)
@@ -137,8 +145,9 @@ def test_imagenet_c_folder(tmp_path):
                     _write_jpeg(tmp_path / "ImageNet-C" / c / str(s) / w / f, 40 * s + 10 * i, size=224)
                     if c == "fog" and s == 1:
                         names.append(f"{w}/{f}")
-    dm = ImageNetCDataModule(str(tmp_path), corruptions=["fog", "contrast"], severities=[1, 2], num_workers=0,
-                             eval_batch_size=3)
+    dm = ImageNetCDataModule(
+        str(tmp_path), corruptions=["fog", "contrast"], severities=[1, 2], num_workers=0, eval_batch_size=3
+    )
     dm.setup("test")
     loaders = dm.test_dataloader()
     assert dm.test_set_names == ["fog/1", "fog/2", "contrast/1", "contrast/2"] and len(loaders) == 4
@@ -149,8 +158,9 @@ def test_imagenet_c_folder(tmp_path):
     # a subset file (relative <wnid>/<file> lines) picks and orders the images
     sub = tmp_path / "ids.txt"
     sub.write_text("\n".join([names[3], names[0]]) + "\n")
-    dm = ImageNetCDataModule(str(tmp_path), corruptions=["contrast"], severities=[2], subset_file=str(sub),
-                             num_workers=0)
+    dm = ImageNetCDataModule(
+        str(tmp_path), corruptions=["contrast"], severities=[2], subset_file=str(sub), num_workers=0
+    )
     dm.setup("test")
     x, y, _ = next(iter(dm.test_dataloader()[0]))
     assert y.tolist() == [500, 3] and abs(float(x[0].float().mean()) - 90) < 3

@@ -1,5 +1,6 @@
 """The corruption generator: shapes, dtypes, determinism, monotone damage, and agreement with slow
 per-image references written from the published definitions (numpy loops, scipy, PIL, colorsys)."""
+
 from __future__ import annotations
 
 import colorsys
@@ -14,8 +15,17 @@ import torch.nn.functional as F
 
 from datamodules import corruptions as C
 
-RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
-          "elastic_transform"}
+RANDOM = {
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "glass_blur",
+    "motion_blur",
+    "snow",
+    "frost",
+    "fog",
+    "elastic_transform",
+}
 
 
 def natural_images(n: int = 12, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -24,13 +34,14 @@ def natural_images(n: int = 12, size: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.zeros(n, 3, size, size)
     for w, s in zip((1, 0.7, 0.5, 0.35, 0.25), (2, 4, 8, 16, 32)):
-        x += w * F.interpolate(torch.randn(n, 3, s, s, generator=g), size=(size, size), mode="bicubic",
-                               align_corners=False)
+        x += w * F.interpolate(
+            torch.randn(n, 3, s, s, generator=g), size=(size, size), mode="bicubic", align_corners=False
+        )
     x = (x - x.amin((1, 2, 3), keepdim=True)) / (x.amax((1, 2, 3), keepdim=True) - x.amin((1, 2, 3), keepdim=True))
     for i in range(n):
         for _ in range(3):
             r = torch.randint(0, size - 8, (4,), generator=g).tolist()
-            x[i, :, r[0]:r[0] + 4 + r[2] % 8, r[1]:r[1] + 4 + r[3] % 10] = torch.rand(3, 1, 1, generator=g)
+            x[i, :, r[0] : r[0] + 4 + r[2] % 8, r[1] : r[1] + 4 + r[3] % 10] = torch.rand(3, 1, 1, generator=g)
     return (0.1 + 0.8 * x).mul(255).round().to(torch.uint8)
 
 
@@ -200,16 +211,24 @@ def test_plasma_fractal_matches_a_per_point_diamond_square():
                 for j in range(k):
                     r, c = i * step, j * step
                     # diamond point on a top edge (r, c + half): left/right corners, centres above/below
-                    s = cur[b, r, c] + cur[b, r, (c + step) % size] + cur[b, (r + half) % size, c + half] \
+                    s = (
+                        cur[b, r, c]
+                        + cur[b, r, (c + step) % size]
+                        + cur[b, (r + half) % size, c + half]
                         + cur[b, (r - half) % size, c + half]
+                    )
                     ref[b, r, c + half] = s / 4 + u1[b, i, j]
         for b in range(2):
             for i in range(k):
                 for j in range(k):
                     r, c = i * step, j * step
                     # diamond point on a left edge (r + half, c): corners above/below, centres left/right
-                    s = cur[b, r, c] + cur[b, (r + step) % size, c] + cur[b, r + half, (c + half) % size] \
+                    s = (
+                        cur[b, r, c]
+                        + cur[b, (r + step) % size, c]
+                        + cur[b, r + half, (c + half) % size]
                         + cur[b, r + half, (c - half) % size]
+                    )
                     ref[b, r + half, c] = s / 4 + u2[b, i, j]
         step //= 2
         wibble /= decay
@@ -223,7 +242,7 @@ def test_motion_blur_matches_per_pixel_sum():
     x = torch.rand(2, 3, 10, 12, generator=g)
     angles = torch.tensor([30.0, -120.0])
     out = C.directional_blur(x, 4, 1.5, angles)
-    k = np.exp(-np.arange(9) ** 2 / (2 * 1.5 ** 2))
+    k = np.exp(-(np.arange(9) ** 2) / (2 * 1.5**2))
     k /= k.sum()
     ref = np.zeros((2, 3, 10, 12))
     for b in range(2):
@@ -239,7 +258,12 @@ def test_motion_blur_matches_per_pixel_sum():
 def test_defocus_kernel_and_filter():
     # disk radius 1 = the 5-point cross; alias blur spreads it; the kernel sums to 1
     k = C.defocus_kernel(1, 0.2)
-    assert abs(float(k.sum()) - 1) < 1e-6 and k.shape[0] % 2 == 1 and torch.allclose(k, k.T) and torch.allclose(k, k.flip(0))
+    assert (
+        abs(float(k.sum()) - 1) < 1e-6
+        and k.shape[0] % 2 == 1
+        and torch.allclose(k, k.T)
+        and torch.allclose(k, k.flip(0))
+    )
     ndi = pytest.importorskip("scipy.ndimage")
     x = natural_images(2)
     for s in (1, 5):
@@ -262,9 +286,9 @@ def test_zoom_blur_matches_scipy_zoom(imgs):
         for z in zooms:
             ch = int(np.ceil(32 / z))
             top = (32 - ch) // 2
-            zi = ndi.zoom(img[top:top + ch, top:top + ch], (z, z, 1), order=1)
+            zi = ndi.zoom(img[top : top + ch, top : top + ch], (z, z, 1), order=1)
             t = (zi.shape[0] - 32) // 2
-            out += zi[t:t + 32, t:t + 32]
+            out += zi[t : t + 32, t : t + 32]
         ref.append((img + out) / (len(zooms) + 1))
     ref = np.floor(np.clip(np.stack(ref), 0, 1) * 255 + 1e-4).transpose(0, 3, 1, 2)
     got = C.zoom_blur(x, s).numpy().astype(int)
@@ -281,8 +305,14 @@ def test_blur_and_remap_match_scipy():
     ys = torch.rand(1, 20, 20, generator=g) * 26 - 3
     xs = torch.rand(1, 20, 20, generator=g) * 26 - 3
     for mode, smode in (("symmetric", "reflect"), ("reflect101", "mirror")):
-        ref = np.stack([ndi.map_coordinates(x[0, c].double().numpy(), [ys[0].double().numpy(), xs[0].double().numpy()],
-                                            order=1, mode=smode) for c in range(2)])
+        ref = np.stack(
+            [
+                ndi.map_coordinates(
+                    x[0, c].double().numpy(), [ys[0].double().numpy(), xs[0].double().numpy()], order=1, mode=smode
+                )
+                for c in range(2)
+            ]
+        )
         np.testing.assert_allclose(C.remap(x, ys, xs, mode)[0].numpy(), ref, atol=1e-5)
 
 
@@ -336,7 +366,7 @@ def test_generate_cifar_c_layout(tmp_path, imgs):
         s = 3
         g = torch.Generator().manual_seed(C.stream_seed(1, name, s))
         ref = C.corrupt(imgs, name, s, g).permute(0, 2, 3, 1).numpy()
-        assert np.array_equal(a[(s - 1) * len(imgs):s * len(imgs)], ref)
+        assert np.array_equal(a[(s - 1) * len(imgs) : s * len(imgs)], ref)
     assert not list(out.glob("*.tmp-*"))
     meta = json.loads((out / "generation.json").read_text())
     assert meta["seed"] == 1 and set(meta["mean_psnr_db"]) == {"fog", "jpeg_compression"}
@@ -349,7 +379,19 @@ def test_generate_cifar_c_layout(tmp_path, imgs):
 
 def test_cli_writes_from_a_cifar_folder(tiny_cifar10, tmp_path):
     out = tmp_path / "c10c"
-    C.main(["--data-dir", str(tiny_cifar10), "--out", str(out), "--device", "cpu", "--corruptions", "contrast",
-            "--n-examples", "8"])
+    C.main(
+        [
+            "--data-dir",
+            str(tiny_cifar10),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--corruptions",
+            "contrast",
+            "--n-examples",
+            "8",
+        ]
+    )
     assert np.load(out / "contrast.npy").shape == (40, 32, 32, 3)
     assert np.load(out / "labels.npy").shape == (40,)

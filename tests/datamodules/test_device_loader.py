@@ -14,7 +14,7 @@ def test_random_crop_flip_matches_manual_reference():
     flip = torch.rand(6, generator=g) < 0.5
     padded = F.pad(x.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
     for i in range(6):  # slow per-image reference
-        ref = padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8]
+        ref = padded[i, :, oy[i] : oy[i] + 8, ox[i] : ox[i] + 8]
         if flip[i]:
             ref = ref.flip(2)
         assert torch.equal(out[i], ref)
@@ -47,7 +47,9 @@ def test_loader_epochs_shards_and_padding():
         seen += torch.cat([b[2] for b in ev]).tolist()
     assert len(seen) == 12 and sorted(set(seen)) == list(range(10))
     # shuffled shards under DDP are disjoint and identical in length
-    shards = [torch.cat([b[2] for b in DeviceLoader(x, y, 2, shuffle=True, seed=5, rank=r, world_size=2)]) for r in range(2)]
+    shards = [
+        torch.cat([b[2] for b in DeviceLoader(x, y, 2, shuffle=True, seed=5, rank=r, world_size=2)]) for r in range(2)
+    ]
     assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0].tolist()) & set(shards[1].tolist())
 
 

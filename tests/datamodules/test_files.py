@@ -9,6 +9,7 @@ from datamodules.files import DataFileError, read_cifar_batches, safe_unpickle
 class _Evil:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch PWNED_BY_PICKLE",))
 
 
@@ -27,15 +28,18 @@ def test_reads_both_str_and_bytes_keys(tmp_path):
     assert np.array_equal(xs[0], x[0].reshape(3, 32, 32))  # channel-major rows
 
 
-@pytest.mark.parametrize("obj,match", [
-    ({"data": np.zeros((4, 3000), np.uint8), "labels": [0] * 4}, r"\(N, 3072\)"),
-    ({"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4}, "uint8"),
-    ({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}, "4 images but labels"),
-    ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 10, 2]}, r"labels out of range \[0, 10\)"),
-    ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, -1, 1, 2]}, "out of range"),
-    ({"data": np.zeros((4, 3072), np.uint8)}, "missing key 'labels'"),
-    ([1, 2, 3], "expected a dict"),
-])
+@pytest.mark.parametrize(
+    "obj,match",
+    [
+        ({"data": np.zeros((4, 3000), np.uint8), "labels": [0] * 4}, r"\(N, 3072\)"),
+        ({"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4}, "uint8"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}, "4 images but labels"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 10, 2]}, r"labels out of range \[0, 10\)"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, -1, 1, 2]}, "out of range"),
+        ({"data": np.zeros((4, 3072), np.uint8)}, "missing key 'labels'"),
+        ([1, 2, 3], "expected a dict"),
+    ],
+)
 def test_bad_files_raise_naming_the_file(tmp_path, obj, match):
     p = _write(tmp_path / "data_batch_1", obj)
     with pytest.raises(DataFileError, match=match) as e:
@@ -55,6 +59,8 @@ def test_truncated_and_missing_files(tmp_path):
 def test_code_in_a_pickle_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = _write(tmp_path / "data_batch_1", {"data": _Evil(), "labels": [0]})
-    with pytest.raises(DataFileError, match="refusing to load global 'posix.system'|refusing to load global 'os.system'"):
+    with pytest.raises(
+        DataFileError, match="refusing to load global 'posix.system'|refusing to load global 'os.system'"
+    ):
         read_cifar_batches([p], 10)
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()

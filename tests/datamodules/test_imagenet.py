@@ -1,4 +1,5 @@
 """ImageNet data module on a tiny ImageFolder of 64x64 JPEGs: labels, transforms, subset files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -92,8 +93,15 @@ def test_missing_and_unknown_folders(tmp_path):
         next(iter(dm.test_dataloader()))
 
 
-@pytest.mark.parametrize("config", ["imagenet/standard.yaml", "imagenet/ssl_head_on_frozen.yaml",
-                                    "cifar10/corruptions.yaml", "cifar10/data_adversarial.yaml"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "imagenet/standard.yaml",
+        "imagenet/ssl_head_on_frozen.yaml",
+        "cifar10/corruptions.yaml",
+        "cifar10/data_adversarial.yaml",
+    ],
+)
 def test_configs_parse(config, capsys):
     """The experiment files of this issue parse and resolve their classes (nothing is instantiated)."""
     import yaml
@@ -102,8 +110,7 @@ def test_configs_parse(config, capsys):
 
     args = ["test", "--config", str(REPO / "experiments" / config)]
     if config == "cifar10/data_adversarial.yaml":  # a data block: wrap it
-        args = ["test", "--data", str(REPO / "experiments" / config),
-                "--model", "lightning_modules.ReversalModule"]
+        args = ["test", "--data", str(REPO / "experiments" / config), "--model", "lightning_modules.ReversalModule"]
     elif config == "cifar10/corruptions.yaml":
         args += ["--model", "lightning_modules.ReversalModule"]
     with pytest.raises(SystemExit):

@@ -1,13 +1,21 @@
 """Adaptive attacks on the reversal: the unrolled reversal, BPDA, EOT, and that they beat the
 non-adaptive attacks on a toy model where the reversal undoes those."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.adaptive import (ReversalFns, bpda_eot, defense_aware, full_gradient, reverse_differentiable,
-                                        smooth_sign, transfer)
+from lightning_modules.adaptive import (
+    ReversalFns,
+    bpda_eot,
+    defense_aware,
+    full_gradient,
+    reverse_differentiable,
+    smooth_sign,
+    transfer,
+)
 from lightning_modules.backbones import build_backbone
 from lightning_modules.defense_attacks import StandIn
 from lightning_modules.evaluation import EvalConfig, RobustEvaluator
@@ -15,7 +23,6 @@ from lightning_modules.fast_views import make_views
 from lightning_modules.heads import ContrastiveHead
 from lightning_modules.reversal import ReversalConfig, reverse
 from tests.lightning_modules.toy_defense import toy_data, toy_fns
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
@@ -124,8 +131,19 @@ def test_adaptive_attacks_stay_in_the_ball(norm, eps):
     alpha = eps / 4
     outs = {
         "defense_aware": defense_aware(fns.model_fn, fns.ssl, x, y, eps, alpha, 3, norm, lam=1.0),
-        "bpda_eot": bpda_eot(fns.model_fn, fns.reverse, x, y, eps, alpha, 3, norm, eot=2, restarts=2,
-                             defended=lambda z: fns.model_fn(fns.reverse(z))),
+        "bpda_eot": bpda_eot(
+            fns.model_fn,
+            fns.reverse,
+            x,
+            y,
+            eps,
+            alpha,
+            3,
+            norm,
+            eot=2,
+            restarts=2,
+            defended=lambda z: fns.model_fn(fns.reverse(z)),
+        ),
         "full_gradient": full_gradient(fns.model_fn, fns.reverse_diff, x, y, eps, alpha, 2, norm, eot=1, batch_size=3),
         "transfer": transfer(fns.model_fn, x, y, eps, alpha, 3, norm),
     }
@@ -140,8 +158,14 @@ def test_adaptive_attacks_stay_in_the_ball(norm, eps):
 def test_reversal_fns_from_module_follow_the_module():
     from lightning_modules.module import ReversalModule
 
-    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, head_hidden=16, head_dim=8,
-                       reversal=ReversalConfig(steps=2, n_views=2, views="fast"), temperature=0.3).eval()
+    m = ReversalModule(
+        backbone="small_cnn",
+        backbone_kwargs={"width": 4},
+        head_hidden=16,
+        head_dim=8,
+        reversal=ReversalConfig(steps=2, n_views=2, views="fast"),
+        temperature=0.3,
+    ).eval()
     fns = ReversalFns.from_module(m, steps=1)
     assert fns.cfg.steps == 1 and m.reversal_cfg.steps == 2 and fns.temperature == 0.3
     x = torch.rand(4, 3, 32, 32)
@@ -160,10 +184,21 @@ def test_adaptive_attacks_beat_non_adaptive_on_toy():
     stronger than PGD here (a known limit of BPDA against purifiers of this kind)."""
     fns = toy_fns()
     x, y = toy_data(32)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "cw", "defense_aware", "bpda_eot",
-                     "full_gradient", "transfer"], steps=20, eot=1, draws=2, defense_aware_lambdas=[1.0],
-                     full_gradient_taus=[0.3], composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[],
-                     reversal_steps_sweep=[], progress=False)
+    cfg = EvalConfig(
+        threat_models={"Linf": "8/255"},
+        attacks=["pgd", "cw", "defense_aware", "bpda_eot", "full_gradient", "transfer"],
+        steps=20,
+        eot=1,
+        draws=2,
+        defense_aware_lambdas=[1.0],
+        full_gradient_taus=[0.3],
+        composition=[],
+        eps_sweep=[],
+        attack_steps_sweep=[],
+        eot_sweep=[],
+        reversal_steps_sweep=[],
+        progress=False,
+    )
     s = RobustEvaluator.for_reversal(fns, cfg, surrogate_fn=fns.model_fn).evaluate(x, y, batch_size=32)
     rows = {r["attack"]: r for r in s["rows"]}
     assert s["clean"]["without"] == 1.0 and s["clean"]["with"] == 1.0

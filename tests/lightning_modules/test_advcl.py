@@ -1,4 +1,5 @@
 """Adversarial contrastive pretraining (AdvCL/ACL) and linear probing."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,15 @@ def loader(n: int = 32, batch: int = 16, seed: int = 0) -> DataLoader:
 
 
 def trainer(steps: int) -> pl.Trainer:
-    return pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    return pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
 
 
 # -- pure pieces ---------------------------------------------------------------------------------
@@ -44,7 +52,7 @@ def test_multiview_info_nce_is_info_nce_of_concatenation():
 def test_high_frequency_removes_low_and_keeps_high_frequencies():
     h = w = 32
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    low = torch.cos(2 * math.pi * 2 * xx / w)           # 2 cycles per image
+    low = torch.cos(2 * math.pi * 2 * xx / w)  # 2 cycles per image
     high = torch.cos(2 * math.pi * (10 * xx + 9 * yy) / w)  # |f| = sqrt(181) ~ 13.5
     x = (0.5 + 0.2 * low + 0.1 * high).expand(2, 3, h, w)
     out = high_frequency(x, radius=8)
@@ -152,10 +160,13 @@ def pretrained(tmp_path):
 def test_linear_probe_freezes_backbone_and_trains_only_linear(pretrained, training):
     src, path = pretrained
     torch.manual_seed(0)
-    m = LinearProbeModule(str(path), training=training, steps=2, lr=0.1, schedule="constant",
-                          val_attack_steps=0, **SMALL)
-    assert [n for n, p in m.named_parameters() if p.requires_grad] == \
-        ["classifier.net.linear.weight", "classifier.net.linear.bias"]
+    m = LinearProbeModule(
+        str(path), training=training, steps=2, lr=0.1, schedule="constant", val_attack_steps=0, **SMALL
+    )
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == [
+        "classifier.net.linear.weight",
+        "classifier.net.linear.bias",
+    ]
     # the backbone and head come from the checkpoint; the linear layer is fresh
     sd = {k: v.clone() for k, v in m.state_dict().items()}
     src_sd = src.state_dict()
@@ -211,8 +222,18 @@ def test_linear_probe_runs_through_the_robust_evaluation(pretrained):
     m = LinearProbeModule(str(path), **SMALL)
     fns = ReversalFns.from_module(m, steps=1)
     assert fns.classifier is m.classifier and fns.head is m.head and fns.temperature == m.hparams.temperature
-    cfg = EvalConfig(threat_models={"Linf": 8 / 255}, attacks=["pgd"], steps=1, draws=2, composition=[],
-                     eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[], progress=False)
+    cfg = EvalConfig(
+        threat_models={"Linf": 8 / 255},
+        attacks=["pgd"],
+        steps=1,
+        draws=2,
+        composition=[],
+        eps_sweep=[],
+        attack_steps_sweep=[],
+        eot_sweep=[],
+        reversal_steps_sweep=[],
+        progress=False,
+    )
     ev = RobustEvaluator.for_reversal(fns, cfg)
     ev.evaluate_batch(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.arange(4))
     assert [r["attack"] for r in ev.summary()["rows"]] == ["pgd"]

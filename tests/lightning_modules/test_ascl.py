@@ -1,5 +1,6 @@
 """ASCLModule: PGD-AT + the ASCL loss trains, logs the kept fractions, and goes through the CLI and
 the robustness evaluation (``make eval-cifar10``) like the other modules."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,16 @@ from lightning_modules.ascl import ASCLConfig, ASCLModule
 from lightning_modules.cli import run_cli
 from lightning_modules.supcon import ascl_loss, select_pairs
 
-SMALL = dict(backbone="small_cnn", backbone_kwargs={"width": 8}, head_hidden=32, head_dim=16, steps=1,
-             val_attack_steps=0, schedule="constant", lr=0.05)
+SMALL = dict(
+    backbone="small_cnn",
+    backbone_kwargs={"width": 8},
+    head_hidden=32,
+    head_dim=16,
+    steps=1,
+    val_attack_steps=0,
+    schedule="constant",
+    lr=0.05,
+)
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,8 +39,15 @@ def loader(n: int = 32, batch: int = 16) -> DataLoader:
 
 
 def fit(m: ASCLModule, steps: int = 2) -> pl.Trainer:
-    t = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    t = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     t.fit(m, loader())
     return t
 
@@ -83,12 +99,37 @@ def test_ascl_config_trains_and_the_evaluation_runs_on_it(tiny_cifar10, tmp_path
     from tests.callbacks.test_robust_eval import FAST, common, fast_eval
 
     monkeypatch.chdir(tmp_path)
-    small = ["--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", "{width: 4}",
-             "--model.init_args.head_hidden", "16", "--model.init_args.head_dim", "8",
-             "--model.init_args.ascl", "{proj_hidden: 16, proj_dim: 8}", "--model.init_args.steps", "1",
-             "--model.init_args.val_attack_steps", "0", "--model.init_args.reversal", "{steps: 1, n_views: 2}"]
-    cli = run_cli(["fit", "--config", str(REPO / "experiments/cifar10/ascl.yaml"), *small,
-                   "--trainer.fast_dev_run", "2", "--trainer.callbacks", "[]", *common(tiny_cifar10, tmp_path)])
+    small = [
+        "--model.init_args.backbone",
+        "small_cnn",
+        "--model.init_args.backbone_kwargs",
+        "{width: 4}",
+        "--model.init_args.head_hidden",
+        "16",
+        "--model.init_args.head_dim",
+        "8",
+        "--model.init_args.ascl",
+        "{proj_hidden: 16, proj_dim: 8}",
+        "--model.init_args.steps",
+        "1",
+        "--model.init_args.val_attack_steps",
+        "0",
+        "--model.init_args.reversal",
+        "{steps: 1, n_views: 2}",
+    ]
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(REPO / "experiments/cifar10/ascl.yaml"),
+            *small,
+            "--trainer.fast_dev_run",
+            "2",
+            "--trainer.callbacks",
+            "[]",
+            *common(tiny_cifar10, tmp_path),
+        ]
+    )
     m = cli.model
     assert isinstance(m, ASCLModule) and m.hparams.training == "pgd"
     assert m.ascl_cfg == ASCLConfig(weight=1.0, temperature=0.1, proj_hidden=16, proj_dim=8, selection="leaked")
@@ -96,9 +137,17 @@ def test_ascl_config_trains_and_the_evaluation_runs_on_it(tiny_cifar10, tmp_path
     ckpt = tmp_path / "ascl.ckpt"
     cli.trainer.save_checkpoint(ckpt)
     out = tmp_path / "eval"
-    cli = run_cli(["test", "--config", str(REPO / "experiments/cifar10/eval.yaml"), "--ckpt_path", str(ckpt),
-                   *common(tiny_cifar10, tmp_path),
-                   *fast_eval(out, FAST.replace("pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer", "pgd"))])
+    cli = run_cli(
+        [
+            "test",
+            "--config",
+            str(REPO / "experiments/cifar10/eval.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            *common(tiny_cifar10, tmp_path),
+            *fast_eval(out, FAST.replace("pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer", "pgd")),
+        ]
+    )
     assert isinstance(cli.model, ASCLModule)  # rebuilt from the checkpoint's class and settings
     report = json.loads((out / "robustness.json").read_text())
     assert report["clean"]["n"] == 8 and any(r["attack"] == "pgd" for r in report["rows"])

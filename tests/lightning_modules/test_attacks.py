@@ -8,8 +8,9 @@ from lightning_modules.attacks import check_eps, fgsm_rs, pgd, projected_gradien
 
 def toy_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(32, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10)
+    ).eval()
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 8 / 255), ("L2", 0.5)])
@@ -50,8 +51,15 @@ def test_restarts_keep_worst_case_per_example():
 def test_projected_gradient_descends_when_asked():
     target = torch.full((4, 3, 4, 4), 0.5)
     x = torch.rand(4, 3, 4, 4)
-    out = projected_gradient(lambda z: ((z - target) ** 2).flatten(1).sum(1), x, eps=1.0, alpha=0.05, steps=30,
-                             random_start=False, ascend=False)
+    out = projected_gradient(
+        lambda z: ((z - target) ** 2).flatten(1).sum(1),
+        x,
+        eps=1.0,
+        alpha=0.05,
+        steps=30,
+        random_start=False,
+        ascend=False,
+    )
     assert ((out - target).abs() < (x - target).abs() + 1e-6).all()
     assert (out - target).abs().max() <= 0.05 + 1e-6
 
@@ -105,8 +113,9 @@ def test_pgd_matches_torchattacks_from_the_same_start(steps):
     import torchattacks
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(8 * 8 * 8, 10)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10)
+    ).eval()
     x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
     ours = pgd(net, x, y, eps=8 / 255, alpha=2 / 255, steps=steps, random_start=False)
     ref = torchattacks.PGD(net, eps=8 / 255, alpha=2 / 255, steps=steps, random_start=False)(x, y)

@@ -1,5 +1,6 @@
 """The pyautoattack wrappers: same result as calling pyautoattack directly, fp32, no parameter
 gradients left behind, L-inf and L2."""
+
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,6 @@ import torch
 
 from lightning_modules.attacks import frozen_params
 from lightning_modules.autoattack import apgd, autoattack
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 

@@ -7,8 +7,10 @@ import torch.nn as nn
 from lightning_modules.backbones import BackboneName, Classifier, build_backbone, load_state_dict
 
 
-@pytest.mark.parametrize("name,size,feat", [("preact_resnet18", 32, 512), ("small_cnn", 32, 128),
-                                            ("wrn28_10", 32, 640), ("resnet50", 64, 2048)])
+@pytest.mark.parametrize(
+    "name,size,feat",
+    [("preact_resnet18", 32, 512), ("small_cnn", 32, 128), ("wrn28_10", 32, 640), ("resnet50", 64, 2048)],
+)
 def test_backbones_return_logits_and_features(name, size, feat):
     net = build_backbone(name, num_classes=7).eval()
     with torch.no_grad():
@@ -36,6 +38,7 @@ def test_classifier_hook_reads_features_of_any_model_and_normalizes_inside():
     assert torch.allclose(logits, net(xn))
     assert torch.allclose(feats, torch.relu(net[1](xn.flatten(1))))
     import copy
+
     clf2 = copy.deepcopy(clf)  # the feature hook must follow the copy (EMA / averaging)
     assert torch.allclose(clf2(x)[1], feats)
 
@@ -60,8 +63,15 @@ def test_load_state_dict_is_weights_only(tmp_path):
 
 def test_small_cnn_depth_and_any_wide_resnet():
     keys = [k for k in build_backbone("small_cnn", width=4).state_dict() if k.endswith("weight")]
-    assert keys == ["net.body.0.weight", "net.body.1.weight", "net.body.4.weight", "net.body.5.weight",
-                    "net.body.8.weight", "net.body.9.weight", "net.linear.weight"]  # depth 1: old checkpoints load
+    assert keys == [
+        "net.body.0.weight",
+        "net.body.1.weight",
+        "net.body.4.weight",
+        "net.body.5.weight",
+        "net.body.8.weight",
+        "net.body.9.weight",
+        "net.linear.weight",
+    ]  # depth 1: old checkpoints load
     deep = build_backbone("small_cnn", width=4, depth=3).net
     assert sum(isinstance(m, nn.Conv2d) for m in deep.modules()) == 9
     assert deep(torch.rand(2, 3, 32, 32)).shape == (2, 10)

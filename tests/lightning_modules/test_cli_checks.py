@@ -1,4 +1,5 @@
 """Reading the command line's --model flags, resolving --ckpt_path, and the closing error line."""
+
 import io
 import os
 import time
@@ -9,13 +10,29 @@ from lightning_modules.cli_checks import CLIError, given_model_flags, report_err
 
 
 def test_given_model_flags_know_whole_values_and_fields():
-    g = given_model_flags(["predict", "--config", "x.yaml", "--model.init_args.predict_attack", "none",
-                           "--model.init_args.reversal", "{steps: 5}", "--model.reversal.n_views=3",
-                           "--model.init_args.backbone_kwargs={width: 16}", "--model.class_path", "a.B",
-                           "--data.init_args.batch_size", "4"])
+    g = given_model_flags(
+        [
+            "predict",
+            "--config",
+            "x.yaml",
+            "--model.init_args.predict_attack",
+            "none",
+            "--model.init_args.reversal",
+            "{steps: 5}",
+            "--model.reversal.n_views=3",
+            "--model.init_args.backbone_kwargs={width: 16}",
+            "--model.class_path",
+            "a.B",
+            "--data.init_args.batch_size",
+            "4",
+        ]
+    )
     assert g.names == {"predict_attack": None, "reversal": {"steps", "n_views"}, "backbone_kwargs": {"width"}}
     assert g.class_path == "a.B" and g.whole is None
-    assert given_model_flags(["--model", "lightning_modules.ReversalModule"]).class_path == "lightning_modules.ReversalModule"
+    assert (
+        given_model_flags(["--model", "lightning_modules.ReversalModule"]).class_path
+        == "lightning_modules.ReversalModule"
+    )
     assert given_model_flags(["--model", "{class_path: a.B}"]).whole == "{class_path: a.B}"
 
 

@@ -1,4 +1,5 @@
 """FastSimCLRViews against kornia's SimCLRViews: same output for the same parameters, same draws."""
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,17 @@ def _kornia_params_to_fast(params) -> dict:
     crop, flip, jit, gray = (p.data for p in params)
     src = crop["src"]  # (B, 4, 2) corners (x, y): top-left, top-right, bottom-right, bottom-left
     return {
-        "x0": src[:, 0, 0], "y0": src[:, 0, 1],
-        "w": src[:, 1, 0] - src[:, 0, 0] + 1, "h": src[:, 2, 1] - src[:, 0, 1] + 1,
-        "flip": flip["batch_prob"] > 0.5, "jitter": jit["batch_prob"] > 0.5,
-        "brightness": jit["brightness_factor"], "contrast": jit["contrast_factor"],
-        "saturation": jit["saturation_factor"], "hue": jit["hue_factor"], "order": jit["order"],
+        "x0": src[:, 0, 0],
+        "y0": src[:, 0, 1],
+        "w": src[:, 1, 0] - src[:, 0, 0] + 1,
+        "h": src[:, 2, 1] - src[:, 0, 1] + 1,
+        "flip": flip["batch_prob"] > 0.5,
+        "jitter": jit["batch_prob"] > 0.5,
+        "brightness": jit["brightness_factor"],
+        "contrast": jit["contrast_factor"],
+        "saturation": jit["saturation_factor"],
+        "hue": jit["hue_factor"],
+        "order": jit["order"],
         "gray": gray["batch_prob"] > 0.5,
     }
 

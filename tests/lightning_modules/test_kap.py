@@ -1,4 +1,5 @@
 """Kernel average pooling: the layer against a slow loop, its insertion into backbones, noise training."""
+
 from __future__ import annotations
 
 import copy
@@ -88,8 +89,10 @@ def test_insert_kap_on_preact_resnet18_names():
     assert not isinstance(net.layer1[-1], KernelAveragePool)
     x = torch.rand(2, 3, 32, 32)
     # same weights: KAP changes the function; a window-1 KAP does not
-    moved = {(k.replace(".", ".0.", 1) if k.startswith(("layer2.", "layer3.", "layer4.")) else k): v
-             for k, v in ref.state_dict().items()}
+    moved = {
+        (k.replace(".", ".0.", 1) if k.startswith(("layer2.", "layer3.", "layer4.")) else k): v
+        for k, v in ref.state_dict().items()
+    }
     net.load_state_dict(moved)  # strict: the wrapped parameters sit one level down
     assert net(x).shape == ref(x).shape == (2, 10)
     assert not torch.allclose(net(x), ref(x))

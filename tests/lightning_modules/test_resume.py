@@ -1,4 +1,5 @@
 """Schedules rebuilt for a new budget at a given step, and generator states that load with weights_only."""
+
 import io
 import random
 from types import SimpleNamespace
@@ -48,8 +49,18 @@ def test_rng_states_round_trip_through_a_weights_only_load():
     assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
 
 
-@pytest.mark.parametrize("name,value", [("steps", -3), ("predict_attack_steps", 0), ("n_views", 1), ("lr", 0),
-                                        ("warmup", 1.0), ("val_attack_steps", -1), ("head_dim", 0)])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("steps", -3),
+        ("predict_attack_steps", 0),
+        ("n_views", 1),
+        ("lr", 0),
+        ("warmup", 1.0),
+        ("val_attack_steps", -1),
+        ("head_dim", 0),
+    ],
+)
 def test_settings_out_of_range_fail_naming_them(name, value):
     with pytest.raises(ValueError, match=rf"{name} must be .*, got {value}"):
         check_settings(**{name: value})

@@ -9,8 +9,9 @@ from lightning_modules.robustbench_models import import_robustbench, load_robust
 
 def test_robustbench_imports_with_pyautoattack_and_new_setuptools():
     rb = import_robustbench()
-    from robustbench.utils import load_model  # noqa: F401  (imports autoattack and pkg_resources)
     from robustbench.eval import benchmark  # noqa: F401
+    from robustbench.utils import load_model  # noqa: F401  (imports autoattack and pkg_resources)
+
     assert rb.__name__ == "robustbench" and "autoattack" in sys.modules
 
 

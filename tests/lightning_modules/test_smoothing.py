@@ -1,5 +1,6 @@
 """Randomized smoothing: the beta quantile and binomial test against scipy, the certified radius of a
 linear classifier against its closed form, and certificates that an L2 attack cannot break."""
+
 from __future__ import annotations
 
 import math
@@ -8,13 +9,30 @@ import pytest
 import torch
 from scipy import stats
 
-from lightning_modules.smoothing import (ABSTAIN, SmoothingConfig, betainc, binom_test_two_sided, certified_accuracy,
-                                         certify, clopper_pearson_lower, predict, sample_counts)
+from lightning_modules.smoothing import (
+    ABSTAIN,
+    SmoothingConfig,
+    betainc,
+    binom_test_two_sided,
+    certified_accuracy,
+    certify,
+    clopper_pearson_lower,
+    predict,
+    sample_counts,
+)
 
 
 def test_clopper_pearson_matches_scipy():
-    cases = [(1, 10, 0.05), (7, 10, 0.001), (99, 100, 0.001), (500, 1000, 0.01), (87_000, 100_000, 0.001),
-             (99_990, 100_000, 0.001), (3, 100_000, 0.05), (60, 100, 0.2)]
+    cases = [
+        (1, 10, 0.05),
+        (7, 10, 0.001),
+        (99, 100, 0.001),
+        (500, 1000, 0.01),
+        (87_000, 100_000, 0.001),
+        (99_990, 100_000, 0.001),
+        (3, 100_000, 0.05),
+        (60, 100, 0.2),
+    ]
     for k, n, a in cases:
         got = float(clopper_pearson_lower(torch.tensor([k]), n, a)[0])
         ref = stats.beta.ppf(a, k, n - k + 1)
@@ -23,8 +41,9 @@ def test_clopper_pearson_matches_scipy():
     assert float(clopper_pearson_lower(torch.tensor([50]), 50, 0.01)[0]) == pytest.approx(0.01 ** (1 / 50))
     ks = torch.tensor([10, 40, 77])  # batched
     ref = [stats.beta.ppf(0.001, int(k), 100 - int(k) + 1) for k in ks]
-    torch.testing.assert_close(clopper_pearson_lower(ks, 100, 0.001), torch.tensor(ref, dtype=torch.float64),
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        clopper_pearson_lower(ks, 100, 0.001), torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_betainc_and_binomial_test_match_scipy():
@@ -33,8 +52,12 @@ def test_betainc_and_binomial_test_match_scipy():
     a = torch.tensor([0.5, 2.0, 30.0, 1000.0, 5e4], dtype=torch.float64)
     b = torch.tensor([3.0, 2.0, 1.0, 900.0, 5e4 + 7], dtype=torch.float64)
     x = torch.tensor([0.1, 0.7, 0.99, 0.52, 0.4999], dtype=torch.float64)
-    torch.testing.assert_close(betainc(a, b, x), torch.tensor(special.betainc(a.numpy(), b.numpy(), x.numpy()),
-                                                              dtype=torch.float64), rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(
+        betainc(a, b, x),
+        torch.tensor(special.betainc(a.numpy(), b.numpy(), x.numpy()), dtype=torch.float64),
+        rtol=1e-9,
+        atol=1e-14,
+    )
     for k, n in ((60, 100), (40, 100), (50, 100), (530, 1000), (9, 10), (0, 5), (1000, 1000)):
         ref = stats.binomtest(k, n, 0.5, alternative="two-sided").pvalue
         assert float(binom_test_two_sided(torch.tensor(k), torch.tensor(n))) == pytest.approx(ref, rel=1e-8), (k, n)
@@ -42,9 +65,11 @@ def test_betainc_and_binomial_test_match_scipy():
 
 def linear2(w: torch.Tensor, b: float):
     """Two classes: logits ``[0, w.x + b]``; class 1 iff ``w.x + b > 0``."""
+
     def f(x):
         s = x.flatten(1) @ w + b
         return torch.stack([torch.zeros_like(s), s], 1)
+
     return f
 
 
@@ -70,7 +95,11 @@ def test_certified_radius_of_a_linear_classifier_matches_the_closed_form():
         true_r = abs(float(dist[i]))
         # the Clopper-Pearson slack at n = 20000 is a few thousandths in probability
         slack = sigma * (stats.norm.ppf(p_a) - stats.norm.ppf(max(0.5, p_a - 4 * math.sqrt(p_a * (1 - p_a) / n))))
-        assert float(radius[i]) <= true_r + 1e-6 and float(radius[i]) >= true_r - slack - 1e-3, (i, float(radius[i]), true_r)
+        assert float(radius[i]) <= true_r + 1e-6 and float(radius[i]) >= true_r - slack - 1e-3, (
+            i,
+            float(radius[i]),
+            true_r,
+        )
     assert (pred != ABSTAIN).sum() >= 4
 
 
@@ -96,7 +125,11 @@ def smoothed_attack(f, x, y, sigma, eps, steps=30, samples=64, seed=0):
     for _ in range(steps):
         delta.requires_grad_(True)
         noise = torch.randn((samples, *x.shape), generator=g)
-        p = torch.softmax(f((x + delta).unsqueeze(0).add(sigma * noise).flatten(0, 1)), 1).view(samples, len(x), -1).mean(0)
+        p = (
+            torch.softmax(f((x + delta).unsqueeze(0).add(sigma * noise).flatten(0, 1)), 1)
+            .view(samples, len(x), -1)
+            .mean(0)
+        )
         loss = torch.nn.functional.nll_loss(torch.log(p + 1e-12), y)
         (gr,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
@@ -148,9 +181,17 @@ def test_certified_accuracy_counts_correct_and_radius():
     assert certified_accuracy(pred, radius, y, [0, 0.25, 0.5, 0.75]) == {0.0: 0.5, 0.25: 0.5, 0.5: 0.25, 0.75: 0.0}
 
 
-@pytest.mark.parametrize("kw, match", [({"sigma": 0}, "sigma"), ({"sigma": -0.1}, "sigma"),
-                                       ({"n0": 200, "n": 100}, "n0=200"), ({"alpha": 1.0}, "alpha"),
-                                       ({"alpha": 0}, "alpha"), ({"n0": 0}, "n0")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"sigma": 0}, "sigma"),
+        ({"sigma": -0.1}, "sigma"),
+        ({"n0": 200, "n": 100}, "n0=200"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"alpha": 0}, "alpha"),
+        ({"n0": 0}, "n0"),
+    ],
+)
 def test_bad_settings_fail_naming_them(kw, match):
     with pytest.raises(ValueError, match=match):
         SmoothingConfig(**kw)

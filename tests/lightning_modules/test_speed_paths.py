@@ -1,5 +1,6 @@
 """The speed options of issue 4: no wasted forward in single-restart PGD, reversal views built once,
 bf16 reversal with an fp32 loss, compile without changing checkpoints, sync-free training logs."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,8 +37,9 @@ def test_single_restart_pgd_runs_exactly_steps_forwards_and_matches_the_core():
     out = pgd(net, x, y, eps=8 / 255, alpha=2 / 255, steps=5)
     assert net.calls == 5
     torch.manual_seed(1)
-    ref = projected_gradient(lambda xa: nn.functional.cross_entropy(net(xa), y, reduction="none"),
-                             x, 8 / 255, 2 / 255, 5)
+    ref = projected_gradient(
+        lambda xa: nn.functional.cross_entropy(net(xa), y, reduction="none"), x, 8 / 255, 2 / 255, 5
+    )
     torch.testing.assert_close(out, ref)
     net.calls = 0
     pgd(net, x, y, steps=5, restarts=2)
@@ -45,8 +47,13 @@ def test_single_restart_pgd_runs_exactly_steps_forwards_and_matches_the_core():
 
 
 def test_module_builds_the_reversal_views_once():
-    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, head_hidden=16, head_dim=8,
-                       reversal=ReversalConfig(steps=1, views="fast"))
+    m = ReversalModule(
+        backbone="small_cnn",
+        backbone_kwargs={"width": 4},
+        head_hidden=16,
+        head_dim=8,
+        reversal=ReversalConfig(steps=1, views="fast"),
+    )
     x = torch.rand(4, 3, 32, 32)
     m.reverse(x)
     m.reverse(x)
@@ -99,11 +106,17 @@ def test_attacks_and_reversal_freeze_parameters_and_restore_them():
     reversal must run with the weights frozen, and leave them trainable afterwards."""
     from lightning_modules.attacks import frozen_params
 
-    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, head_hidden=16, head_dim=8,
-                       training="pgd", steps=1, reversal=ReversalConfig(steps=1, views="fast"))
+    m = ReversalModule(
+        backbone="small_cnn",
+        backbone_kwargs={"width": 4},
+        head_hidden=16,
+        head_dim=8,
+        training="pgd",
+        steps=1,
+        reversal=ReversalConfig(steps=1, views="fast"),
+    )
     seen = []
-    m.classifier.register_forward_pre_hook(
-        lambda mod, inp: seen.append(any(p.requires_grad for p in mod.parameters())))
+    m.classifier.register_forward_pre_hook(lambda mod, inp: seen.append(any(p.requires_grad for p in mod.parameters())))
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
     m._train_inputs(x, y)
     m.attack(x, y, steps=1)

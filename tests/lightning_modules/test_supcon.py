@@ -1,4 +1,5 @@
 """The ASCL loss and its pair selection against slow per-anchor / per-pair loops."""
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,13 @@ def batch():
     g = torch.Generator().manual_seed(0)
     b = 12
     y = torch.randint(0, 4, (b,), generator=g)
-    return (torch.randn(b, 6, generator=g), torch.randn(b, 6, generator=g), y,
-            torch.randint(0, 4, (b,), generator=g), torch.randint(0, 4, (b,), generator=g))
+    return (
+        torch.randn(b, 6, generator=g),
+        torch.randn(b, 6, generator=g),
+        y,
+        torch.randint(0, 4, (b,), generator=g),
+        torch.randint(0, 4, (b,), generator=g),
+    )
 
 
 def test_ascl_loss_matches_manual_reference_without_selection(batch):
@@ -67,7 +73,9 @@ def test_ascl_loss_matches_manual_reference_without_selection(batch):
     ref = manual_ascl(z_adv, z_clean, y, 0.2)
     torch.testing.assert_close(ascl_loss(z_adv, z_clean, y, 0.2, reduction="none").double(), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ascl_loss(z_adv, z_clean, y, 0.2).double(), ref.mean(), rtol=1e-5, atol=1e-5)
-    assert ascl_loss(z_adv, z_clean, y, 0.2, select_pairs(y, y, y, "none")).item() == pytest.approx(ref.mean().item(), rel=1e-5)
+    assert ascl_loss(z_adv, z_clean, y, 0.2, select_pairs(y, y, y, "none")).item() == pytest.approx(
+        ref.mean().item(), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("topk", [0, 3])

@@ -11,6 +11,7 @@ two views disagree and the reversal (descending InfoNCE) removes it: after the r
 non-adaptive attack is undone. Colour shifts, which the reversal cannot see, break the images with
 ``m < 2 * eps`` (about half at 8/255): an attack that accounts for the reversal finds them.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """The sanity checks as pure functions over the summary: hand-made per-example results that break
 each rule make its check fail, and a failed check marks the headline unreliable in every output."""
+
 from __future__ import annotations
 
 import json
@@ -16,18 +17,35 @@ ONES, ZEROS, HALF = [1] * N, [0] * N, [1] * 10 + [0] * 10
 
 
 def evaluator(**kw) -> RobustEvaluator:
-    cfg = EvalConfig(**{**dict(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot", "transfer"], draws=1,
-                               composition=[], eps_sweep=["0/255", "64/255"], eps_sweep_attacks=["pgd"],
-                               attack_steps_sweep=[5, 50], steps_sweep_attacks=["pgd"], eot_sweep=[],
-                               reversal_steps_sweep=[], standard_model=True, noise_tolerance=0.05, progress=False,
-                               steps=20), **kw})
+    cfg = EvalConfig(
+        **{
+            **dict(
+                threat_models={"Linf": "8/255"},
+                attacks=["pgd", "bpda_eot", "transfer"],
+                draws=1,
+                composition=[],
+                eps_sweep=["0/255", "64/255"],
+                eps_sweep_attacks=["pgd"],
+                attack_steps_sweep=[5, 50],
+                steps_sweep_attacks=["pgd"],
+                eot_sweep=[],
+                reversal_steps_sweep=[],
+                standard_model=True,
+                noise_tolerance=0.05,
+                progress=False,
+                steps=20,
+            ),
+            **kw,
+        }
+    )
     f = lambda x: x  # noqa: E731  (never called: the store is filled by hand)
     return RobustEvaluator(Defense(f, f, f, reverse_diff_fn=f, surrogate_fn=f), cfg)
 
 
 def fill(ev: RobustEvaluator, attack: str, group: str, without: list, with_=None, setting=None) -> None:
-    row = next(r for r in ev.catalog() if r.attack == attack and r.group == group
-               and (setting is None or r.setting == setting))
+    row = next(
+        r for r in ev.catalog() if r.attack == attack and r.group == group and (setting is None or r.setting == setting)
+    )
     ev.store.add(f"{row.key}|without", range(N), without)
     if with_ is not None and "with" in row.columns:
         ev.store.add(f"{row.key}|with", range(N), [v * ev.cfg.draws for v in with_], draws=ev.cfg.draws)
@@ -54,13 +72,13 @@ def test_checks_pass_on_a_sound_evaluation_and_fail_on_each_broken_rule():
     ev.store.add("clean|without", range(N), ONES)
     ev.store.add("clean|with", range(N), ONES)
     fill(ev, "pgd", "main", ZEROS, ZEROS)
-    fill(ev, "bpda_eot", "main", HALF, ONES)                 # adaptive weaker than non-adaptive
-    fill(ev, "transfer", "main", ZEROS, ZEROS)               # transfer stronger than white-box
-    fill(ev, "pgd", "eps-sweep", HALF, HALF)                 # not ~0 at 64/255
+    fill(ev, "bpda_eot", "main", HALF, ONES)  # adaptive weaker than non-adaptive
+    fill(ev, "transfer", "main", ZEROS, ZEROS)  # transfer stronger than white-box
+    fill(ev, "pgd", "eps-sweep", HALF, HALF)  # not ~0 at 64/255
     fill(ev, "pgd", "steps-sweep", ZEROS, ZEROS, setting=5)
-    fill(ev, "pgd", "steps-sweep", HALF, HALF, setting=20)   # more steps help the model: rises
+    fill(ev, "pgd", "steps-sweep", HALF, HALF, setting=20)  # more steps help the model: rises
     fill(ev, "pgd", "steps-sweep", ZEROS, ZEROS, setting=50)  # and 50 steps beat the main 20: not converged
-    fill(ev, "pgd", "sanity", HALF)                          # standard model not broken
+    fill(ev, "pgd", "sanity", HALF)  # standard model not broken
     s = ev.summary()
     checks = {c["name"]: c["passed"] for c in s["sanity"]}
     assert checks == {

@@ -1,5 +1,6 @@
 """EvalConfig's parsing and refusals, the old layout's keys, and the per-example store: draws,
 round trip, merge, and the refusal of stores from another evaluation or without metadata."""
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,11 @@ def test_store_refuses_other_evaluations_naming_the_keys(tmp_path: Path):
     s.save(path)
     other = json.loads(json.dumps(meta))
     other["data"]["eval_batch_size"], other["world_size"] = 16, 2
-    with pytest.raises(ValueError, match=r"per_example\.json holds results of a different evaluation "
-                                         r"\(differs in \['data\.eval_batch_size', 'world_size'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"per_example\.json holds results of a different evaluation "
+        r"\(differs in \['data\.eval_batch_size', 'world_size'\]\)",
+    ):
         ResultStore.load(path, other)
     with pytest.raises(ValueError, match="cannot merge"):
         ResultStore(meta).merge(ResultStore(other))

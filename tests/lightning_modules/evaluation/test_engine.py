@@ -1,5 +1,6 @@
 """The evaluator loop: rows against a manual per-example reference, resuming, stopping between rows
 with everything saved, progress lines, an undefended model, and pyautoattack's real ResNet-18."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,10 @@ import pytest
 import torch
 
 from lightning_modules.attacks import pgd
-from lightning_modules.evaluation import EvalConfig, EvaluationStopped, ResultStore, RobustEvaluator
-from lightning_modules.evaluation import registry
+from lightning_modules.evaluation import EvalConfig, EvaluationStopped, ResultStore, RobustEvaluator, registry
 from tests.lightning_modules.toy_defense import toy_data, toy_fns
 
-QUIET = dict(composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[],
-             progress=False)
+QUIET = dict(composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[], progress=False)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,21 +30,35 @@ def test_rows_match_a_manual_per_example_reference():
     x_adv = pgd(fns.model_fn, x, y, 8 / 255, 2 / 255, 5)
     x_rev = fns.reverse(x_adv)  # the toy's reversal is deterministic: every draw agrees
     for i in range(8):
-        ok = bool(fns.model_fn(x_adv[i: i + 1]).argmax(1) == y[i])
+        ok = bool(fns.model_fn(x_adv[i : i + 1]).argmax(1) == y[i])
         assert ev.store.rows[f"{row.key}|without"][100 + i] == ok
-        assert ev.store.rows[f"{row.key}|with"][100 + i] == 3 * int(fns.model_fn(x_rev[i: i + 1]).argmax(1) == y[i])
+        assert ev.store.rows[f"{row.key}|with"][100 + i] == 3 * int(fns.model_fn(x_rev[i : i + 1]).argmax(1) == y[i])
     s = ev.summary()
-    manual = sum(ev.store.rows["clean|with"][i] == 3 and ev.store.rows[f"{row.key}|with"][i] == 3
-                 for i in range(100, 108)) / 8
+    manual = (
+        sum(ev.store.rows["clean|with"][i] == 3 and ev.store.rows[f"{row.key}|with"][i] == 3 for i in range(100, 108))
+        / 8
+    )
     assert s["worst_case"][0]["with"] == manual and s["worst_case"][0]["n"] == 8
 
 
 def test_resume_skips_stored_rows_and_matches_a_one_shot_run(tmp_path: Path, monkeypatch):
     fns = toy_fns(steps=3)
     x, y = toy_data(12)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot"], steps=3, eot=1, draws=2,
-                     composition=["batch2"], eps_sweep=["0/255", "8/255"], attack_steps_sweep=[1, 3],
-                     eot_sweep=[2], reversal_steps_sweep=[0, 3], eps_sweep_n=6, steps_sweep_n=6, progress=False)
+    cfg = EvalConfig(
+        threat_models={"Linf": "8/255"},
+        attacks=["pgd", "bpda_eot"],
+        steps=3,
+        eot=1,
+        draws=2,
+        composition=["batch2"],
+        eps_sweep=["0/255", "8/255"],
+        attack_steps_sweep=[1, 3],
+        eot_sweep=[2],
+        reversal_steps_sweep=[0, 3],
+        eps_sweep_n=6,
+        steps_sweep_n=6,
+        progress=False,
+    )
     one_shot = RobustEvaluator.for_reversal(fns, cfg)
     one_shot.evaluate(x, y, batch_size=6)
 
@@ -56,8 +69,13 @@ def test_resume_skips_stored_rows_and_matches_a_one_shot_run(tmp_path: Path, mon
     resumed = RobustEvaluator.for_reversal(fns, cfg, store=ResultStore.load(tmp_path / "per_example.json", meta))
     calls = []
     for name, a in list(registry.ATTACKS.items()):
-        monkeypatch.setitem(registry.ATTACKS, name, a.__class__(**{**a.__dict__, "craft": (
-            lambda j, _c=a.craft, _n=name: calls.append((_n, len(j.x))) or _c(j))}))
+        monkeypatch.setitem(
+            registry.ATTACKS,
+            name,
+            a.__class__(
+                **{**a.__dict__, "craft": (lambda j, _c=a.craft, _n=name: calls.append((_n, len(j.x))) or _c(j))}
+            ),
+        )
     resumed.evaluate_batch(x[:6], y[:6], torch.arange(6))
     assert calls == []  # everything of the first batch was stored
     resumed.evaluate_batch(x[6:], y[6:], torch.arange(6, 12))
@@ -71,13 +89,21 @@ def test_stop_between_rows_keeps_every_finished_row():
     cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "cw", "bpda_eot"], steps=2, eot=1, **QUIET)
     saved, lines = [], []
     stop_after = 2
-    ev = RobustEvaluator.for_reversal(fns, cfg, should_stop=lambda: len(saved) >= stop_after,
-                                      on_row_done=lambda: saved.append(sorted(ev.store.rows)), log=lines.append,
-                                      n_batches=3)
+    ev = RobustEvaluator.for_reversal(
+        fns,
+        cfg,
+        should_stop=lambda: len(saved) >= stop_after,
+        on_row_done=lambda: saved.append(sorted(ev.store.rows)),
+        log=lines.append,
+        n_batches=3,
+    )
     with pytest.raises(EvaluationStopped, match="before row 3/4 of batch 1"):
         ev.evaluate_batch(x, y, torch.arange(6))
-    assert saved[-1] == ["clean|with", "clean|without", *sorted(
-        f"{r.key}|{c}" for r in ev.catalog() if r.attack == "pgd" for c in r.columns)]
+    assert saved[-1] == [
+        "clean|with",
+        "clean|without",
+        *sorted(f"{r.key}|{c}" for r in ev.catalog() if r.attack == "pgd" for c in r.columns),
+    ]
     assert len(lines) == 2 and lines[1].startswith("[eval] batch 1/3 row 2/4 main Linf PGD-2 (CE)")
     assert "left" in lines[1]
     stop_after = 99  # resumed: the rest runs, the finished rows are not redone
@@ -118,8 +144,9 @@ def test_real_pyautoattack_resnet18_is_broken_by_pgd(real_cifar10):
     xs, ys = read_cifar_batches([real_cifar10 / "cifar-10-batches-py" / "test_batch"], 10)
     x, y = torch.from_numpy(xs[:16]).float() / 255, torch.from_numpy(ys[:16]).long()
     torch.set_num_threads(2)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd"], steps=20, standard_model=True,
-                     steps_sweep_n=16, **QUIET)
+    cfg = EvalConfig(
+        threat_models={"Linf": "8/255"}, attacks=["pgd"], steps=20, standard_model=True, steps_sweep_n=16, **QUIET
+    )
     s = RobustEvaluator(Defense(net), cfg).evaluate(x, y, batch_size=16)
     assert s["clean"]["without"] >= 0.8, s["clean"]
     assert s["rows"][0]["without"] == 0.0, s["rows"][0]
@@ -129,8 +156,17 @@ def test_real_pyautoattack_resnet18_is_broken_by_pgd(real_cifar10):
 def test_headline_is_on_the_examples_every_attack_on_the_defense_ran_on():
     fns = toy_fns(steps=2)
     x, y = toy_data(8)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot", "square"], steps=2, eot=1,
-                     adaptive_n=6, square_n=2, square_queries=3, judge_draws=1, **QUIET)
+    cfg = EvalConfig(
+        threat_models={"Linf": "8/255"},
+        attacks=["pgd", "bpda_eot", "square"],
+        steps=2,
+        eot=1,
+        adaptive_n=6,
+        square_n=2,
+        square_queries=3,
+        judge_draws=1,
+        **QUIET,
+    )
     s = RobustEvaluator.for_reversal(fns, cfg).evaluate(x, y, batch_size=8)
     rows = {r["attack"]: r for r in s["rows"]}
     assert rows["pgd"]["n"] == 8 and rows["bpda_eot"]["n"] == 6 and rows["square"]["n"] == 2

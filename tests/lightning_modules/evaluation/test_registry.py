@@ -1,6 +1,7 @@
 """The attack registry: every entry crafts inside its budget on the toy defense, labels and row keys
 are distinct, attacks on the whole defense keep their best iterate, and APGD + EOT breaks a
 randomized defense that single-draw PGD does not."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,7 @@ from lightning_modules.evaluation.registry import EOT_ATTACKS, SWEEPABLE, main_s
 from tests.lightning_modules.evaluation.toys import PhaseDefense
 from tests.lightning_modules.toy_defense import toy_data, toy_fns
 
-QUIET = dict(composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[],
-             progress=False)
+QUIET = dict(composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[], progress=False)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,8 +39,18 @@ def test_entries_are_complete_and_their_rows_distinct():
 def test_every_attack_stays_in_its_ball(norm, eps):
     fns = toy_fns(steps=2)
     x, y = toy_data(6)
-    cfg = EvalConfig(threat_models={norm: eps}, steps=2, apgd_steps=3, adaptive_steps=2, eot=1, square_queries=5,
-                     full_gradient_steps=1, judge_draws=1, apgd_targets=1, **QUIET)
+    cfg = EvalConfig(
+        threat_models={norm: eps},
+        steps=2,
+        apgd_steps=3,
+        adaptive_steps=2,
+        eot=1,
+        square_queries=5,
+        full_gradient_steps=1,
+        judge_draws=1,
+        apgd_targets=1,
+        **QUIET,
+    )
     d = Defense.from_fns(fns, surrogate_fn=fns.model_fn)
     for name, a in ATTACKS.items():
         if name == "apgd_dlrt_bpda" or name == "apgd_dlrt_full":
@@ -73,11 +83,11 @@ def test_best_iterate_is_kept_not_the_last():
     t = BestIterate(torch.zeros(3, 1), y)
     fool, keep = torch.tensor([[0.0, 1.0]] * 3), torch.tensor([[1.0, 0.0]] * 3)
     t.observe(torch.full((3, 1), 1.0), keep)
-    t.observe(torch.full((3, 1), 2.0), fool)       # iterate 2 fools on both draws
+    t.observe(torch.full((3, 1), 2.0), fool)  # iterate 2 fools on both draws
     t.observe(torch.full((3, 1), 2.0), fool)
-    t.observe(torch.full((3, 1), 3.0), fool)       # iterate 3 fools on one draw of two
+    t.observe(torch.full((3, 1), 3.0), fool)  # iterate 3 fools on one draw of two
     t.observe(torch.full((3, 1), 3.0), keep)
-    t.observe(torch.full((3, 1), 4.0), keep)       # the last iterate: harmless
+    t.observe(torch.full((3, 1), 4.0), keep)  # the last iterate: harmless
     assert t.result().flatten().tolist() == [2.0, 2.0, 2.0]
     assert t.score.tolist() == [1.0, 1.0, 1.0]
     # pick_best judges candidates on fresh draws of the defense

@@ -1,4 +1,5 @@
 """Scoring a randomized, batch-dependent defense: several draws, draw disagreement, batch compositions."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,7 @@ import torch
 from lightning_modules.evaluation import Defense, EvalConfig, RobustEvaluator
 from tests.lightning_modules.evaluation.toys import CoinFlipDefense, MatesDefense
 
-QUIET = dict(composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[],
-             progress=False)
+QUIET = dict(composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[], progress=False)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,9 +19,9 @@ def test_a_defense_right_on_half_the_draws_scores_near_zero_with_every_draw_requ
     one = RobustEvaluator(d, EvalConfig(attacks=[], draws=1, **QUIET)).evaluate(x, y, 100)["clean"]
     five = RobustEvaluator(d, EvalConfig(attacks=[], draws=5, **QUIET)).evaluate(x, y, 100)["clean"]
     assert one["without"] == 1.0 and five["without"] == 1.0
-    assert abs(one["with"] - 0.5) < 0.08                      # one reversal: the coin
-    assert five["with"] < 0.08                               # every one of 5 draws: 1/32 expected
-    assert abs(five["with_mean"] - 0.5) < 0.05               # the mean over draws is still reported
+    assert abs(one["with"] - 0.5) < 0.08  # one reversal: the coin
+    assert five["with"] < 0.08  # every one of 5 draws: 1/32 expected
+    assert abs(five["with_mean"] - 0.5) < 0.05  # the mean over draws is still reported
     assert five["with_disagreement"] > 0.9 and one["with_disagreement"] == 0.0
 
 
@@ -36,7 +36,7 @@ def test_manual_reference_of_draw_counts():
     for _ in range(4):
         xr = CoinFlipDefense.reverse_fn(x)
         for i in range(6):
-            ref[i] += int(CoinFlipDefense.model_fn(xr[i:i + 1]).argmax(1).item() == y[i].item())
+            ref[i] += int(CoinFlipDefense.model_fn(xr[i : i + 1]).argmax(1).item() == y[i].item())
     assert torch.equal(counts, ref)
 
 
@@ -59,8 +59,14 @@ def test_composition_columns_count_in_the_headline():
     x_clean = torch.full((8, 3, 4, 4), 0.3)
     y = torch.zeros(8, dtype=torch.long)
     d = Defense(MatesDefense.model_fn, MatesDefense.reverse_fn)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd"], steps=3, draws=1, **{
-        **QUIET, "composition": ["clean_mates", "batch2"]}, mates_groups=4)
+    cfg = EvalConfig(
+        threat_models={"Linf": "8/255"},
+        attacks=["pgd"],
+        steps=3,
+        draws=1,
+        **{**QUIET, "composition": ["clean_mates", "batch2"]},
+        mates_groups=4,
+    )
     s = RobustEvaluator(d, cfg).evaluate(x_clean, y, 8)
     row = s["rows"][0]
     assert {"with", "with@clean_mates", "with@batch2"} <= set(row)

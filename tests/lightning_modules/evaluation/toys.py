@@ -11,6 +11,7 @@
 - :class:`MatesDefense`: a deterministic reversal that helps an image only when most of its batch
   is clean, to tell batch compositions apart.
 """
+
 from __future__ import annotations
 
 import math
