@@ -19,7 +19,7 @@ __all__ = [
     "safe_unpickle",
 ]
 
-# Corruption sets (CIFAR-10-C / CIFAR-100-C / ImageNet-C), ImageNet, stored adversarial sets (issue 5).
+# Corruption sets (CIFAR-10-C / CIFAR-100-C / ImageNet-C), ImageNet, stored adversarial sets.
 from .adversarial import AdversarialSetDataModule, make_adversarial_set  # noqa: E402
 from .corruption_sets import CIFAR10CDataModule, CIFAR100CDataModule, ImageNetCDataModule  # noqa: E402
 from .corruptions import CORRUPTIONS, corrupt  # noqa: E402

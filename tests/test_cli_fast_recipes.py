@@ -1,4 +1,4 @@
-"""The fast recipes of issue 4 parse and train through the CLI (tiny model, CPU, their own bf16 setting)."""
+"""The fast recipes parse and train through the CLI (tiny model, CPU, their own bf16 setting)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Same seed -> same metrics and weights on CPU (every random source: shuffles, crops and flips,
 SimCLR views, PGD random starts); another seed -> different ones. ``trainer.deterministic: true``
-works with our code and changes nothing on CPU. GPU caveats: /work/notes/determinism.md."""
+works with our code and changes nothing on CPU. GPU caveats: README, "Reliability"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The speed options of issue 4: no wasted forward in single-restart PGD, reversal views built once,
+"""The speed options: no wasted forward in single-restart PGD, reversal views built once,
 bf16 reversal with an fp32 loss, compile without changing checkpoints, sync-free training logs."""
 
 from __future__ import annotations
