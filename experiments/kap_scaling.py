@@ -210,7 +210,10 @@ def markdown(records: list[dict[str, Any]], title: str) -> str:
 
 def plot(records: list[dict[str, Any]], path: Path, title: str) -> None:
     """Accuracy against parameter count, one panel per metric, a line per dataset x variant."""
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = pyplot().subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4), squeeze=False)
+    params = sorted({r["params"] for r in records})
     variants = sorted({(r["dataset"], r["kap"]) for r in records})
     for ax, m in zip(axes[0], METRICS):
         for ds, kap in variants:
@@ -223,6 +226,8 @@ def plot(records: list[dict[str, Any]], path: Path, title: str) -> None:
                 label=f"{ds} {'KAP' if kap else 'no KAP'}",
             )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
+        ax.set_xticks(params, [f"{p / 1e3:.0f}k" for p in params], rotation=45)
         ax.set_xlabel("parameters")
         ax.set_title(m if m != "noise" else "Gaussian noise")
         ax.grid(alpha=0.3)
