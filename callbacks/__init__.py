@@ -1,6 +1,8 @@
-"""Lightning callbacks: atomic checkpoints, EMA, image grids and the reversal picture, prediction files,
-and the reports (robustness evaluation, corruptions, randomized-smoothing certification)."""
+"""Lightning callbacks: atomic checkpoints, EMA, training progress, image grids and the reversal
+picture, prediction files, the accuracy check after training, and the reports (robustness evaluation,
+corruptions, randomized-smoothing certification)."""
 
+from .accuracy_check import AccuracyCheck
 from .checkpoint import AtomicCheckpoint
 from .corruption_report import CorruptionReport
 from .ema import DeviceEMA
@@ -9,8 +11,10 @@ from .predictions import PredictionWriter, merge_predictions
 from .reversal_picture import ReversalPicture, reversal_figure
 from .robust_eval import RobustEvaluation
 from .smoothing_report import SmoothingCertification
+from .train_progress import TrainProgress
 
 __all__ = [
+    "AccuracyCheck",
     "AtomicCheckpoint",
     "CorruptionReport",
     "DeviceEMA",
@@ -19,6 +23,7 @@ __all__ = [
     "ReversalPicture",
     "RobustEvaluation",
     "SmoothingCertification",
+    "TrainProgress",
     "merge_predictions",
     "reversal_figure",
     "reversal_grid",

@@ -160,7 +160,7 @@ class CorruptionReport(pl.Callback):
                 if torch.is_inference_mode_enabled():
                     raise RuntimeError(
                         "CorruptionReport(reversal=true) needs gradients: set "
-                        "`trainer.inference_mode: false` (experiments/base.yaml does)"
+                        "`trainer.inference_mode: false` (the base file lightning_modules/base.yaml does)"
                     )
                 with torch.enable_grad():
                     x_rev = self._reverse(pl_module, x, dataloader_idx)

@@ -23,9 +23,9 @@ def reversal_grid(x: torch.Tensor, x_adv: torch.Tensor, x_rev: torch.Tensor) -> 
 
 
 class ImageGrid(pl.Callback):
-    """Every ``every_n_epochs`` validation epochs: attack and reverse the first ``n_images`` of the
-    first validation batch and log :func:`reversal_grid` to W&B (``log_image``), or save it as PNG
-    under the run's log dir when the logger is not W&B."""
+    """After the first validation epoch and every ``every_n_epochs`` epochs: attack and reverse the
+    first ``n_images`` of the first validation batch and log :func:`reversal_grid` to W&B
+    (``log_image``), or save it as PNG under the run's log dir when the logger is not W&B."""
 
     def __init__(self, n_images: int = 16, every_n_epochs: int = 5) -> None:
         self.n_images, self.every_n_epochs = n_images, every_n_epochs
@@ -38,7 +38,8 @@ class ImageGrid(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._batch is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs and not trainer.fast_dev_run:
+        first = trainer.current_epoch == 0  # a run that ends early still has a picture
+        if (trainer.current_epoch + 1) % self.every_n_epochs and not first and not trainer.fast_dev_run:
             return
         if not all(hasattr(pl_module, m) for m in ("attack", "reverse", "_prep")) or len(self._batch[0]) < 2:
             return

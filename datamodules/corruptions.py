@@ -66,6 +66,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.progress import time_left
+
 # The 15 corruptions of CIFAR-10-C / ImageNet-C as RobustBench names them, in the paper's order
 # (noise, blur, weather, digital).
 CORRUPTIONS: tuple[str, ...] = (
@@ -745,7 +747,8 @@ def generate_cifar_c(
     _atomic_save_npy(out / "labels.npy", labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels)
     times: dict[str, float] = {}
     psnrs: dict[str, dict[int, float]] = {}
-    for name in names:
+    t_start = time.perf_counter()
+    for k, name in enumerate(names, 1):
         fn = CORRUPTION_FUNCTIONS[name]
         t0 = time.perf_counter()
         parts = []
@@ -764,7 +767,8 @@ def generate_cifar_c(
         times[name] = time.perf_counter() - t0
         _atomic_save_npy(out / f"{name}.npy", arr)
         if verbose:
-            print(f"{name:18s} {arr.shape} {times[name]:6.2f} s", flush=True)
+            left = time_left(time.perf_counter() - t_start, k, len(names))
+            print(f"[corruptions] {k}/{len(names)} {name:18s} {arr.shape} {times[name]:6.2f} s, {left}", flush=True)
     meta = {
         "generated_by": "datamodules.corruptions (not the official CIFAR-10-C release)",
         "seed": seed,

@@ -618,7 +618,10 @@ def _run(args: argparse.Namespace) -> dict:
         "peak_source": source,
     }
     results: dict[str, dict] = {}
-    for bench in args.benches:
+    from lightning_modules.progress import time_left
+
+    benches, t_all = list(args.benches), time.perf_counter()
+    for bench in benches:
         t0 = time.perf_counter()
         if bench in TRAIN_BENCHES:
             r = bench_train(bench, args, device)
@@ -636,7 +639,12 @@ def _run(args: argparse.Namespace) -> dict:
             r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             torch.cuda.reset_peak_memory_stats(device)
         results[bench] = r
-        print(f"[bench] {bench}: {r['images_per_s']:.1f} images/s ({r['wall_s']:.1f} s)", flush=True)
+        done = list(results).index(bench) + 1
+        left = time_left(time.perf_counter() - t_all, done, len(benches))
+        print(
+            f"[bench] {done}/{len(benches)} {bench}: {r['images_per_s']:.1f} images/s ({r['wall_s']:.1f} s), {left}",
+            flush=True,
+        )
     report = {**info, "results": results}
     print_table(report)
     if args.json:

@@ -123,25 +123,31 @@ class WideResNet(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """A few-layer CNN for tests, CPU benchmarks and the scaling study (not a research backbone).
+    """A few-layer CNN for tests, the CPU profile, CPU benchmarks and the scaling study (not a
+    research backbone).
 
-    Three stages of ``depth`` conv-BN-ReLU layers each (``width``, ``2 width``, ``4 width`` channels),
-    max-pooling between stages. ``depth=1`` is the original 3-conv network (same state-dict keys).
+    ``stages`` stages of ``depth`` conv-BN-ReLU layers each (``width``, ``2 width``, ``4 width``, ...
+    channels), max-pooling between stages, global average pooling at the end. ``stages=3, depth=1``
+    is the original 3-conv network (same state-dict keys); ``stages=4`` adds a ``8 width`` stage at
+    4x4 (the CPU profile's network).
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 32, depth: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 32, depth: int = 1, stages: int = 3) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"small_cnn depth must be >= 1, got {depth}")
+        if not 1 <= stages <= 5:
+            raise ValueError(f"small_cnn stages must be in 1..5 (32x32 inputs), got {stages}")
         w, layers, cin = width, [], 3
-        for i, c in enumerate((w, 2 * w, 4 * w)):
+        for i in range(stages):
+            c = w * 2**i
             for _ in range(depth):
                 layers += [nn.Conv2d(cin, c, 3, 1, 1), nn.BatchNorm2d(c), nn.ReLU()]
                 cin = c
-            layers += [nn.MaxPool2d(2)] if i < 2 else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            layers += [nn.MaxPool2d(2)] if i < stages - 1 else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.body = nn.Sequential(*layers)
-        self.linear = nn.Linear(4 * w, num_classes)
-        self.feature_dim = 4 * w
+        self.linear = nn.Linear(cin, num_classes)
+        self.feature_dim = cin
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -226,7 +232,7 @@ def build_backbone(
     """Build a backbone by name (see :class:`BackboneName`), returning a :class:`Classifier`.
 
     ``weights_path`` loads a local torchvision-style state dict (ResNet-50 ImageNet weights, say)
-    with ``weights_only=True``. ``kwargs`` go to the network (``width``/``depth`` for small_cnn,
+    with ``weights_only=True``. ``kwargs`` go to the network (``width``/``depth``/``stages`` for small_cnn,
     ``depth``/``widen`` for wide_resnet), except
     ``kap={window, after, padding}``, which inserts kernel-average-pooling layers after the named
     submodules (:func:`lightning_modules.kap.insert_kap`; after loading ``weights_path``).

@@ -1,9 +1,10 @@
 """The command line: ``lightning fit|validate|test|predict --config experiments/...yaml``.
 
 A LightningCLI over every LightningModule and DataModule of the package. The base trainer
-settings (``experiments/base.yaml``: W&B offline logging, checkpoints, ``inference_mode: false``)
-load first when the file is there, so an experiment file holds only what differs. Logging falls
-back to CSV when W&B is disabled (``WANDB_MODE=disabled``).
+settings (``lightning_modules/base.yaml``, package data, so every install has them: W&B offline
+logging, checkpoints, progress, ``inference_mode: false``) load first, so an experiment file holds
+only what differs; a missing base file is an error. Logging falls back to CSV when W&B is disabled
+(``WANDB_MODE=disabled``).
 
 Safety and resuming:
 
@@ -39,8 +40,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .cli_checks import given_model_flags, read_checkpoint, reconcile, report_error, resolve_ckpt_path, untrained_error
 
-REPO = Path(__file__).resolve().parent.parent
-BASE_CONFIG = REPO / "experiments" / "base.yaml"
+BASE_CONFIG = Path(__file__).resolve().with_name("base.yaml")  # package data: found in any install
 CHECKPOINT_CALLBACKS = ("AtomicCheckpoint", "ModelCheckpoint")
 
 
@@ -64,10 +64,10 @@ def experiment_name(config_files: Optional[list]) -> str:
         path = Path(os.fspath(f) if hasattr(f, "__fspath__") else str(f)).resolve()
         if path == BASE_CONFIG.resolve():
             continue
-        try:
-            return str(path.relative_to((REPO / "experiments").resolve()).with_suffix(""))
-        except ValueError:
-            return path.stem
+        if "experiments" in path.parts[:-1]:  # the repository's tree, wherever the package is installed
+            i = len(path.parts) - 1 - path.parts[::-1].index("experiments")
+            return str(Path(*path.parts[i + 1 :]).with_suffix(""))
+        return path.stem
     return "default"
 
 
@@ -237,7 +237,10 @@ def run_cli(args: Optional[list[str]] = None, run: bool = True) -> ReversalCLI:
     import datamodules  # noqa: F401  (registers the DataModules for class_path lookup)
     import lightning_modules  # noqa: F401
 
-    defaults = [str(BASE_CONFIG)] if BASE_CONFIG.is_file() and os.environ.get("SSL_REVERSAL_NO_BASE") != "1" else []
+    use_base = os.environ.get("SSL_REVERSAL_NO_BASE") != "1"
+    if use_base and not BASE_CONFIG.is_file():  # without it attacks fail (inference_mode) and nothing is saved
+        raise FileNotFoundError(f"the package's base config {BASE_CONFIG} is missing: reinstall ssl-reversal")
+    defaults = [str(BASE_CONFIG)] if use_base else []
     return ReversalCLI(
         pl.LightningModule,
         pl.LightningDataModule,

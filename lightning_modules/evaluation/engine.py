@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..progress import duration
 from .catalog import Row, build_catalog, key
 from .config import EvalConfig
 from .defense import Defense
@@ -213,17 +214,13 @@ class RobustEvaluator:
         if self.n_batches:
             per_batch = self._batch_seconds / self._batches_done if self._batches_done else in_batch / (i + 1) * n_rows
             rest = per_batch * (self.n_batches - self._batches_done) - in_batch
-            left = f", about {_duration(max(rest, 0.0))} left" + ("" if self._batches_done else " (first batch: rough)")
+            left = f", about {duration(max(rest, 0.0))} left" + ("" if self._batches_done else " (first batch: rough)")
         return f"[eval] batch {b + 1}{nb} row {i + 1}/{n_rows} {where}: {dt:.1f} s{left}"
 
     def summary(self) -> dict:
         from .summary import summarize
 
         return summarize(self.store, self.catalog(), self.cfg, self.skipped)
-
-
-def _duration(s: float) -> str:
-    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
 __all__ = ["RobustEvaluator", "EvaluationStopped", "Row", "key"]

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from callbacks.corruption_report import markdown_table, summarize
-from lightning_modules.cli import REPO, run_cli
+from lightning_modules.cli import run_cli
+from tests.cli_runs import REPO
 from tests.datamodules.test_corruption_sets import write_cifar_c
 
 

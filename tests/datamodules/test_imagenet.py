@@ -106,7 +106,8 @@ def test_configs_parse(config, capsys):
     """The experiment files of this issue parse and resolve their classes (nothing is instantiated)."""
     import yaml
 
-    from lightning_modules.cli import REPO, run_cli
+    from lightning_modules.cli import run_cli
+    from tests.cli_runs import REPO
 
     args = ["test", "--config", str(REPO / "experiments" / config)]
     if config == "cifar10/data_adversarial.yaml":  # a data block: wrap it

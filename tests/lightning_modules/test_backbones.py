@@ -77,5 +77,12 @@ def test_small_cnn_depth_and_any_wide_resnet():
     assert deep(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="depth must be >= 1"):
         build_backbone("small_cnn", depth=0)
+    # a fourth stage (the CPU profile's network): 8 x width channels at 4x4, features of that width
+    four = build_backbone("small_cnn", width=4, stages=4).net
+    convs = [m for m in four.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 16, 32] and four.feature_dim == 32
+    assert four.features(torch.rand(2, 3, 32, 32)).shape == (2, 32)
+    with pytest.raises(ValueError, match="stages must be in 1..5"):
+        build_backbone("small_cnn", stages=6)
     wrn = build_backbone("wide_resnet", depth=10, widen=2, num_classes=100).net
     assert len(wrn.layer1) == 1 and wrn.linear.out_features == 100 and wrn.feature_dim == 128
