@@ -135,7 +135,7 @@ class AtomicCheckpoint(ModelCheckpoint):
             os.replace(tmp, filepath)
             _fsync_dir(os.path.dirname(os.path.abspath(filepath)))
             if self.run_config is not None:
-                from lightning_modules.evaluation import atomic_write_text
+                from lightning_modules.atomic import atomic_write_text
 
                 atomic_write_text(Path(filepath).parent / "config.yaml", self.run_config)
                 self.run_config = None  # once per run

@@ -34,7 +34,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 
-from lightning_modules.evaluation.store import atomic_write_text
+from lightning_modules.atomic import atomic_write_text
 
 
 def _split_name(name: str) -> tuple[str, Optional[int]]:

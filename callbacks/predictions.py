@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from lightning_modules.atomic import atomic_torch_save
 
 
 def merge_predictions(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -21,19 +22,6 @@ def merge_predictions(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, tor
     keep = torch.ones(len(out["idx"]), dtype=torch.bool)
     keep[1:] = out["idx"][1:] != out["idx"][:-1]
     return {k: v[keep] for k, v in out.items()}
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, flushed, then renamed over it."""
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _gather_to_rank0(part: Optional[dict[str, torch.Tensor]], trainer: pl.Trainer) -> list[dict[str, torch.Tensor]]:
@@ -86,7 +74,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(merged, self.output_dir / "predictions.pt")
         if self.run_config is not None:
-            from lightning_modules.evaluation import atomic_write_text
+            from lightning_modules.atomic import atomic_write_text
 
             atomic_write_text(self.output_dir / "config.yaml", self.run_config)
         y = merged["y"]

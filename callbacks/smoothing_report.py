@@ -34,7 +34,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 
-from lightning_modules.evaluation import atomic_write_text
+from lightning_modules.atomic import atomic_write_text
 from lightning_modules.smoothing import ABSTAIN, SmoothingConfig, certified_accuracy, certify, predict
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)

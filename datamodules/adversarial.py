@@ -33,15 +33,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import pickle
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from lightning_modules.atomic import atomic_torch_save
+from lightning_modules.attacks import logits_of
+from lightning_modules.evaluation.config import parse_eps
 
 from .base import ArrayDataModule
 from .files import DataFileError
@@ -96,18 +98,6 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
-def _logits(model_fn: Callable, x: torch.Tensor) -> torch.Tensor:
-    out = model_fn(x)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def make_adversarial_set(
     model_fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -160,8 +150,8 @@ def make_adversarial_set(
             xb, yb = _to_unit(x[i : i + batch_size]), y[i : i + batch_size].to(dev)
             xa = fn(model_fn, xb, yb, eps, alpha, steps, norm, loss, restarts, seed).detach().float()
             with torch.no_grad():
-                clean_ok += int((_logits(model_fn, xb).argmax(1) == yb).sum())
-                adv_ok += int((_logits(model_fn, xa).argmax(1) == yb).sum())
+                clean_ok += int((logits_of(model_fn, xb).argmax(1) == yb).sum())
+                adv_ok += int((logits_of(model_fn, xa).argmax(1) == yb).sum())
             advs.append(xa.cpu())
     x_adv = torch.cat(advs)
     meta = {
@@ -199,7 +189,7 @@ def make_adversarial_set(
     }
     if save_clean:
         obj["x_clean"] = x.detach().cpu() if x.dtype == torch.uint8 else x.detach().float().cpu()
-    _atomic_save(obj, Path(path))
+    atomic_torch_save(obj, Path(path))
     return meta
 
 
@@ -315,10 +305,6 @@ class AdversarialSetDataModule(ArrayDataModule):
         self.splits["test"] = (x.contiguous(), y)
 
 
-def _parse_eps(s: str) -> float:
-    return float(Fraction(s)) if "/" in s else float(s)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m datamodules.adversarial --data-dir data --out results/adv/pgd.pt --checkpoint CKPT ...``"""
     p = argparse.ArgumentParser(description="Attack a CIFAR test set against a source model and store it in one file.")
@@ -372,8 +358,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         y,
         a.out,
         attack=a.attack,
-        eps=_parse_eps(a.eps),
-        alpha=_parse_eps(a.alpha),
+        eps=parse_eps(a.eps),
+        alpha=parse_eps(a.alpha),
         steps=a.steps,
         norm=a.norm,
         loss=a.loss,

@@ -56,7 +56,6 @@ import argparse
 import io
 import json
 import math
-import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -66,6 +65,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.atomic import atomic_write, atomic_write_text
 from lightning_modules.progress import time_left
 
 # The 15 corruptions of CIFAR-10-C / ImageNet-C as RobustBench names them, in the paper's order
@@ -707,10 +707,7 @@ def stream_seed(seed: int, name: str, severity: int) -> int:
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 def generate_cifar_c(
@@ -782,9 +779,7 @@ def generate_cifar_c(
         "torch": str(torch.__version__),
         "differences_from_official": DIFFERENCES,
     }
-    tmp = out / f"generation.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "generation.json")
+    atomic_write_text(out / "generation.json", json.dumps(meta, indent=2))
     return times
 
 

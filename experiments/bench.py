@@ -618,6 +618,7 @@ def _run(args: argparse.Namespace) -> dict:
         "peak_source": source,
     }
     results: dict[str, dict] = {}
+    from lightning_modules.atomic import atomic_write_text
     from lightning_modules.progress import time_left
 
     benches, t_all = list(args.benches), time.perf_counter()
@@ -648,11 +649,7 @@ def _run(args: argparse.Namespace) -> dict:
     report = {**info, "results": results}
     print_table(report)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-        tmp.replace(path)
+        atomic_write_text(Path(args.json), json.dumps(report, indent=2, default=str))
     return report
 
 

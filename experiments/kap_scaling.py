@@ -43,7 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lightning_modules.evaluation import atomic_write_text  # noqa: E402
+from lightning_modules.atomic import atomic_write_text  # noqa: E402
 from lightning_modules.evaluation.report import pyplot, save_figure  # noqa: E402
 
 METRICS = ("clean", "noise", "pgd", "autoattack")

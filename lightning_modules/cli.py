@@ -86,7 +86,7 @@ class RunConfig(SaveConfigCallback):
                 cb.run_config = text
         folder = run_log_dir(trainer) if trainer.is_global_zero else None
         if folder is not None:
-            from .evaluation import atomic_write_text
+            from .atomic import atomic_write_text
 
             atomic_write_text(Path(folder) / self.config_filename, text)
         self.already_saved = True

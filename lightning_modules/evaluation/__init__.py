@@ -13,12 +13,13 @@
 without Lightning (see :class:`RobustEvaluator`'s example).
 """
 
+from ..atomic import atomic_write_text
 from .catalog import Row, build_catalog
 from .config import EvalConfig, eps_label, legacy_hint, parse_eps
 from .defense import Defense
 from .engine import EvaluationStopped, RobustEvaluator
 from .registry import ATTACKS, Attack, Job
-from .store import ResultStore, atomic_write_text
+from .store import ResultStore
 from .summary import summarize
 
 __all__ = [

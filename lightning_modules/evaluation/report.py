@@ -21,12 +21,11 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
+from ..atomic import atomic_write, atomic_write_text
 from .checks import failed_checks
-from .store import atomic_write_text
 
 REPORT_NAME = "robustness"
 
@@ -155,11 +154,11 @@ def pyplot() -> Any:
 
 def save_figure(fig: Any, path: Path) -> None:
     """Write ``fig`` atomically (temp file + rename) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    pyplot().close(fig)
-    os.replace(tmp, path)
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    try:
+        atomic_write(Path(path), lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight"))
+    finally:
+        pyplot().close(fig)
 
 
 def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
