@@ -93,9 +93,11 @@ class TrainProgress(pl.Callback):
         seconds = time.perf_counter() - self._epoch_start
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k in SHOWN}
-        print(
-            epoch_line(
-                trainer.current_epoch + 1, epochs, self._steps, self._images, seconds, metrics, self._left(trainer)
-            ),
-            flush=True,
+        line = epoch_line(
+            trainer.current_epoch + 1, epochs, self._steps, self._images, seconds, metrics, self._left(trainer)
         )
+        bar = trainer.progress_bar_callback
+        if bar is not None and hasattr(bar, "print"):  # above a live progress bar (tqdm.write), not through it
+            bar.print(line)
+        else:
+            print(line, flush=True)
