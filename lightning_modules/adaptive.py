@@ -149,7 +149,9 @@ class ReversalFns:
         """From a :class:`~lightning_modules.module.ReversalModule` (``classifier``, ``head``,
         ``reversal_cfg``, ``hparams.temperature``); ``overrides`` replace fields of its reversal config."""
         cfg = dataclasses.replace(module.reversal_cfg, **overrides) if overrides else module.reversal_cfg
-        return cls(module.classifier, module.head, cfg, float(module.hparams.temperature))
+        fns = cls(module.classifier, module.head, cfg, float(module.hparams.temperature))
+        fns._views_cache = module._reversal_views  # one cache of the reversal's views per module (same keys)
+        return fns
 
     @property
     def t(self) -> float:

@@ -323,7 +323,7 @@ class ReversalModule(pl.LightningModule):
     def reverse(self, x: torch.Tensor, cfg: Optional[ReversalConfig] = None) -> torch.Tensor:
         """The reversal of :mod:`lightning_modules.reversal` with this module's classifier and head."""
         cfg = cfg or self.reversal_cfg
-        key = (cfg.n_views, x.shape[-1], tuple(cfg.scale), cfg.views, x.device)
+        key = (cfg.n_views, x.shape[-1], tuple(cfg.scale), cfg.views, x.device)  # ReversalFns shares this cache
         if key not in self._reversal_views:  # built once per setting (kornia: ~3 ms a build on CPU)
             self._reversal_views[key] = make_views(cfg.n_views, x.shape[-1], cfg.scale, cfg.views).to(x.device)
         views = self._reversal_views[key]

@@ -61,6 +61,12 @@ def test_module_builds_the_reversal_views_once():
     assert isinstance(next(iter(m._reversal_views.values())), FastSimCLRViews)
     m.reverse(x, ReversalConfig(steps=1, n_views=3, views="fast"))
     assert len(m._reversal_views) == 2
+    # the evaluation's callables share the module's cache: the same views object, no second build
+    from lightning_modules.adaptive import ReversalFns
+
+    fns = ReversalFns.from_module(m)
+    fns.reverse(x)
+    assert len(m._reversal_views) == 2 and fns._views(x) is m._reversal_views[next(iter(m._reversal_views))]
 
 
 def test_reversal_config_names_a_bad_views_backend():
