@@ -59,15 +59,26 @@ def summarize(accs: dict[str, float]) -> dict[str, Any]:
 
 
 def markdown_table(summary: dict[str, Any], title: str) -> str:
+    from lightning_modules.evaluation.report import md_table
+
     sevs = list(summary["mean_per_severity"])
-    head = "| corruption | " + " | ".join(f"sev {s}" for s in sevs) + " | mean |"
-    lines = [f"### {title}", "", head, "|" + "---|" * (len(sevs) + 2)]
-    for c, row in summary["table"].items():
-        cells = [f"{100 * row[s]:.2f}" if s in row else "" for s in sevs]
-        lines.append(f"| {c} | " + " | ".join(cells) + f" | {100 * summary['mean_per_corruption'][c]:.2f} |")
-    cells = [f"{100 * summary['mean_per_severity'][s]:.2f}" for s in sevs]
-    lines.append("| **mean** | " + " | ".join(cells) + f" | **{100 * summary['mean']:.2f}** |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [
+            c,
+            *(f"{100 * row[s]:.2f}" if s in row else "" for s in sevs),
+            f"{100 * summary['mean_per_corruption'][c]:.2f}",
+        ]
+        for c, row in summary["table"].items()
+    ]
+    rows.append(
+        [
+            "**mean**",
+            *(f"{100 * summary['mean_per_severity'][s]:.2f}" for s in sevs),
+            f"**{100 * summary['mean']:.2f}**",
+        ]
+    )
+    table = md_table(["corruption", *(f"sev {s}" for s in sevs), "mean"], rows, "l" + "r" * (len(sevs) + 1))
+    return "\n".join([f"### {title}", "", *table]) + "\n"
 
 
 def heatmap(summaries: dict[str, dict[str, Any]], path: Path) -> None:

@@ -44,13 +44,12 @@ def markdown_table(report: dict[str, Any]) -> str:
     """Certified accuracy per radius, abstention, PREDICT and time as a Markdown table."""
     s = report["settings"]
     radii = list(report["certified_accuracy"])
-    lines = [
+    from lightning_modules.evaluation.report import md_table
+
+    title = (
         f"### Randomized smoothing (sigma {s['sigma']}, n0 {s['n0']}, n {s['n']}, alpha {s['alpha']}, "
-        f"{report['n_examples']} images)",
-        "",
-        "| " + " | ".join(f"r = {r}" for r in radii) + " | abstain | PREDICT acc | PREDICT abstain | s / image |",
-        "|" + "---:|" * (len(radii) + 4),
-    ]
+        f"{report['n_examples']} images)"
+    )
     cells = [f"{100 * v:.2f}%" for v in report["certified_accuracy"].values()]
     pa, pb = report.get("predict_accuracy"), report.get("predict_abstain")
     cells += [
@@ -59,8 +58,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         "n/a" if pb is None else f"{100 * pb:.2f}%",
         f"{report['seconds_per_image']:.3g}",
     ]
-    lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    header = [*(f"r = {r}" for r in radii), "abstain", "PREDICT acc", "PREDICT abstain", "s / image"]
+    return "\n".join([title, "", *md_table(header, [cells], "r" * len(header))]) + "\n"
 
 
 def plot_certified(radius: torch.Tensor, correct: torch.Tensor, radii: list[float], sigma: float, path: Path) -> None:

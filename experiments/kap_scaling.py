@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lightning_modules.atomic import atomic_write_text  # noqa: E402
-from lightning_modules.evaluation.report import pyplot, save_figure  # noqa: E402
+from lightning_modules.evaluation.report import md_table, pyplot, save_figure  # noqa: E402
 
 METRICS = ("clean", "noise", "pgd", "autoattack")
 
@@ -193,19 +193,20 @@ def point_name(key: dict[str, Any]) -> str:
 
 
 def markdown(records: list[dict[str, Any]], title: str) -> str:
-    lines = [
-        f"### {title}",
-        "",
-        "| dataset | depth | width | KAP | params | clean | noise | PGD | AutoAttack | train s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    header = ["dataset", "depth", "width", "KAP", "params", "clean", "noise", "PGD", "AutoAttack", "train s"]
+    rows = [
+        [
+            r["dataset"],
+            r["depth"],
+            r["width"],
+            "yes" if r["kap"] else "no",
+            f"{r['params']:,}",
+            *(f"{100 * r[m]:.1f}" for m in METRICS),
+            f"{r['train_seconds']:.0f}",
+        ]
+        for r in sorted(records, key=lambda r: (r["dataset"], r["kap"], r["params"]))
     ]
-    for r in sorted(records, key=lambda r: (r["dataset"], r["kap"], r["params"])):
-        lines.append(
-            f"| {r['dataset']} | {r['depth']} | {r['width']} | {'yes' if r['kap'] else 'no'} | {r['params']:,} | "
-            + " | ".join(f"{100 * r[m]:.1f}" for m in METRICS)
-            + f" | {r['train_seconds']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join([f"### {title}", "", *md_table(header, rows, "lrrlrrrrrr")]) + "\n"
 
 
 def plot(records: list[dict[str, Any]], path: Path, title: str) -> None:

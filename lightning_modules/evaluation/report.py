@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from ..atomic import atomic_write, atomic_write_text
 from .checks import failed_checks
@@ -42,14 +42,39 @@ def _cells(r: dict) -> str:
     )
 
 
+def md_table(header: Sequence[object], rows: Iterable[Sequence[object]], align: str = "") -> list[str]:
+    """The lines of a Markdown table (the one table writer of the package's reports): ``align`` has one
+    letter per column, ``l`` (default) or ``r`` (numbers).
+
+    >>> md_table(["a", "n"], [["x", 1]], "lr")
+    ['| a | n |', '|---|---:|', '| x | 1 |']
+    """
+    align = align or "l" * len(header)
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align needs one of l/r per column ({len(header)}), got '{align}'")
+    rows = [list(r) for r in rows]
+    if any(len(r) != len(header) for r in rows):
+        raise ValueError(f"every row needs {len(header)} cells")
+    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+    return [line(header), "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|", *map(line, rows)]
+
+
 def markdown_table(summary: dict) -> str:
     """The main table: clean, one row per (threat model, attack, variant), the worst case per threat model."""
     d = summary.get("draws", 1)
-    lines = [
-        f"| Threat model | Attack | Type | Without reversal | With reversal (all {d} draws) | With, mean over "
-        "draws | Draw disagreement | With, worst batch composition | n | time |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    header = [
+        "Threat model",
+        "Attack",
+        "Type",
+        "Without reversal",
+        f"With reversal (all {d} draws)",
+        "With, mean over draws",
+        "Draw disagreement",
+        "With, worst batch composition",
+        "n",
+        "time",
     ]
+    lines = md_table(header, [], "lllrrrrrrr")
     lines.append(f"| clean | - | - | {_cells(summary['clean'])} |")
     worst = {(w["threat"], w["eps"]): w for w in summary.get("worst_case", [])}
     threats = list(dict.fromkeys((r["threat"], r["eps"]) for r in summary.get("rows", [])))
@@ -79,18 +104,19 @@ def sanity_lines(summary: dict) -> list[str]:
 def _sweep_table(title: str, rows: list[dict], setting: str) -> list[str]:
     if not rows:
         return []
-    md = [
-        f"## {title}",
-        "",
-        f"| attack | {setting} | Without reversal | With reversal (all draws) | With, mean | n |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    md += [
-        f"| {r['attack']} | {r['eps_label'] if setting == 'eps' else r['setting']} | {_pct(r.get('without'))} | "
-        f"{_pct(r.get('with'))} | {_pct(r.get('with_mean'))} | {r['n']} |"
+    header = ["attack", setting, "Without reversal", "With reversal (all draws)", "With, mean", "n"]
+    cells = [
+        [
+            r["attack"],
+            r["eps_label"] if setting == "eps" else r["setting"],
+            _pct(r.get("without")),
+            _pct(r.get("with")),
+            _pct(r.get("with_mean")),
+            r["n"],
+        ]
         for r in rows
     ]
-    return md + [""]
+    return [f"## {title}", "", *md_table(header, cells, "lrrrrr"), ""]
 
 
 def markdown_report(summary: dict, title: str = "Robustness evaluation") -> str:
