@@ -47,6 +47,7 @@ class TrainProgress(pl.Callback):
         self.interval = interval
         self._start = self._epoch_start = self._last = 0.0
         self._steps = self._images = self._done = 0
+        self._validated = -1  # the last epoch whose validation ran (a fit cut by max_steps skips the last one)
 
     def _quiet(self, trainer: pl.Trainer) -> bool:
         return bool(trainer.fast_dev_run) or not trainer.is_global_zero or trainer.sanity_checking
@@ -68,6 +69,10 @@ class TrainProgress(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
         self._steps = self._images = 0
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = trainer.current_epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._steps += 1
@@ -92,7 +97,8 @@ class TrainProgress(pl.Callback):
             return
         seconds = time.perf_counter() - self._epoch_start
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        metrics = {k: v for k, v in trainer.callback_metrics.items() if k in SHOWN}
+        fresh = self._validated == trainer.current_epoch  # no stale numbers from an earlier epoch
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k in SHOWN} if fresh else {}
         line = epoch_line(
             trainer.current_epoch + 1, epochs, self._steps, self._images, seconds, metrics, self._left(trainer)
         )

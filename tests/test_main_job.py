@@ -35,6 +35,17 @@ def test_fit_and_evaluation_leave_what_a_dashboard_shows(tmp_path):
     assert len(lines) == 2, r.stdout[-2000:]
     assert re.match(r"\[train\] epoch 1/2: [\d.]+ steps/s, \d+ images/s; val/acc [\d.]+%; about .+ left", lines[0])
     assert "about 0 s left" in lines[1]
+    # a fit cut by max_steps inside an epoch has no validation for it: no stale numbers on that line
+    r = lightning(
+        "fit",
+        *tiny_args(
+            data, tmp_path / "cut", "--trainer.max_epochs", "2", "--trainer.max_steps", "15", callbacks=FIT_CALLBACKS
+        ),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    cut = [ln for ln in r.stdout.splitlines() if ln.startswith("[train] epoch")]
+    assert len(cut) == 2 and "val/acc" in cut[0] and "val/acc" not in cut[1], cut
     (fit_run,) = _runs(root)
     rows = history(run_file(fit_run))
     keys = set().union(*rows)
