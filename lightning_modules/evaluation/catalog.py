@@ -119,42 +119,34 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
             r.reuse = main.get((c.eps_sweep_norm, eps, name, r.key.split("|")[-1]))
             rows.append(r)
     norm0, eps0 = c.main
-    for name in c.steps_sweep_attacks if c.attack_steps_sweep else []:
-        if missing(name):
-            continue
-        for s in sorted({main_setting(c, name), *c.attack_steps_sweep}):
-            cs = dataclasses.replace(c, **{ATTACKS[name].steps_field: s})
-            r = attack_row(
-                "steps-sweep",
-                name,
-                norm0,
-                eps0,
-                cs,
-                ATTACKS[name].variants(c)[0],
-                c.steps_sweep_n,
-                seed_key=key("steps-sweep", name),
-                setting=s,
-            )
-            r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
-            rows.append(r)
-    for name in c.eot_sweep_attacks if c.eot_sweep else []:
-        if missing(name):
-            continue
-        for e in sorted({c.eot, *c.eot_sweep}):
-            ce = dataclasses.replace(c, eot=e)
-            r = attack_row(
-                "eot-sweep",
-                name,
-                norm0,
-                eps0,
-                ce,
-                ATTACKS[name].variants(c)[0],
-                c.steps_sweep_n,
-                seed_key=key("eot-sweep", name),
-                setting=e,
-            )
-            r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
-            rows.append(r)
+    convergence = [  # (group, attacks, the setting swept, the setting's values incl. the main one)
+        (
+            "steps-sweep",
+            c.steps_sweep_attacks if c.attack_steps_sweep else [],
+            lambda n: ATTACKS[n].steps_field,
+            lambda n: {main_setting(c, n), *c.attack_steps_sweep},
+        ),
+        ("eot-sweep", c.eot_sweep_attacks if c.eot_sweep else [], lambda n: "eot", lambda n: {c.eot, *c.eot_sweep}),
+    ]
+    for group, names, field_of, values_of in convergence:
+        for name in names:
+            if missing(name):
+                continue
+            for v in sorted(values_of(name)):
+                cv = dataclasses.replace(c, **{field_of(name): v})
+                r = attack_row(
+                    group,
+                    name,
+                    norm0,
+                    eps0,
+                    cv,
+                    ATTACKS[name].variants(c)[0],
+                    c.steps_sweep_n,
+                    seed_key=key(group, name),
+                    setting=v,
+                )
+                r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
+                rows.append(r)
     if reversal_sweep:
         for k in c.reversal_steps_sweep:
             rows.append(
