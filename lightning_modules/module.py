@@ -26,6 +26,7 @@ from .backbones import Classifier, build_backbone, load_state_dict
 from .fast_views import make_views
 from .heads import ContrastiveHead
 from .losses import info_nce, trades_kl
+from .pixels import check_pixels, to_unit
 from .resume import (
     get_rng_states,
     load_pending_loader_states,
@@ -45,27 +46,6 @@ class TrainingMode(str, Enum):
     fgsm_rs = "fgsm_rs"
 
 
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[0, 255]`` -> float ``[0, 1]``; float inputs are checked to lie in ``[0, 1]``."""
-    if x.dtype == torch.uint8:
-        return x.float().div_(255)
-    return x.float()
-
-
-def check_pixels(x: torch.Tensor, what: str = "input") -> None:
-    """Raise a clear error for NaN/inf pixels or float values outside ``[0, 1]``."""
-    if x.dtype == torch.uint8:
-        return
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} holds NaN or inf pixels ({int((~torch.isfinite(x)).sum())} values)")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(
-            f"{what} pixels must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}); "
-            "pass uint8 images or divide by 255 (normalization happens inside the model)"
-        )
-
-
 class ReversalModule(pl.LightningModule):
     """Classifier + SimCLR head, trained jointly; the reversal at prediction time.
 
@@ -81,6 +61,9 @@ class ReversalModule(pl.LightningModule):
         trust_checkpoint: allow full pickle loading of checkpoints (code can run): off by default.
         head_hidden, head_dim: contrastive head sizes.
         n_views, temperature, ssl_weight: InfoNCE views per image in training, temperature, weight.
+        ssl_fraction: the share of each training batch whose views feed InfoNCE (the first images;
+            at least 2): the head's loss costs as much as the rest of a fast-AT step, so 0.5 buys
+            epochs on a slow machine.
         view_scale: random-resized-crop area range of the SimCLR views.
         training: ``standard``, ``pgd`` (Madry PGD-AT), ``trades`` or ``fgsm_rs`` (Wong et al. fast AT).
         eps, alpha, steps: the training attack (L-inf, ``[0, 1]`` units).
@@ -126,6 +109,7 @@ class ReversalModule(pl.LightningModule):
         n_views: int = 2,
         temperature: float = 0.2,
         ssl_weight: float = 1.0,
+        ssl_fraction: float = 1.0,
         view_scale: tuple[float, float] = (0.08, 1.0),
         training: str = "standard",
         eps: float = 8 / 255,
@@ -172,6 +156,7 @@ class ReversalModule(pl.LightningModule):
             head_dim=head_dim,
             temperature=temperature,
             ssl_weight=ssl_weight,
+            ssl_fraction=ssl_fraction,
             lr=lr,
             warmup=warmup,
             momentum=momentum,
@@ -374,7 +359,8 @@ class ReversalModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = self._prep(batch[0]), batch[1]
         h = self.hparams
-        loss_ssl = self.ssl_loss(x) if h.ssl_weight > 0 or self.freeze_backbone else x.new_zeros(())
+        n_ssl = max(2, round(len(x) * h.ssl_fraction))
+        loss_ssl = self.ssl_loss(x[:n_ssl]) if h.ssl_weight > 0 or self.freeze_backbone else x.new_zeros(())
         if self.freeze_backbone:
             loss = loss_ssl
             with torch.no_grad():

@@ -17,6 +17,7 @@ _RULES = {  # name: (test, what it must be)
     "temperature": (lambda v: v > 0, "> 0"),
     "lr": (lambda v: v > 0, "> 0"),
     "ssl_weight": (lambda v: v >= 0, ">= 0"),
+    "ssl_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "trades_beta": (lambda v: v >= 0, ">= 0"),
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
