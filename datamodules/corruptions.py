@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.atomic import atomic_write, atomic_write_text
+from lightning_modules.pixels import to_unit
 from lightning_modules.progress import time_left
 
 # The 15 corruptions of CIFAR-10-C / ImageNet-C as RobustBench names them, in the paper's order
@@ -157,10 +158,6 @@ def _check(x: torch.Tensor, severity: int) -> None:
         raise ValueError(f"expected uint8 or float images, got {x.dtype}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div(255) if x.dtype == torch.uint8 else x.float()
 
 
 def _finish(y: torch.Tensor, like: torch.Tensor, rounding: str = "floor") -> torch.Tensor:
@@ -307,7 +304,7 @@ def gaussian_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch
     """``x + N(0, c^2)`` per pixel and channel."""
     _check(x, severity)
     c = CIFAR_PARAMS["gaussian_noise"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     return _finish(f + c * torch.randn(f.shape, generator=generator, device=f.device), x)
 
 
@@ -315,7 +312,7 @@ def shot_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gen
     """``Poisson(c x) / c`` (photon noise)."""
     _check(x, severity)
     c = CIFAR_PARAMS["shot_noise"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     return _finish(torch.poisson(f * c, generator=generator) / c, x)
 
 
@@ -324,7 +321,7 @@ def impulse_noise(x: torch.Tensor, severity: int = 1, generator: Optional[torch.
     is replaced with probability ``c`` by 0 or 1 (half each)."""
     _check(x, severity)
     c = CIFAR_PARAMS["impulse_noise"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     flip = _rand(f.shape, generator, f.device) < c
     salt = _rand(f.shape, generator, f.device) < 0.5
     return _finish(torch.where(flip, salt.float(), f), x)
@@ -358,7 +355,7 @@ def defocus_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.G
     """Correlate with an anti-aliased disk (cv2.filter2D, reflect-101 border). Deterministic."""
     _check(x, severity)
     k = defocus_kernel(*CIFAR_PARAMS["defocus_blur"][severity - 1]).to(x.device)
-    f = _unit(x)
+    f = to_unit(x)
     r = (k.shape[0] - 1) // 2
     y = F.conv2d(_pad(f, r, "reflect101"), k.view(1, 1, *k.shape).expand(3, 1, -1, -1), groups=3)
     return _finish(y, x)
@@ -388,7 +385,7 @@ def glass_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gen
     _check(x, severity)
     sigma, delta, iters = CIFAR_PARAMS["glass_blur"][severity - 1]
     b, _, h, w = x.shape
-    f = torch.floor(gaussian_blur(_unit(x), sigma) * 255 + 1e-4).clamp(0, 255)  # np.uint8(... * 255)
+    f = torch.floor(gaussian_blur(to_unit(x), sigma) * 255 + 1e-4).clamp(0, 255)  # np.uint8(... * 255)
     nh, nw = len(range(h - delta, delta, -1)), len(range(w - delta, delta, -1))
     for _ in range(iters):
         offsets = torch.randint(-delta, delta, (b, nh, nw, 2), generator=generator, device=x.device)
@@ -401,14 +398,14 @@ def motion_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Ge
     _check(x, severity)
     radius, sigma = CIFAR_PARAMS["motion_blur"][severity - 1]
     angle = _rand((x.shape[0],), generator, x.device) * 90 - 45
-    return _finish(directional_blur(_unit(x), radius, sigma, angle), x, rounding="round")
+    return _finish(directional_blur(to_unit(x), radius, sigma, angle), x, rounding="round")
 
 
 def zoom_blur(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Average of the image and its centre zooms by each factor. Deterministic."""
     _check(x, severity)
     zooms = CIFAR_PARAMS["zoom_blur"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     out = f.clone()
     for z in zooms:
         out += clipped_zoom(f, float(z))
@@ -422,7 +419,7 @@ def snow(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator
     twice (and rotated 180 degrees) over a whitened image."""
     _check(x, severity)
     loc, scale, zoom, thr, radius, sigma, keep = CIFAR_PARAMS["snow"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     b, _, h, w = f.shape
     layer = loc + scale * torch.randn((b, 1, h, w), generator=generator, device=f.device)
     layer = clipped_zoom(layer, zoom)
@@ -477,7 +474,7 @@ def frost(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generato
     """``c0 x + c1 frost`` with a random crop of one of five (procedural) frost textures per image."""
     _check(x, severity)
     c0, c1 = CIFAR_PARAMS["frost"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     b, _, h, w = f.shape
     tex = frost_textures(size=max(128, 4 * max(h, w))).to(f.device)
     n, _, th, tw = tex.shape
@@ -522,7 +519,7 @@ def fog(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Generator]
     """Add ``c0`` x a plasma fractal, then rescale by ``max / (max + c0)`` (max of each image)."""
     _check(x, severity)
     c0, decay = CIFAR_PARAMS["fog"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     b, _, h, w = f.shape
     size = 1 << max(5, (max(h, w) - 1).bit_length())
     plasma = plasma_fractal(b, size, decay, generator, f.device)[:, None, :h, :w]
@@ -537,7 +534,7 @@ def brightness(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gen
     ``v = 0``), identical to skimage's rgb2hsv -> hsv2rgb round trip. Deterministic."""
     _check(x, severity)
     c = CIFAR_PARAMS["brightness"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     v = f.amax(1, keepdim=True)
     v2 = (v + c).clamp(max=1)
     y = torch.where(v > 0, f * (v2 / v.clamp_min(1e-12)), v2.expand_as(f))
@@ -548,7 +545,7 @@ def contrast(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
     """``(x - mean) c + mean`` with per-image, per-channel means. Deterministic."""
     _check(x, severity)
     c = CIFAR_PARAMS["contrast"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     m = f.mean((2, 3), keepdim=True)
     return _finish((f - m) * c + m, x)
 
@@ -559,7 +556,7 @@ def elastic_transform(x: torch.Tensor, severity: int = 1, generator: Optional[to
     sigma ``c1``, truncate 3, times ``c0``; bilinear, symmetric border)."""
     _check(x, severity)
     amp, smooth, jitter = CIFAR_PARAMS["elastic_transform"][severity - 1]
-    f = _unit(x)
+    f = to_unit(x)
     b, _, h, w = f.shape
     dev = f.device
     # affine: output pixel (x, y) samples the source at M^-1 (x, y), M maps pts1 -> pts2 (cv2 warpAffine)
@@ -619,7 +616,7 @@ def pixelate(x: torch.Tensor, severity: int = 1, generator: Optional[torch.Gener
     c = CIFAR_PARAMS["pixelate"][severity - 1]
     h, w = x.shape[-2:]
     q = x.dtype == torch.uint8
-    f = _unit(x) * 255
+    f = to_unit(x) * 255
     y = pil_box_resize(pil_box_resize(f, (int(h * c), int(w * c)), q), (h, w), q)
     return _finish(y / 255, x, rounding="round")
 
@@ -695,7 +692,7 @@ def corrupt(x: torch.Tensor, name: str, severity: int, generator: Optional[torch
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR (dB) between two batches (uint8 or [0, 1] floats); inf where identical."""
-    mse = (_unit(a) - _unit(b)).pow(2).flatten(1).mean(1)
+    mse = (to_unit(a) - to_unit(b)).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1 / mse)
 
 
@@ -704,10 +701,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def stream_seed(seed: int, name: str, severity: int) -> int:
     """The generator seed of one (corruption, severity): independent of which others are generated."""
     return (seed * 1_000_003 + CORRUPTIONS.index(name) * 101 + severity) % (2**63)
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 def generate_cifar_c(
@@ -741,7 +734,8 @@ def generate_cifar_c(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = np.tile(y, len(SEVERITIES))
-    _atomic_save_npy(out / "labels.npy", labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels)
+    labels = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
+    atomic_write(out / "labels.npy", lambda f: np.save(f, labels, allow_pickle=False))
     times: dict[str, float] = {}
     psnrs: dict[str, dict[int, float]] = {}
     t_start = time.perf_counter()
@@ -762,7 +756,7 @@ def generate_cifar_c(
             torch.cuda.synchronize(device)
         arr = torch.cat(parts).numpy()
         times[name] = time.perf_counter() - t0
-        _atomic_save_npy(out / f"{name}.npy", arr)
+        atomic_write(out / f"{name}.npy", lambda f: np.save(f, arr, allow_pickle=False))
         if verbose:
             left = time_left(time.perf_counter() - t_start, k, len(names))
             print(f"[corruptions] {k}/{len(names)} {name:18s} {arr.shape} {times[name]:6.2f} s, {left}", flush=True)
