@@ -20,14 +20,13 @@ __all__ = [
 ]
 
 # Corruption sets (CIFAR-10-C / CIFAR-100-C / ImageNet-C), ImageNet, stored adversarial sets.
-from .adversarial import AdversarialSetDataModule, make_adversarial_set  # noqa: E402
+from .adversarial import AdversarialSetDataModule  # noqa: E402
 from .corruption_sets import CIFAR10CDataModule, CIFAR100CDataModule, ImageNetCDataModule  # noqa: E402
 from .corruptions import CORRUPTIONS, corrupt  # noqa: E402
 from .imagenet import ImageNetDataModule  # noqa: E402
 
 __all__ += [
     "AdversarialSetDataModule",
-    "make_adversarial_set",
     "CIFAR10CDataModule",
     "CIFAR100CDataModule",
     "ImageNetCDataModule",

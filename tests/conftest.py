@@ -53,6 +53,17 @@ def tiny_cifar10(tmp_path: Path) -> Path:
     return write_cifar10(tmp_path / "data")
 
 
+@pytest.fixture(scope="module")
+def linear_model_set():
+    """A linear model on 8 x 8 images (eval mode), 20 uint8 images and the labels it predicts for them, so
+    it is right on every clean example (for crafting and reading stored adversarial sets)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
+    x = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    y = net(x.float() / 255).argmax(1)
+    return net, x, y
+
+
 @pytest.fixture(scope="session")
 def real_cifar10(tmp_path_factory) -> Path:
     """The shared JPEG pack converted to the python layout (once per session), or skip."""

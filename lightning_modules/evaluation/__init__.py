@@ -11,6 +11,10 @@
 
 ``callbacks.RobustEvaluation`` runs it during ``lightning test``; everything here also works
 without Lightning (see :class:`RobustEvaluator`'s example).
+
+Beside the evaluation, :mod:`.adversarial_sets` crafts adversarial test sets once against a source
+model and stores each in one file (``python -m lightning_modules.evaluation.adversarial_sets``), read
+back by :class:`datamodules.adversarial.AdversarialSetDataModule`; it is not imported here.
 """
 
 from ..atomic import atomic_write_text

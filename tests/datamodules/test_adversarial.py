@@ -1,4 +1,6 @@
-"""Stored adversarial sets: round trip, metadata matching, refusal of mismatched or malformed files."""
+"""Reading stored adversarial sets: the DataModule serves what was stored, metadata matching, refusal
+of mismatched or malformed files. The files are crafted with
+lightning_modules.evaluation.adversarial_sets (its own tests: tests/lightning_modules/evaluation/)."""
 
 from __future__ import annotations
 
@@ -7,65 +9,16 @@ import pickle
 import pytest
 import torch
 
-from datamodules import AdversarialSetDataModule, DataFileError, make_adversarial_set
-from datamodules.adversarial import AdversarialSetMismatch, load_adversarial_set, main
-from lightning_modules.attacks import pgd
+from datamodules import AdversarialSetDataModule, DataFileError
+from datamodules.adversarial import AdversarialSetMismatch, load_adversarial_set
+from lightning_modules.evaluation.adversarial_sets import make_adversarial_set
 
 
-@pytest.fixture(scope="module")
-def setup_model():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
-    x = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
-    y = net(x.float() / 255).argmax(1)  # the model is right on every clean example
-    return net, x, y
-
-
-def test_round_trip_and_attack_is_stored_exactly(tmp_path, setup_model):
-    net, x, y = setup_model
+def test_data_module_serves_the_stored_set(tmp_path, linear_model_set):
+    net, x, y = linear_model_set
     path = tmp_path / "adv.pt"
-    state = torch.random.get_rng_state()
-    meta = make_adversarial_set(
-        net,
-        x,
-        y,
-        path,
-        attack="pgd",
-        eps=8 / 255,
-        alpha=2 / 255,
-        steps=5,
-        source_model="linear",
-        seed=3,
-        batch_size=8,
-        dataset="synthetic",
-    )
-    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
-    assert meta["clean_acc"] == 1.0 and meta["adv_acc"] < 1.0 and meta["n"] == 20
-    obj = load_adversarial_set(path)
-    xa = obj["x_adv"]
-    assert xa.dtype == torch.float32 and xa.shape == x.shape
-    assert (xa - x.float() / 255).abs().max() <= 8 / 255 + 1e-6
-    assert torch.equal(obj["x_clean"], x) and torch.equal(obj["y"], y) and torch.equal(obj["idx"], torch.arange(20))
-    # same seed -> the same file content; the stored images are the attack's output itself (no rounding)
-    torch.manual_seed(3)
-    ref = torch.cat([pgd(net, x[i : i + 8].float() / 255, y[i : i + 8], 8 / 255, 2 / 255, 5) for i in range(0, 20, 8)])
-    assert torch.equal(xa, ref)
-    make_adversarial_set(
-        net,
-        x,
-        y,
-        tmp_path / "again.pt",
-        attack="pgd",
-        eps=8 / 255,
-        alpha=2 / 255,
-        steps=5,
-        source_model="linear",
-        seed=3,
-        batch_size=8,
-        dataset="synthetic",
-    )
-    assert torch.equal(load_adversarial_set(tmp_path / "again.pt")["x_adv"], xa)
-    # the data module serves (x float32, y, idx) batches
+    make_adversarial_set(net, x, y, path, attack="pgd", eps=8 / 255, steps=5, source_model="linear", seed=3)
+    xa = load_adversarial_set(path)["x_adv"]
     dm = AdversarialSetDataModule(
         str(path),
         expect={"attack": "pgd", "eps": 0.03137254901960784, "steps": 5, "source_model": "linear", "seed": 3},
@@ -77,13 +30,14 @@ def test_round_trip_and_attack_is_stored_exactly(tmp_path, setup_model):
     assert torch.equal(torch.cat([b[0] for b in batches]), xa) and torch.equal(
         torch.cat([b[2] for b in batches]), torch.arange(20)
     )
+    assert dm.meta["source_model"] == "linear"
     clean = AdversarialSetDataModule(str(path), images="clean", n_examples=5)
     clean.setup("test")
     assert torch.equal(next(iter(clean.test_dataloader()))[0], x[:5])
 
 
-def test_metadata_mismatch_is_refused_listing_every_key(tmp_path, setup_model):
-    net, x, y = setup_model
+def test_metadata_mismatch_is_refused_listing_every_key(tmp_path, linear_model_set):
+    net, x, y = linear_model_set
     path = tmp_path / "adv.pt"
     make_adversarial_set(net, x, y, path, attack="fgsm", eps=4 / 255, source_model="linear", seed=0)
     with pytest.raises(AdversarialSetMismatch) as e:
@@ -96,18 +50,7 @@ def test_metadata_mismatch_is_refused_listing_every_key(tmp_path, setup_model):
     AdversarialSetDataModule(str(path), expect={"attack": "fgsm", "eps": 4 / 255}).setup("test")
 
 
-def test_bad_requests_and_files(tmp_path, setup_model):
-    net, x, y = setup_model
-    with pytest.raises(ValueError, match="source_model"):
-        make_adversarial_set(net, x, y, tmp_path / "a.pt")
-    with pytest.raises(ValueError, match="unknown attack"):
-        make_adversarial_set(net, x, y, tmp_path / "a.pt", attack="cw2", source_model="m")
-    with pytest.raises(ValueError, match="eval mode"):
-        make_adversarial_set(
-            torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)), x, y, tmp_path / "a.pt", source_model="m"
-        )
-    with pytest.raises(ValueError, match="eps"):
-        make_adversarial_set(net, x, y, tmp_path / "a.pt", eps=8, source_model="m")
+def test_bad_files_and_requests(tmp_path, linear_model_set):
     with pytest.raises(DataFileError, match="not found"):
         load_adversarial_set(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
@@ -134,40 +77,12 @@ def test_bad_requests_and_files(tmp_path, setup_model):
         pickle.dump({"x_adv": Evil()}, f, protocol=2)
     with pytest.raises(DataFileError, match="not a readable"):
         load_adversarial_set(bad)
+    net, x, y = linear_model_set
     good = tmp_path / "good.pt"
-    make_adversarial_set(net, x, y, good, attack="fgsm_rs", source_model="m")
+    make_adversarial_set(net, x, y, good, attack="fgsm_rs", source_model="m", save_clean=False)
     with pytest.raises(ValueError, match="test set"):
         AdversarialSetDataModule(str(good)).setup("fit")
     with pytest.raises(DataFileError, match="n_examples=50"):
         AdversarialSetDataModule(str(good), n_examples=50).setup("test")
-
-
-def test_cli_against_a_checkpoint(tiny_cifar10, tmp_path):
-    from lightning_modules.backbones import build_backbone
-
-    net = build_backbone("small_cnn", num_classes=10)
-    ckpt = tmp_path / "w.pt"
-    torch.save(net.state_dict(), ckpt)
-    out = tmp_path / "adv.pt"
-    main(
-        [
-            "--data-dir",
-            str(tiny_cifar10),
-            "--out",
-            str(out),
-            "--backbone",
-            "small_cnn",
-            "--checkpoint",
-            str(ckpt),
-            "--steps",
-            "2",
-            "--n-examples",
-            "12",
-            "--eps",
-            "4/255",
-            "--device",
-            "cpu",
-        ]
-    )
-    obj = load_adversarial_set(out, expect={"eps": 4 / 255, "attack": "pgd", "steps": 2, "n": 12})
-    assert obj["meta"]["source_model"] == "small_cnn:w.pt" and obj["x_adv"].shape == (12, 3, 32, 32)
+    with pytest.raises(DataFileError, match="no clean images"):
+        AdversarialSetDataModule(str(good), images="clean").setup("test")
