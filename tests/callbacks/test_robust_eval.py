@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch.nn as nn
 
-from callbacks.robust_eval import RobustEvaluation, model_fingerprint
+from callbacks.robust_eval import RobustEvaluation
+from callbacks.run_records import model_fingerprint
 from lightning_modules.cli import run_cli
 from lightning_modules.evaluation import ResultStore, registry
 from tests.cli_runs import popen_lightning
