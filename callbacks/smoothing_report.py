@@ -35,6 +35,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.atomic import atomic_write_text
+from lightning_modules.pixels import to_unit
 from lightning_modules.smoothing import ABSTAIN, SmoothingConfig, certified_accuracy, certify, predict
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -145,7 +146,7 @@ class SmoothingCertification(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         x, y, idx = batch[0], batch[1], batch[2]
-        x = pl_module._prep(x) if hasattr(pl_module, "_prep") else x.float()
+        x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
         nc = pl_module.classifier.num_classes
         gen = torch.Generator(device=x.device).manual_seed(self.seed + int(idx.min()))
         was = pl_module.training
