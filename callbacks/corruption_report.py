@@ -35,6 +35,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.atomic import atomic_write_text
+from lightning_modules.pixels import to_unit
 
 
 def _split_name(name: str) -> tuple[str, Optional[int]]:
@@ -143,11 +144,6 @@ class CorruptionReport(pl.Callback):
         self._res = {}
         self._last: dict[int, torch.Tensor] = {}
 
-    def _prep(self, pl_module: pl.LightningModule, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(pl_module, "_prep"):
-            return pl_module._prep(x)
-        return x.float().div(255) if x.dtype == torch.uint8 else x.float()
-
     def on_test_batch_end(
         self,
         trainer: pl.Trainer,
@@ -158,7 +154,7 @@ class CorruptionReport(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         x, y, idx = batch[0], batch[1], batch[2]
-        x = self._prep(pl_module, x)
+        x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
         was = pl_module.training
         pl_module.eval()
         try:
