@@ -37,6 +37,8 @@ import torch
 from lightning_modules.atomic import atomic_write_text
 from lightning_modules.pixels import to_unit
 
+from .predictions import merge_predictions
+
 
 def _split_name(name: str) -> tuple[str, Optional[int]]:
     head, _, tail = name.rpartition("/")
@@ -196,11 +198,8 @@ class CorruptionReport(pl.Callback):
         if trainer.world_size > 1:
             idx = pl_module.all_gather(idx.to(pl_module.device)).reshape(-1).cpu()
             val = pl_module.all_gather(val.to(pl_module.device)).reshape(-1).cpu()
-        order = torch.argsort(idx, stable=True)
-        idx, val = idx[order], val[order]
-        keep = torch.ones_like(idx, dtype=torch.bool)
-        keep[1:] = idx[1:] != idx[:-1]
-        return int(keep.sum()), float(val[keep].mean()) if keep.any() else float("nan")
+        val = merge_predictions([{"idx": idx, "val": val}])["val"]
+        return len(val), float(val.mean()) if len(val) else float("nan")
 
     def _names(self, trainer: pl.Trainer, n: int) -> list[str]:
         dm = getattr(trainer, "datamodule", None)

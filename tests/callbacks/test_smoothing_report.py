@@ -163,3 +163,12 @@ def test_uint8_images_reach_a_module_without_prep_in_unit_range():
     cb.on_test_batch_end(None, module, None, (x, torch.tensor([0, 1]), torch.tensor([0, 1])), 0)
     unit = x[0].float() / 255  # both images are the same: every noisy copy is close to it
     assert module.seen and all((s - unit).abs().max() < 1e-2 for s in module.seen)
+
+
+def test_per_example_results_are_kept_once_in_index_order():
+    from types import SimpleNamespace
+
+    cb = SmoothingCertification(sigma=0.25)
+    cb._res = {"idx": [torch.tensor([3, 1]), torch.tensor([1, 0])], "y": [torch.tensor([7, 5]), torch.tensor([5, 4])]}
+    r = cb._gathered(SimpleNamespace(world_size=1), SimpleNamespace(device=torch.device("cpu")))
+    assert r["idx"].tolist() == [0, 1, 3] and r["y"].tolist() == [4, 5, 7]
