@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import lightning.pytorch as pl
 import torch
 
+from lightning_modules.evaluation.config import eps_label
 from lightning_modules.pixels import to_unit
 
 from .predictions import _gather_to_rank0, merge_predictions
@@ -135,7 +136,7 @@ def attack_label(pl_module: Any) -> str:
     h = getattr(pl_module, "hparams", {})
     if h.get("predict_attack", "pgd") == "none":
         return "no attack"
-    return f"PGD-{h.get('predict_attack_steps', '?')}, eps {255 * float(h.get('eps', 8 / 255)):.0f}/255"
+    return f"PGD-{h.get('predict_attack_steps', '?')}, eps {eps_label(float(h.get('eps', 8 / 255)), 'Linf')}"
 
 
 class ReversalPicture(pl.Callback):
