@@ -35,6 +35,9 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.atomic import atomic_write_text
+from lightning_modules.pixels import to_unit
+
+from .predictions import merge_predictions
 
 
 def _split_name(name: str) -> tuple[str, Optional[int]]:
@@ -143,11 +146,6 @@ class CorruptionReport(pl.Callback):
         self._res = {}
         self._last: dict[int, torch.Tensor] = {}
 
-    def _prep(self, pl_module: pl.LightningModule, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(pl_module, "_prep"):
-            return pl_module._prep(x)
-        return x.float().div(255) if x.dtype == torch.uint8 else x.float()
-
     def on_test_batch_end(
         self,
         trainer: pl.Trainer,
@@ -158,7 +156,7 @@ class CorruptionReport(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         x, y, idx = batch[0], batch[1], batch[2]
-        x = self._prep(pl_module, x)
+        x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
         was = pl_module.training
         pl_module.eval()
         try:
@@ -200,11 +198,8 @@ class CorruptionReport(pl.Callback):
         if trainer.world_size > 1:
             idx = pl_module.all_gather(idx.to(pl_module.device)).reshape(-1).cpu()
             val = pl_module.all_gather(val.to(pl_module.device)).reshape(-1).cpu()
-        order = torch.argsort(idx, stable=True)
-        idx, val = idx[order], val[order]
-        keep = torch.ones_like(idx, dtype=torch.bool)
-        keep[1:] = idx[1:] != idx[:-1]
-        return int(keep.sum()), float(val[keep].mean()) if keep.any() else float("nan")
+        val = merge_predictions([{"idx": idx, "val": val}])["val"]
+        return len(val), float(val.mean()) if len(val) else float("nan")
 
     def _names(self, trainer: pl.Trainer, n: int) -> list[str]:
         dm = getattr(trainer, "datamodule", None)

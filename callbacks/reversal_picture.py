@@ -23,6 +23,9 @@ from typing import Any, Optional, Sequence
 import lightning.pytorch as pl
 import torch
 
+from lightning_modules.evaluation.config import eps_label
+from lightning_modules.pixels import to_unit
+
 from .predictions import _gather_to_rank0, merge_predictions
 
 PRED_KEYS = ("idx", "y", "pred_clean", "pred_before", "pred_after")
@@ -133,7 +136,7 @@ def attack_label(pl_module: Any) -> str:
     h = getattr(pl_module, "hparams", {})
     if h.get("predict_attack", "pgd") == "none":
         return "no attack"
-    return f"PGD-{h.get('predict_attack_steps', '?')}, eps {255 * float(h.get('eps', 8 / 255)):.0f}/255"
+    return f"PGD-{h.get('predict_attack_steps', '?')}, eps {eps_label(float(h.get('eps', 8 / 255)), 'Linf')}"
 
 
 class ReversalPicture(pl.Callback):
@@ -174,9 +177,8 @@ class ReversalPicture(pl.Callback):
         self._parts.append({k: outputs[k].detach().cpu() for k in PRED_KEYS})
         if self._shown is None:
             k = min(self.n_images, len(outputs["y"]))
-            prep = getattr(pl_module, "_prep", None)
             x = batch[0][:k]
-            x = prep(x) if prep is not None else (x.float() / 255 if x.dtype == torch.uint8 else x)
+            x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
             shown = {
                 "x": x,
                 "x_adv": outputs["x_input"][:k],

@@ -26,10 +26,6 @@ Example (config; ``experiments/cifar10/eval.yaml`` holds the full list)::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib.metadata
-import json
-import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,45 +36,31 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_modules.adaptive import ReversalFns
 from lightning_modules.attacks import frozen_params, logits_of, pgd
 from lightning_modules.evaluation import EvalConfig, ResultStore, RobustEvaluator
-from lightning_modules.evaluation.report import failed_checks, flat_metrics, markdown_report, write_report
+from lightning_modules.evaluation.report import flat_metrics
+from lightning_modules.pixels import to_unit
 
 from .images import reversal_grid
+from .run_records import model_fingerprint, publish, run_meta
 
 STORE = "per_example.json"
-REPO = Path(__file__).resolve().parent.parent
-NOT_RESULTS = ("progress", "sanity_checks", "zero_tolerance", "noise_tolerance")  # settings that change no result
 
 
-def model_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-1 of every tensor of the state dict (names, shapes, bytes): identifies the weights."""
-    h = hashlib.sha1()
-    for k, v in sorted(module.state_dict().items()):
-        if not torch.is_tensor(v):
-            continue
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
+def load_surrogate(path: str, pl_module: pl.LightningModule) -> tuple[torch.nn.Module, str]:
+    """The transfer attack's surrogate (in eval mode) and its classifier's fingerprint; it must not hold
+    the evaluated model's own weights."""
+    from lightning_modules import ReversalModule
 
-
-def versions() -> dict[str, Optional[str]]:
-    """The package, its commit, and the libraries whose code decides a result."""
-    out: dict[str, Optional[str]] = {}
-    for dist in ("ssl-reversal", "torch", "pyautoattack", "kornia"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
     try:
-        out["commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or None
+        sur = ReversalModule.load_from_checkpoint(path, map_location=pl_module.device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the file's problem
+        raise ValueError(f"transfer_from: cannot load {path} as a model of this package ({e})") from e
+    sha = model_fingerprint(sur.classifier)
+    if sha == model_fingerprint(pl_module.classifier):
+        raise ValueError(
+            f"transfer_from: {path} holds the evaluated model's own weights; a transfer "
+            "attack needs an independently trained surrogate"
         )
-    except (OSError, subprocess.SubprocessError):
-        out["commit"] = None
-    return out
+    return sur.eval(), sha
 
 
 class RobustEvaluation(pl.Callback):
@@ -135,59 +117,6 @@ class RobustEvaluation(pl.Callback):
         )
         return dataclasses.replace(self.config, standard_model=bool(standard))
 
-    def _surrogate(self, pl_module: pl.LightningModule) -> tuple[Optional[torch.nn.Module], Optional[str]]:
-        if self.transfer_from is None:
-            return None, None
-        from lightning_modules import ReversalModule
-
-        try:
-            sur = ReversalModule.load_from_checkpoint(
-                self.transfer_from, map_location=pl_module.device, weights_only=True
-            )
-        except Exception as e:  # noqa: BLE001 - any failure to read it is the file's problem
-            raise ValueError(f"transfer_from: cannot load {self.transfer_from} as a model of this package ({e})") from e
-        sha = model_fingerprint(sur.classifier)
-        if sha == model_fingerprint(pl_module.classifier):
-            raise ValueError(
-                f"transfer_from: {self.transfer_from} holds the evaluated model's own weights; a transfer "
-                "attack needs an independently trained surrogate"
-            )
-        return sur.eval(), sha
-
-    def _meta(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        fns: ReversalFns,
-        cfg: EvalConfig,
-        surrogate_sha: Optional[str],
-    ) -> dict:
-        dm = getattr(trainer, "datamodule", None)
-        h = pl_module.hparams
-        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RESULTS}
-        return json.loads(
-            json.dumps(
-                {
-                    "model": type(pl_module).__name__ + f" ({h.get('robustbench_model') or h.get('backbone')})",
-                    "weights_sha1": model_fingerprint(pl_module),
-                    "reversal": dataclasses.asdict(fns.cfg),
-                    "temperature": fns.temperature,
-                    "evaluation": settings,
-                    "transfer_from_sha1": surrogate_sha,
-                    "data": {
-                        "class": type(dm).__name__ if dm is not None else None,
-                        "data_dir": str(getattr(dm, "data_dir", "")),
-                        "dataloader_idx": self.dataloader_idx,
-                        "n_examples": getattr(dm, "n_examples", None),
-                        "eval_batch_size": getattr(dm, "eval_batch_size", None),
-                    },
-                    "world_size": trainer.world_size,
-                    "versions": versions(),
-                },
-                default=str,
-            )
-        )
-
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for attr in ("classifier", "head", "reversal_cfg"):
             if not hasattr(pl_module, attr):
@@ -197,8 +126,8 @@ class RobustEvaluation(pl.Callback):
                 )
         fns = ReversalFns.from_module(pl_module, **self.reversal)
         cfg = self._config(pl_module)
-        surrogate, sha = self._surrogate(pl_module)
-        meta = self._meta(trainer, pl_module, fns, cfg, sha)
+        surrogate, sha = (None, None) if self.transfer_from is None else load_surrogate(self.transfer_from, pl_module)
+        meta = run_meta(trainer, pl_module, fns, cfg, sha, self.dataloader_idx)
         store = ResultStore(meta)
         if self.resume:
             for f in sorted(self.output_dir.glob("per_example*.json")):
@@ -253,7 +182,7 @@ class RobustEvaluation(pl.Callback):
         with torch.inference_mode(False), torch.enable_grad():
             x = batch[0].clone()
             y, idx = batch[1].clone(), batch[2].clone().cpu()
-            x = pl_module._prep(x) if hasattr(pl_module, "_prep") else x.float()
+            x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
             if batch_idx == 0 and trainer.is_global_zero and self.n_images >= 2:
                 self._grid_batch = (x[: self.n_images].detach(), y[: self.n_images].detach())
             was = pl_module.training
@@ -280,42 +209,11 @@ class RobustEvaluation(pl.Callback):
                 f.unlink(missing_ok=True)
             summary = ev.summary()
             summary["meta"]["checkpoint"] = str(self._checkpoint) if self._checkpoint else None
-            self._write(trainer, pl_module, summary)
+            self.paths = publish(trainer, summary, self.output_dir, lambda: self._grid(pl_module), self.print_report)
         summary = trainer.strategy.broadcast(summary, src=0)
         self.summary = summary
         for k, v in flat_metrics(summary).items():
             pl_module.log(k, v, sync_dist=False)
-
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, summary: dict) -> None:
-        dirs = [self.output_dir]
-        run_dir = log_run_dir(trainer)
-        if run_dir is not None and run_dir.resolve() != self.output_dir.resolve():
-            dirs.append(run_dir)
-        for d in dirs:
-            paths = write_report(summary, d)
-            if d == self.output_dir:
-                self.paths = paths
-        grid = self._grid(pl_module)
-        if grid is not None:
-            from torchvision.utils import save_image
-
-            for d in dirs:
-                tmp = d / ".reversal_grid.tmp.png"
-                save_image(grid, tmp)
-                tmp.replace(d / "reversal_grid.png")
-            self.paths["grid"] = self.output_dir / "reversal_grid.png"
-        if self.print_report:
-            print("\n" + markdown_report(summary) + "\n", flush=True)
-        bad = failed_checks(summary)
-        if bad:
-            print(
-                f"WARNING: {len(bad)} robustness sanity check(s) FAILED, the headline is UNRELIABLE "
-                f"(see {self.paths.get('markdown')}):",
-                *[f"  - {s['name']}: {s['detail']}" for s in bad],
-                sep="\n",
-                flush=True,
-            )
-        log_wandb(trainer, summary, grid)
 
     def _grid(self, pl_module: pl.LightningModule) -> Optional[torch.Tensor]:
         """Clean / PGD (first threat model, on the classifier) / reversed, and the differences."""
@@ -334,72 +232,3 @@ class RobustEvaluation(pl.Callback):
         finally:
             pl_module.train(was)
         return reversal_grid(x, x_adv, x_rev)
-
-
-def log_run_dir(trainer: pl.Trainer) -> Optional[Path]:
-    """``robustness/`` in the run's own folder: the W&B run's files dir (uploaded with the run),
-    else the logger's versioned log dir."""
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            d = getattr(logger.experiment, "dir", None)
-            if d:
-                return Path(d) / "robustness"
-    return Path(trainer.log_dir) / "robustness" if trainer.log_dir else None
-
-
-def log_wandb(trainer: pl.Trainer, summary: dict, grid: Optional[torch.Tensor]) -> None:
-    """The evaluation table, its metrics, whether the headline is reliable and the grid, to every W&B logger."""
-    for logger in trainer.loggers:
-        if type(logger).__name__ != "WandbLogger":
-            continue
-        cols = [
-            "threat",
-            "eps",
-            "attack",
-            "type",
-            "acc_without_reversal",
-            "acc_with_reversal_all_draws",
-            "acc_with_reversal_mean",
-            "draw_disagreement",
-            "acc_with_worst_composition",
-            "n",
-            "time_s",
-        ]
-        c = summary["clean"]
-
-        def vals(r: dict) -> list:
-            return [
-                r.get("without"),
-                r.get("with"),
-                r.get("with_mean"),
-                r.get("with_disagreement"),
-                r.get("with_worst"),
-                r.get("n"),
-                r.get("time_s"),
-            ]
-
-        data = [["clean", "0", "none", "-", *vals(c)]]
-        data += [[r["threat"], r["eps_label"], r["label"], r["kind"], *vals(r)] for r in summary["rows"]]
-        tag = "" if summary.get("reliable", True) else " (UNRELIABLE)"
-        data += [
-            [
-                w["threat"],
-                w["eps_label"],
-                "worst case per example" + tag,
-                "all",
-                w["without"],
-                w["with"],
-                None,
-                None,
-                None,
-                w["n"],
-                None,
-            ]
-            for w in summary["worst_case"]
-        ]
-        logger.log_table(key="eval/robustness", columns=cols, data=data)
-        logger.experiment.summary.update(flat_metrics(summary))
-        logger.experiment.summary["eval/headline_reliable"] = bool(summary.get("reliable", True))
-        logger.experiment.summary["eval/sanity_failed_names"] = [s["name"] for s in failed_checks(summary)]
-        if grid is not None:
-            logger.log_image(key="eval/x__x_adv__x_rev__diffs", images=[grid])

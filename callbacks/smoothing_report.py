@@ -35,7 +35,10 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.atomic import atomic_write_text
+from lightning_modules.pixels import to_unit
 from lightning_modules.smoothing import ABSTAIN, SmoothingConfig, certified_accuracy, certify, predict
+
+from .predictions import merge_predictions
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -145,7 +148,7 @@ class SmoothingCertification(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         x, y, idx = batch[0], batch[1], batch[2]
-        x = pl_module._prep(x) if hasattr(pl_module, "_prep") else x.float()
+        x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
         nc = pl_module.classifier.num_classes
         gen = torch.Generator(device=x.device).manual_seed(self.seed + int(idx.min()))
         was = pl_module.training
@@ -166,12 +169,7 @@ class SmoothingCertification(pl.Callback):
         res = {k: torch.cat(v).to(pl_module.device) for k, v in self._res.items()}
         if trainer.world_size > 1:
             res = {k: pl_module.all_gather(v).reshape(-1) for k, v in res.items()}
-        res = {k: v.cpu() for k, v in res.items()}
-        order = torch.argsort(res["idx"], stable=True)
-        res = {k: v[order] for k, v in res.items()}
-        keep = torch.ones_like(res["idx"], dtype=torch.bool)
-        keep[1:] = res["idx"][1:] != res["idx"][:-1]
-        return {k: v[keep] for k, v in res.items()}
+        return merge_predictions([res])
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._res.get("idx"):

@@ -110,3 +110,16 @@ def test_wandb_table_rows(tmp_path):
     assert key == "test/corruptions" and cols == ["corruption", "severity", "n", "acc", "acc_reversed"]
     assert rows == [["fog", 2, 5, 0.4, 0.6], ["snow", 5, 5, 0.2, None]]
     assert calls["image"] == ("test/corruption_heatmap", [str(tmp_path / "h.png")])
+
+
+def test_repeats_from_padded_shards_count_once():
+    from types import SimpleNamespace
+
+    from callbacks import CorruptionReport
+
+    res = {"idx": [torch.tensor([2, 0]), torch.tensor([0, 1, 3])]}  # idx 0 twice: its first result counts
+    res["correct"] = [torch.tensor([1, 0]), torch.tensor([1, 1, 0])]
+    assert CorruptionReport()._gather(SimpleNamespace(world_size=1), None, "correct", res) == (4, 0.5)
+    empty = {"idx": [torch.tensor([], dtype=torch.long)], "correct": [torch.tensor([])]}
+    n, acc = CorruptionReport()._gather(SimpleNamespace(world_size=1), None, "correct", empty)
+    assert n == 0 and acc != acc  # nan

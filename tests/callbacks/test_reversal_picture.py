@@ -153,3 +153,17 @@ def test_wandb_offline_records_the_picture(tiny_cifar10, tmp_path):
     media = list(tmp_path.glob("wandb/offline-run-*/files/media/images/reversal/picture_*.png"))
     assert len(media) == 1, sorted(str(p) for p in tmp_path.rglob("*"))[:50]
     assert Image.open(media[0]).size == Image.open(png).size
+
+
+def test_attack_label_names_the_budget_as_the_reports_do():
+    from types import SimpleNamespace
+
+    from callbacks.reversal_picture import attack_label
+
+    def label(**h) -> str:
+        return attack_label(SimpleNamespace(hparams=h))
+
+    assert label(predict_attack_steps=20, eps=8 / 255) == "PGD-20, eps 8/255"
+    assert label(predict_attack_steps=10) == "PGD-10, eps 8/255"
+    assert label(predict_attack_steps=20, eps=0.03) == "PGD-20, eps 0.03"  # not a multiple of 1/255
+    assert label(predict_attack="none") == "no attack"

@@ -8,11 +8,14 @@ import json
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import torch.nn as nn
 
-from callbacks.robust_eval import RobustEvaluation, model_fingerprint
+from callbacks.robust_eval import RobustEvaluation
+from callbacks.run_records import model_fingerprint
 from lightning_modules.cli import run_cli
 from lightning_modules.evaluation import ResultStore, registry
 from tests.cli_runs import popen_lightning
@@ -302,3 +305,15 @@ def test_sigterm_stops_within_a_row_with_everything_saved(tmp_path: Path):
         before = dict(zip(rows[k]["idx"], rows[k]["correct"]))
         after = dict(zip(final[k]["idx"], final[k]["correct"]))
         assert {i: after[i] for i in before} == before, k
+
+
+def test_uint8_batches_reach_the_evaluator_in_unit_range_without_prep():
+    seen = []
+    cb = RobustEvaluation(n_images=0)
+    cb.evaluator = SimpleNamespace(evaluate_batch=lambda x, y, idx, i: seen.append(x))
+    cb._surrogate_module = None
+    module = nn.Linear(1, 1)  # no _prep: the callback converts the pixels itself
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).repeat(2, 3, 1, 1)
+    batch = (x, torch.tensor([0, 1]), torch.tensor([0, 1]))
+    cb.on_test_batch_end(SimpleNamespace(is_global_zero=True), module, None, batch, 0)
+    assert seen[0].dtype == torch.float32 and torch.allclose(seen[0], x.float() / 255)

@@ -140,3 +140,35 @@ def test_markdown_and_wandb():
     SmoothingCertification._log_wandb(SimpleNamespace(loggers=[WandbLogger()]), report, Path("p.png"))
     assert calls["table"] == ("test/certified_accuracy", ["radius", "certified_acc"], [[0.0, 0.5], [0.5, 0.25]])
     assert calls["image"] == ("test/certified_accuracy_plot", ["p.png"])
+
+
+def test_uint8_images_reach_a_module_without_prep_in_unit_range():
+    import lightning.pytorch as pl
+
+    class NoPrep(pl.LightningModule):  # no _prep: the callback converts the pixels itself
+        def __init__(self) -> None:
+            super().__init__()
+            self.classifier = torch.nn.Identity()
+            self.classifier.num_classes = 2
+            self.seen: list[torch.Tensor] = []
+
+        def model_fn(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(x.detach().clone())
+            return torch.stack([x.flatten(1).mean(1), 1 - x.flatten(1).mean(1)], 1)
+
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).repeat(2, 3, 3, 1)
+    cb = SmoothingCertification(sigma=1e-4, n0=2, n=4, batch_size=8, clamp=False, predict=False)
+    module = NoPrep()
+    cb.on_test_epoch_start(None, module)
+    cb.on_test_batch_end(None, module, None, (x, torch.tensor([0, 1]), torch.tensor([0, 1])), 0)
+    unit = x[0].float() / 255  # both images are the same: every noisy copy is close to it
+    assert module.seen and all((s - unit).abs().max() < 1e-2 for s in module.seen)
+
+
+def test_per_example_results_are_kept_once_in_index_order():
+    from types import SimpleNamespace
+
+    cb = SmoothingCertification(sigma=0.25)
+    cb._res = {"idx": [torch.tensor([3, 1]), torch.tensor([1, 0])], "y": [torch.tensor([7, 5]), torch.tensor([5, 4])]}
+    r = cb._gathered(SimpleNamespace(world_size=1), SimpleNamespace(device=torch.device("cpu")))
+    assert r["idx"].tolist() == [0, 1, 3] and r["y"].tolist() == [4, 5, 7]
