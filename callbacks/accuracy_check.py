@@ -64,7 +64,7 @@ class AccuracyCheck(pl.Callback):
         clean, robust, n = (int(c) for c in counts)
         if n == 0:
             return
-        eps = self.eps if self.eps is not None else float(pl_module.hparams.eps)
+        eps = self.eps if self.eps is not None else float(pl_module.attack_cfg.eps)
         pl_module.log(f"test/pgd{self.steps}_acc", robust / n, rank_zero_only=True)  # test_step logs clean
         self.line = accuracy_line(clean, robust, n, self.steps, eps)
         if trainer.is_global_zero:

@@ -132,11 +132,12 @@ def reversal_figure(
 
 
 def attack_label(pl_module: Any) -> str:
-    """``PGD-20, eps 8/255`` (or ``no attack``) from a ReversalModule's settings."""
-    h = getattr(pl_module, "hparams", {})
-    if h.get("predict_attack", "pgd") == "none":
+    """``PGD-20, eps 8/255`` (or ``no attack``) from the module's ``inference`` and ``attack`` settings."""
+    inf, att = getattr(pl_module, "inference_cfg", None), getattr(pl_module, "attack_cfg", None)
+    if inf is not None and inf.predict_attack == "none":
         return "no attack"
-    return f"PGD-{h.get('predict_attack_steps', '?')}, eps {eps_label(float(h.get('eps', 8 / 255)), 'Linf')}"
+    steps = inf.predict_attack_steps if inf is not None else "?"
+    return f"PGD-{steps}, eps {eps_label(float(att.eps if att is not None else 8 / 255), 'Linf')}"
 
 
 class ReversalPicture(pl.Callback):

@@ -108,12 +108,13 @@ class RobustEvaluation(pl.Callback):
     def _config(self, pl_module: pl.LightningModule) -> EvalConfig:
         if self.config.standard_model is not None:
             return self.config
-        h = getattr(pl_module, "hparams", {})
+        h, attack = getattr(pl_module, "hparams", {}), getattr(pl_module, "attack_cfg", None)
         standard = (
-            h.get("training") == "standard"
+            attack is not None
+            and attack.mode == "standard"
+            and not attack.noise_std
             and not h.get("robustbench_model")
             and not h.get("freeze_backbone")
-            and not h.get("noise_std")
         )
         return dataclasses.replace(self.config, standard_model=bool(standard))
 

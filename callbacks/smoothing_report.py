@@ -87,7 +87,7 @@ class SmoothingCertification(pl.Callback):
     """CERTIFY (and PREDICT) on every test batch; the report at the end of the test epoch.
 
     Args:
-        sigma: noise std; ``None`` reads the model's ``hparams.noise_std`` (must be > 0).
+        sigma: noise std; ``None`` reads the model's ``attack.noise_std`` (must be > 0).
         n0, n, alpha, batch_size, clamp: :class:`~lightning_modules.smoothing.SmoothingConfig`.
         radii: the radii of the table.
         predict: also run PREDICT (``n`` more samples per image).
@@ -125,7 +125,8 @@ class SmoothingCertification(pl.Callback):
     def config_for(self, pl_module: pl.LightningModule) -> SmoothingConfig:
         s = dict(self.settings)
         if s["sigma"] is None:
-            s["sigma"] = float(getattr(pl_module.hparams, "noise_std", 0.0) or 0.0)
+            attack = getattr(pl_module, "attack_cfg", None)
+            s["sigma"] = float(getattr(attack, "noise_std", 0.0) or 0.0)
             if s["sigma"] <= 0:
                 raise ValueError(
                     "SmoothingCertification: sigma is not set and the model was not trained with "

@@ -334,23 +334,27 @@ def _build_module(args: argparse.Namespace, **overrides):
     kw = dict(
         backbone=args.backbone,
         backbone_kwargs={"width": 8} if args.backbone == "small_cnn" and args.tiny else None,
-        training="pgd",
-        steps=args.steps,
-        ssl_weight=0.0,
-        attack_amp=args.precision == "bf16",
-        channels_last=args.channels_last,
-        compile=args.compile,
-        compile_mode=args.compile_mode,
-        views_backend=args.views,
-        val_attack_steps=0,
-        train_progress_bar=args.progress_bar_metrics,
-        lr=0.1,
-        schedule="onecycle",
+        attack=dict(mode="pgd", steps=args.steps),
+        ssl=dict(weight=0.0, views=args.views),
+        optim=dict(lr=0.1, schedule="onecycle"),
+        inference=dict(val_attack_steps=0),
+        speed=dict(
+            attack_amp=args.precision == "bf16",
+            channels_last=args.channels_last,
+            compile=args.compile,
+            compile_mode=args.compile_mode,
+            train_progress_bar=args.progress_bar_metrics,
+        ),
         reversal=ReversalConfig(
             steps=args.rev_steps, n_views=args.rev_views, views=args.views, amp=args.precision == "bf16"
         ),
     )
-    kw.update(overrides)
+    for key, value in overrides.items():  # a field of a settings group, or a top-level argument
+        group = next((g for g in ("attack", "ssl", "speed") if key in kw.get(g, {})), None)
+        if group is not None:
+            kw[group][key] = value
+        else:
+            kw[key] = value
     m = ReversalModule(**kw)
     if args.checkpoint:
         m.load_backbone(args.checkpoint)
@@ -394,7 +398,7 @@ def count_step(module, batch, device: torch.device) -> dict:
     counter = OpCounter(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=module.hparams.attack_amp)
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=module.speed_cfg.attack_amp)
         with FlopCounterMode(display=False) as fc, counter, amp:
             loss = module.training_step(batch, 0)
             loss.backward()
@@ -418,7 +422,7 @@ def bench_train(bench: str, args: argparse.Namespace, device: torch.device) -> d
     loader = dm._loader("train", train=True)
     loader.device = device
     batch = next(iter(loader))
-    eager = _build_module(args, training=training, ssl_weight=ssl, compile=False).to(device)
+    eager = _build_module(args, mode=training, weight=ssl, compile=False).to(device)
     if args.channels_last:
         eager.classifier.to(memory_format=torch.channels_last)
     counts = count_step(eager, batch, device)
@@ -461,7 +465,7 @@ def bench_train(bench: str, args: argparse.Namespace, device: torch.device) -> d
         else:
             from callbacks.ema import DeviceEMA as EMA
         callbacks.append(EMA(decay=args.ema))
-    module = _build_module(args, training=training, ssl_weight=ssl)
+    module = _build_module(args, mode=training, weight=ssl)
     trainer = pl.Trainer(
         accelerator=device.type,
         devices=1,

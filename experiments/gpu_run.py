@@ -364,9 +364,9 @@ def train(run: Run, budget: float) -> dict:
             "small_cnn",
             "--model.init_args.backbone_kwargs",
             "{width: 8}",
-            "--model.init_args.steps",
+            "--model.init_args.attack.steps",
             "2",
-            "--model.init_args.val_attack_steps",
+            "--model.init_args.inference.val_attack_steps",
             "2",
             "--data.init_args.batch_size",
             "32",
@@ -410,13 +410,15 @@ def train(run: Run, budget: float) -> dict:
 def load_module(run: Run):
     """The trained ReversalModule, from the checkpoint's hyperparameters (weights_only, fp32, eval mode)."""
     from lightning_modules import ReversalModule
+    from lightning_modules.settings import upgrade_hparams
 
     if run.module is None:
         if run.ckpt is None:
             raise RuntimeError("no trained checkpoint: the train stage failed")
         ck = torch.load(run.ckpt, map_location="cpu", weights_only=True)
         run.hparams = {k: v for k, v in ck["hyper_parameters"].items() if not k.startswith("_")}  # _class_path
-        m = ReversalModule(**{**run.hparams, "compile": False})
+        hp = upgrade_hparams(run.hparams)
+        m = ReversalModule(**{**hp, "speed": {**(hp.get("speed") or {}), "compile": False}})
         m.load_state_dict(ck["state_dict"])
         run.module = m.to(run.args.device).eval()
     return run.module

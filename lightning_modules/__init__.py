@@ -1,6 +1,9 @@
 """Models and the maths around them. Where things live:
 
 - :mod:`~lightning_modules.reversal` — the reversal (Mao et al. 2021): the core of the package.
+- :mod:`~lightning_modules.base` — :class:`BaseModule`: classifier, head, attacks, reversal, evaluation
+  steps, optimizer; each method below is a small subclass that adds its training loss.
+- :mod:`~lightning_modules.settings` — the settings groups (``attack``, ``ssl``, ``optim``, ``inference``, ``speed``).
 - :mod:`~lightning_modules.module` — :class:`ReversalModule`, joint classifier + contrastive head.
 - :mod:`~lightning_modules.attacks` — batched PGD / FGSM-RS / TRADES attacks.
 - :mod:`~lightning_modules.losses` — InfoNCE, TRADES KL, CW margin, DLR (pure functions).
@@ -18,11 +21,13 @@ from .ascl import ASCLConfig, ASCLModule
 from .attacks import ThreatModel, fgsm_rs, pgd, projected_gradient, trades_attack
 from .augment import SimCLRViews
 from .backbones import BackboneName, Classifier, build_backbone
+from .base import BaseModule
 from .heads import ContrastiveHead
 from .kap import KernelAveragePool, insert_kap
 from .losses import info_nce
 from .module import ReversalModule
 from .reversal import ReversalConfig, reverse
+from .settings import AttackConfig, InferenceConfig, OptimConfig, SpeedConfig, SSLConfig
 
 __all__ = [
     "ThreatModel",
@@ -36,7 +41,13 @@ __all__ = [
     "build_backbone",
     "ContrastiveHead",
     "info_nce",
+    "BaseModule",
     "ReversalModule",
+    "AttackConfig",
+    "SSLConfig",
+    "OptimConfig",
+    "InferenceConfig",
+    "SpeedConfig",
     "ReversalConfig",
     "reverse",
     "KernelAveragePool",

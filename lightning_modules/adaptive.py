@@ -147,9 +147,9 @@ class ReversalFns:
     @classmethod
     def from_module(cls, module: nn.Module, **overrides) -> "ReversalFns":
         """From a :class:`~lightning_modules.module.ReversalModule` (``classifier``, ``head``,
-        ``reversal_cfg``, ``hparams.temperature``); ``overrides`` replace fields of its reversal config."""
+        ``reversal_cfg``, ``ssl_cfg.temperature``); ``overrides`` replace fields of its reversal config."""
         cfg = dataclasses.replace(module.reversal_cfg, **overrides) if overrides else module.reversal_cfg
-        fns = cls(module.classifier, module.head, cfg, float(module.hparams.temperature))
+        fns = cls(module.classifier, module.head, cfg, float(module.ssl_cfg.temperature))
         fns._views_cache = module._reversal_views  # one cache of the reversal's views per module (same keys)
         return fns
 

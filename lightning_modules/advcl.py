@@ -18,9 +18,9 @@ contrastive head, for the reversal) from a checkpoint with ``weights_only=True``
 linear layer and trains only that: standard linear finetuning (``training: standard``) or
 adversarial linear finetuning (``pgd`` / ``trades`` / ``fgsm_rs``, attacking the whole frozen model).
 
-Both subclass :class:`~lightning_modules.module.ReversalModule`, so ``classifier``, ``head``,
+Both subclass :class:`~lightning_modules.base.BaseModule`, so ``classifier``, ``head``,
 ``model_fn``, ``attack``, ``reverse``, ``views``, ``reversal_cfg`` and validation/test/predict
-behave as there (the robust evaluation runs on them unchanged).
+behave as for every method (the robust evaluation runs on them unchanged).
 
 Example:
     >>> import torch
@@ -46,8 +46,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from .attacks import check_eps, projected_gradient
 from .augment import high_frequency
 from .backbones import Classifier, load_state_dict
+from .base import BaseModule
 from .losses import multiview_info_nce
-from .module import ReversalModule
 
 
 def linear_layer(classifier: Classifier) -> nn.Linear:
@@ -83,7 +83,7 @@ def adversarial_view(
     return projected_gradient(objective, x_view, eps, alpha, steps, "Linf", random_start, ascend=True, amp=amp)
 
 
-class AdvCLModule(ReversalModule):
+class AdvCLModule(BaseModule):
     """Label-free adversarial contrastive pretraining (ACL / AdvCL) with an online linear probe.
 
     Args:
@@ -91,25 +91,25 @@ class AdvCLModule(ReversalModule):
             per image); ``None`` leaves it out (ACL-style, three views).
         attack_random_start: start the adversarial-view PGD from a random point of the eps-ball.
         probe_weight: weight of the online probe's cross-entropy (it only reaches the linear layer).
-        **kwargs: :class:`~lightning_modules.module.ReversalModule` arguments. ``eps``, ``alpha``,
-            ``steps``, ``attack_amp`` set the adversarial view; ``temperature`` the InfoNCE;
-            ``training`` must stay ``standard`` and ``freeze_backbone`` unset; ``ssl_weight``,
-            ``trades_beta`` and ``n_views`` (training) are not used.
+        **kwargs: :class:`~lightning_modules.base.BaseModule` arguments. ``attack.eps``, ``alpha``,
+            ``steps`` and ``speed.attack_amp`` set the adversarial view; ``ssl.temperature`` the InfoNCE;
+            ``attack.mode`` must stay ``standard`` and ``freeze_backbone`` unset; ``ssl.weight``,
+            ``ssl.fraction``, ``ssl.n_views`` and ``attack.trades_beta`` are not used.
     """
 
     def __init__(
         self, hf_radius: Optional[float] = None, attack_random_start: bool = True, probe_weight: float = 1.0, **kwargs
     ) -> None:
-        if kwargs.get("training", "standard") != "standard":
-            raise ValueError(
-                "AdvCLModule pretrains without labels: `training` must be 'standard' "
-                f"(got '{kwargs['training']}'); the adversarial view is its attack"
-            )
-        if kwargs.get("freeze_backbone") or kwargs.get("noise_std", 0.0):
-            raise ValueError("AdvCLModule trains the backbone: leave freeze_backbone unset and noise_std 0")
         if hf_radius is not None and hf_radius < 0:
             raise ValueError(f"hf_radius must be >= 0 or null, got {hf_radius}")
+        if kwargs.get("freeze_backbone"):
+            raise ValueError("AdvCLModule trains the backbone: leave freeze_backbone unset")
         super().__init__(**kwargs)
+        if self.attack_cfg.mode != "standard" or self.attack_cfg.noise_std:
+            raise ValueError(
+                "AdvCLModule pretrains without labels: attack.mode must be 'standard' and attack.noise_std 0 "
+                f"(got '{self.attack_cfg.mode}', {self.attack_cfg.noise_std}); the adversarial view is its attack"
+            )
         if self.freeze_backbone:
             raise ValueError(
                 "AdvCLModule trains the backbone: a RobustBench model would be frozen; "
@@ -122,7 +122,7 @@ class AdvCLModule(ReversalModule):
 
     def make_adversarial_view(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """``x1 + delta`` maximizing InfoNCE against ``x2`` (encoder and head in eval mode)."""
-        h = self.hparams
+        a = self.attack_cfg
         was = self.classifier.training, self.head.training
         self.classifier.eval(), self.head.eval()
         try:
@@ -133,7 +133,15 @@ class AdvCLModule(ReversalModule):
             with torch.no_grad():
                 z2 = encode(x2)
             return adversarial_view(
-                encode, x1, [z2], h.eps, h.alpha, h.steps, h.temperature, h.attack_random_start, h.attack_amp
+                encode,
+                x1,
+                [z2],
+                a.eps,
+                a.alpha,
+                a.steps,
+                self.ssl_cfg.temperature,
+                self.hparams.attack_random_start,
+                self.speed_cfg.attack_amp,
             )
         finally:
             self.classifier.train(was[0]), self.head.train(was[1])
@@ -146,21 +154,17 @@ class AdvCLModule(ReversalModule):
         if h.hf_radius is not None:
             views.append(high_frequency(x1, h.hf_radius).clamp(0, 1))
         _, feats = self.classifier(torch.cat(views))
-        loss_cl = multiview_info_nce(list(self.head(feats).chunk(len(views))), h.temperature)
+        loss_cl = multiview_info_nce(list(self.head(feats).chunk(len(views))), self.ssl_cfg.temperature)
         b = x.shape[0]
         logits = self.probe(feats[: 2 * b])  # the two clean views
         yy = y.repeat(2)
         loss_probe = F.cross_entropy(logits.float(), yy)
         loss = loss_cl + h.probe_weight * loss_probe
-        self.train_acc(logits.detach(), yy)
-        self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log("train/loss_ssl", loss_cl.detach(), prog_bar=True)
-        self.log("train/loss_probe", loss_probe.detach())
-        self.log("train/acc", self.train_acc, prog_bar=True)
+        self.log_train(loss, logits, yy, bar=("loss_ssl",), loss_ssl=loss_cl, loss_probe=loss_probe)
         return loss
 
 
-class LinearProbeModule(ReversalModule):
+class LinearProbeModule(BaseModule):
     """A frozen pretrained backbone + a freshly initialized linear classifier, trained alone.
 
     Args:
@@ -171,11 +175,11 @@ class LinearProbeModule(ReversalModule):
             checkpoint has none (the head then stays random: reversal numbers are meaningless).
         reset_linear: re-initialize the final linear layer (standard linear probing) instead of
             starting from the checkpoint's (e.g. AdvCL's online probe).
-        training: ``standard`` (standard linear finetuning) or an AT mode (adversarial linear
-            finetuning: the attack goes through the frozen backbone, only the linear layer learns).
-        ssl_weight: must be 0 (nothing but the linear layer trains).
-        **kwargs: other :class:`~lightning_modules.module.ReversalModule` arguments (``backbone``
-            and ``backbone_kwargs`` must describe the pretrained network).
+        **kwargs: other :class:`~lightning_modules.base.BaseModule` arguments (``backbone`` and
+            ``backbone_kwargs`` must describe the pretrained network). ``attack.mode``: ``standard``
+            (standard linear finetuning) or an AT mode (adversarial linear finetuning: the attack goes
+            through the frozen backbone, only the linear layer learns); ``ssl.weight`` is not used
+            (nothing but the linear layer trains).
     """
 
     def __init__(
@@ -183,19 +187,13 @@ class LinearProbeModule(ReversalModule):
         backbone_checkpoint: str,
         load_head: bool = True,
         reset_linear: bool = True,
-        training: str = "standard",
-        ssl_weight: float = 0.0,
         **kwargs,
     ) -> None:
-        if ssl_weight != 0:
-            raise ValueError(f"LinearProbeModule trains only the linear layer: ssl_weight must be 0, got {ssl_weight}")
         if kwargs.pop("freeze_backbone", None):
             raise ValueError(
                 "LinearProbeModule freezes the backbone itself (all but the linear layer): drop freeze_backbone"
             )
-        super().__init__(
-            backbone_checkpoint=backbone_checkpoint, training=training, ssl_weight=0.0, freeze_backbone=False, **kwargs
-        )
+        super().__init__(backbone_checkpoint=backbone_checkpoint, freeze_backbone=False, **kwargs)
         self.classifier.requires_grad_(False)
         self.head.requires_grad_(False)
         lin = linear_layer(self.classifier)
@@ -225,6 +223,12 @@ class LinearProbeModule(ReversalModule):
         self.classifier.eval()  # frozen features: BatchNorm statistics never update
         self.head.eval()
         return self
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = self._prep(batch[0]), batch[1]
+        loss, logits = self.classification_loss(x, y)
+        self.log_train(loss, logits, y, loss_cls=loss)
+        return loss
 
 
 __all__ = ["adversarial_view", "linear_layer", "AdvCLModule", "LinearProbeModule"]

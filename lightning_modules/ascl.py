@@ -1,21 +1,21 @@
 """Adversarial supervised contrastive learning (ASCL; Bui et al. 2021) on top of adversarial training.
 
-Per batch: the training attack (PGD-AT or FGSM-RS, :class:`~lightning_modules.module.ReversalModule`'s
-``training``) makes ``x_adv``; one forward pass of ``[x_adv; x]`` gives logits and features; a
+Per batch: the training attack (PGD-AT or FGSM-RS: ``attack.mode``, default ``pgd``) makes
+``x_adv``; one forward pass of ``[x_adv; x]`` gives logits and features; a
 projection head (``ascl_head``, its own, so the reversal's SimCLR head keeps its meaning) maps the
 features to the embeddings of :func:`~lightning_modules.supcon.ascl_loss`. Loss::
 
-    CE(f(x_adv), y) + ascl_weight * ASCL(z_adv, z_clean, y; selection) + ssl_weight * InfoNCE(clean views)
+    CE(f(x_adv), y) + ascl.weight * ASCL(z_adv, z_clean, y; selection) + ssl.weight * InfoNCE(clean views)
 
 With ``selection: leaked`` the pairs are chosen by the classifier's (detached) predictions on the
 same forward pass (:func:`~lightning_modules.supcon.select_pairs`); the kept fractions are logged
-as ``train/ascl_pos_kept`` and ``train/ascl_neg_kept``. The module keeps ``ReversalModule``'s
+as ``train/ascl_pos_kept`` and ``train/ascl_neg_kept``. The module keeps the base module's
 interface (``classifier``, ``head``, ``reverse``...), so ``make eval-cifar10`` evaluates it unchanged.
 
 Example:
     >>> import torch
     >>> m = ASCLModule(backbone="small_cnn", backbone_kwargs={"width": 8}, head_hidden=32, head_dim=16,
-    ...                ascl=ASCLConfig(selection="leaked"), steps=1)
+    ...                ascl=ASCLConfig(selection="leaked"), attack={"mode": "pgd", "steps": 1})
     >>> x, y = torch.rand(8, 3, 32, 32), torch.arange(8) % 10
     >>> parts = m.ascl_terms(x, y)
     >>> sorted(parts)
@@ -30,8 +30,9 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from .base import BaseModule
 from .heads import ContrastiveHead
-from .module import ReversalModule, TrainingMode
+from .settings import AttackConfig, TrainingMode
 from .supcon import STRATEGIES, ascl_loss, kept_fractions, select_pairs
 
 
@@ -57,40 +58,43 @@ class ASCLConfig:
             raise ValueError(f"ASCL neg_topk must be >= 0, got {self.neg_topk}")
 
 
-class ASCLModule(ReversalModule):
+class ASCLModule(BaseModule):
     """Adversarial training + the ASCL loss on a projection head.
 
     Args:
         ascl: :class:`ASCLConfig` (or a dict of its fields, as stored in checkpoints).
-        **kwargs: :class:`~lightning_modules.module.ReversalModule` arguments; ``training`` must
-            make adversarial examples: ``pgd`` (default) or ``fgsm_rs``.
+        **kwargs: :class:`~lightning_modules.base.BaseModule` arguments; ``attack.mode`` must make
+            adversarial examples: ``pgd`` (the default here) or ``fgsm_rs``.
     """
 
-    def __init__(self, ascl: Optional[Union[ASCLConfig, dict]] = None, training: str = "pgd", **kwargs) -> None:
-        if training not in (TrainingMode.pgd.value, TrainingMode.fgsm_rs.value):
-            raise ValueError(
-                f"ASCLModule needs adversarial anchors: training must be 'pgd' or 'fgsm_rs', got '{training}'"
-            )
+    def __init__(
+        self, ascl: Optional[Union[ASCLConfig, dict]] = None, attack: Optional[AttackConfig] = None, **kwargs
+    ) -> None:
         if kwargs.get("freeze_backbone"):
             raise ValueError("ASCLModule trains the backbone: drop freeze_backbone")
+        attack = dataclasses.asdict(attack) if dataclasses.is_dataclass(attack) else dict(attack or {"mode": "pgd"})
+        attack.setdefault("mode", TrainingMode.pgd.value)
+        if attack["mode"] not in (TrainingMode.pgd.value, TrainingMode.fgsm_rs.value):
+            raise ValueError(
+                f"ASCLModule needs adversarial anchors: attack.mode must be 'pgd' or 'fgsm_rs', got '{attack['mode']}'"
+            )
         cfg = ASCLConfig(**ascl) if isinstance(ascl, dict) else (ascl or ASCLConfig())
-        super().__init__(training=training, **kwargs)
-        self.hparams["ascl"] = dataclasses.asdict(cfg)  # plain types: checkpoints load with weights_only
-        if isinstance(getattr(self, "_hparams_initial", None), dict):
-            self._hparams_initial["ascl"] = dataclasses.asdict(cfg)
+        super().__init__(attack=attack, **kwargs)
+        self.store_group("ascl", cfg)
         if self.freeze_backbone:
             raise ValueError(
                 "ASCLModule trains the backbone: a RobustBench model would be frozen; set freeze_backbone: false"
             )
         self.ascl_cfg = cfg
         self.ascl_head = ContrastiveHead(self.classifier.feature_dim, cfg.proj_hidden, cfg.proj_dim)
-        if self.hparams.ssl_weight == 0:
-            self.head.requires_grad_(False)  # unused by this loss; DDP refuses parameters without gradients
+
+    def head_in_loss(self) -> bool:
+        return self.ssl_cfg.weight > 0
 
     def ascl_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Attack, one forward pass of ``[x_adv; x]``, the ASCL loss and the kept fractions."""
         cfg, b = self.ascl_cfg, x.shape[0]
-        x_adv = self._train_inputs(x, y)
+        x_adv = self.train_inputs(x, y)
         logits, feats = self.classifier(torch.cat([x_adv, x]))
         z = self.ascl_head(feats)
         z_adv, z_clean = z[:b], z[b:]
@@ -106,20 +110,15 @@ class ASCLModule(ReversalModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = self._prep(batch[0]), batch[1]
-        h = self.hparams
+        s = self.ssl_cfg
         t = self.ascl_terms(x, y)
-        loss_cls = F.cross_entropy(t["logits_adv"].float(), y, label_smoothing=h.label_smoothing)
-        loss_ssl = self.ssl_loss(x) if h.ssl_weight > 0 else x.new_zeros(())
-        loss = loss_cls + self.ascl_cfg.weight * t["loss_ascl"] + h.ssl_weight * loss_ssl
-        self.train_acc(t["logits_adv"].detach(), y)
-        bar = h.train_progress_bar
-        self.log("train/loss", loss.detach(), prog_bar=bar)
-        self.log("train/loss_cls", loss_cls.detach())
-        self.log("train/loss_ascl", t["loss_ascl"].detach(), prog_bar=bar)
-        self.log("train/loss_ssl", loss_ssl.detach())
+        loss_cls = F.cross_entropy(t["logits_adv"].float(), y, label_smoothing=self.optim_cfg.label_smoothing)
+        loss_ssl = self.ssl_loss(x[: max(2, round(len(x) * s.fraction))]) if s.weight > 0 else x.new_zeros(())
+        loss = loss_cls + self.ascl_cfg.weight * t["loss_ascl"] + s.weight * loss_ssl
+        parts = {"loss_cls": loss_cls, "loss_ascl": t["loss_ascl"], "loss_ssl": loss_ssl}
+        self.log_train(loss, t["logits_adv"], y, bar=("loss_ascl",), **parts)
         self.log("train/ascl_pos_kept", t["pos_kept"])
         self.log("train/ascl_neg_kept", t["neg_kept"])
-        self.log("train/acc", self.train_acc, prog_bar=bar)
         return loss
 
 

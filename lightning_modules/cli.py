@@ -39,6 +39,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .cli_checks import given_model_flags, read_checkpoint, reconcile, report_error, resolve_ckpt_path, untrained_error
+from .settings import upgrade_hparams
 
 BASE_CONFIG = Path(__file__).resolve().with_name("base.yaml")  # package data: found in any install
 CHECKPOINT_CALLBACKS = ("AtomicCheckpoint", "ModelCheckpoint")
@@ -132,9 +133,13 @@ class ReversalCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse (remembering the command line); a setting of the evaluation's earlier flat layout gets a
-        line saying where it lives now."""
-        from lightning_modules.evaluation.config import legacy_hint
+        """Parse (remembering the command line); a setting of the module's or the evaluation's earlier flat
+        layout gets a line saying where it lives now."""
+        from lightning_modules.evaluation.config import legacy_hint as eval_hint
+        from lightning_modules.settings import legacy_hint as module_hint
+
+        def legacy_hint(message: str) -> Optional[str]:
+            return module_hint(message) or eval_hint(message)
 
         self._argv = list(args) if isinstance(args, (list, tuple)) else (sys.argv[1:] if args is None else [])
         subs = getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}) or {}
@@ -169,6 +174,7 @@ class ReversalCLI(LightningCLI):
                 return
             raise UnsafeCheckpointError(_unsafe_message(path, e)) from None
         hparams.pop("_instantiator", None)
+        hparams = upgrade_hparams(hparams)  # a checkpoint of the earlier flat layout
         if not hparams:
             return
         model = cfg.get("model")

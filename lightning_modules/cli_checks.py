@@ -41,7 +41,7 @@ ARCH_KEYS = (
     "head_dim",
 )
 # on ``fit --ckpt_path`` the optimizer (and its schedule) continue from the checkpoint's state
-RESUME_FIXED_KEYS = ("lr", "momentum", "weight_decay", "nesterov", "schedule", "warmup")
+RESUME_FIXED_KEYS = ("optim",)
 # the weights come from --ckpt_path, so a file given for them would be loaded and then replaced
 WEIGHT_FILE_KEYS = ("backbone_checkpoint",)
 
@@ -178,6 +178,19 @@ def plain(v: Any) -> Any:
     return v
 
 
+def differences(name: str, mine: Any, theirs: Any) -> str:
+    """``name value (checkpoint: value)``; for a group of settings, one such item per differing field.
+
+    >>> differences("optim", {"lr": 0.5, "warmup": 0.2}, {"lr": 0.05, "warmup": 0.2})
+    'optim.lr 0.5 (checkpoint: 0.05)'
+    """
+    mine, theirs = plain(mine), plain(theirs)
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        keys = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+        return "; ".join(f"{name}.{k} {mine.get(k)} (checkpoint: {theirs.get(k)})" for k in keys)
+    return f"{name} {mine} (checkpoint: {theirs})"
+
+
 def reconcile(
     subcommand: str, ckpt_path: str, hparams: dict, given: GivenModelFlags, pre: Any, merged: Any
 ) -> dict[str, Any]:
@@ -221,14 +234,15 @@ def reconcile(
                 f"was trained with {name} {plain(hparams[name])}: the architecture comes from the "
                 "checkpoint; drop the flag (or train a new model with it)"
             )
+        diff = differences(name, value, hparams[name])
         if subcommand == "fit" and name in RESUME_FIXED_KEYS:
             raise CLIError(
-                f"--model.init_args.{name} {plain(value)} differs from checkpoint {ckpt_path} "
-                f"({name} {plain(hparams[name])}): a resumed fit continues the checkpoint's optimizer "
-                "and schedule; drop the flag, or start a new run without --ckpt_path"
+                f"--model.init_args.{name} differs from checkpoint {ckpt_path}: {diff}. A resumed fit "
+                "continues the checkpoint's optimizer and schedule; drop the flag, or start a new run "
+                "without --ckpt_path"
             )
         out[name] = value
-        notes.append(f"{name} {plain(value)} (checkpoint: {plain(hparams[name])})")
+        notes.append(diff)
     if notes:
         say(f"{ckpt_path}: the command line's settings win over the checkpoint's: {'; '.join(notes)}")
     return out

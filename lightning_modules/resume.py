@@ -30,6 +30,16 @@ import torch
 from .cli_checks import say
 
 
+def make_optimizer(params: list, o: Any) -> torch.optim.Optimizer:
+    """SGD with the settings of ``o`` (an :class:`~lightning_modules.settings.OptimConfig`); no weight decay
+    on biases and normalization parameters (``ndim <= 1``)."""
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+
+
 def make_scheduler(opt: torch.optim.Optimizer, h: Any, total: int, done: int = 0):
     """The ``h.schedule`` schedule over ``total`` steps, advanced by ``done`` steps (None: constant)."""
     if h.schedule == "constant":
@@ -68,11 +78,11 @@ def rebuild_schedule(module: Any, saved_total: int, total: int) -> None:
     trainer = module.trainer
     step = trainer.global_step
     for config in trainer.lr_scheduler_configs:
-        config.scheduler = make_scheduler(config.scheduler.optimizer, module.hparams, total, done=step)
+        config.scheduler = make_scheduler(config.scheduler.optimizer, module.optim_cfg, total, done=step)
     lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
     say(
         f"resuming at step {step} with a budget of {total} steps (the checkpoint's "
-        f"{module.hparams.schedule} schedule was for {saved_total}): the schedule is rebuilt for "
+        f"{module.optim_cfg.schedule} schedule was for {saved_total}): the schedule is rebuilt for "
         f"{total} steps; learning rate now {lr:.4g}"
     )
 
@@ -129,3 +139,31 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumeHooks:
+    """The LightningModule hooks that use the above: a checkpoint records the schedule's step budget and
+    the generators' states; a resumed fit rebuilds the schedule for a changed budget, then restores
+    the generators (in ``on_train_start``, after the sanity check, which draws random views). The
+    module sets ``_schedule_total`` in ``configure_optimizers`` and ``_resumed`` in ``on_load_checkpoint``
+    (:meth:`remember_resume`)."""
+
+    def remember_resume(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed = {"total": saved_schedule_total(checkpoint), "rng": checkpoint.get("rng_states")}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if getattr(self, "_schedule_total", None) is not None:
+            checkpoint["schedule_total_steps"] = self._schedule_total
+        checkpoint["rng_states"] = get_rng_states()
+
+    def on_train_start(self) -> None:
+        saved = getattr(self, "_resumed", None)
+        if saved is None:
+            return
+        self._resumed = None
+        load_pending_loader_states(self.trainer)
+        total, saved_total = getattr(self, "_schedule_total", None), saved.get("total")
+        if total is not None and saved_total is not None and total != saved_total and self.trainer.lr_scheduler_configs:
+            rebuild_schedule(self, saved_total, total)
+        if saved.get("rng") is not None:
+            set_rng_states(saved["rng"])

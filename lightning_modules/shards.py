@@ -147,8 +147,9 @@ def load_shards(folder: str | os.PathLike, prefix: str = PREFIX) -> dict[str, to
 def module_from_shards(folder: str | os.PathLike, prefix: str = PREFIX, **overrides: Any):
     """A :class:`~lightning_modules.module.ReversalModule` (fp32, eval mode) with the shards' weights,
     built from the hyperparameters the shards carry (``extra["hyper_parameters"]``); ``overrides``
-    replace some (``compile=False`` is the default here)."""
+    replace some (``speed.compile`` is off here)."""
     from .module import ReversalModule
+    from .settings import upgrade_hparams
 
     sd, extra = read_shards(folder, prefix)
     hp = {k: v for k, v in (extra.get("hyper_parameters") or {}).items() if not k.startswith("_")}
@@ -157,7 +158,8 @@ def module_from_shards(folder: str | os.PathLike, prefix: str = PREFIX, **overri
             f"the shards in {folder} carry no hyper_parameters: build the module yourself and "
             "load_state_dict(load_shards(folder))"
         )
-    hp.update({"compile": False, **overrides})
+    hp = upgrade_hparams(hp)
+    hp.update({"speed": {**(hp.get("speed") or {}), "compile": False}, **overrides})
     module = ReversalModule(**hp)
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     return module.eval()

@@ -26,7 +26,7 @@ def small(**kw) -> ReversalModule:
             "backbone_kwargs": {"width": 4},
             "head_hidden": 8,
             "head_dim": 4,
-            "val_attack_steps": 0,
+            "inference": {"val_attack_steps": 0, **kw.pop("inference", {})},
             **kw,
         }
     )
@@ -107,7 +107,7 @@ def test_predict_rejects_bad_pixels_and_keeps_predictions(tmp_path, bad, match):
         callbacks=[PredictionWriter(str(out), overwrite=True)],
     )
     with pytest.raises(ValueError, match="predict input.*" + match):
-        trainer.predict(small(predict_attack="none"), dataloaders=batches)
+        trainer.predict(small(inference={"predict_attack": "none"}), dataloaders=batches)
     assert snapshot(out / "predictions.pt") == before
     assert sorted(p.name for p in out.iterdir()) == ["predictions.pt"]
 
@@ -167,7 +167,7 @@ def test_checkpoint_for_another_architecture(tmp_path):
 # -- eps in pixels ------------------------------------------------------------------------------
 def test_eps_in_pixels_is_rejected_with_the_fix():
     with pytest.raises(ValueError, match=r"eps=8 is larger than .*8/255 = 0.03137"):
-        small(eps=8)
+        small(attack={"eps": 8})
     with pytest.raises(ValueError, match=r"eps=16 .*16/255 = 0.06275"):
         ReversalConfig(eps=16)
     with pytest.raises(ValueError, match=r"8/255 = 0.03137"):
@@ -181,7 +181,9 @@ def test_cli_eps_in_pixels_exits_nonzero_and_keeps_last_checkpoint(tmp_path):
     last.parent.mkdir(parents=True)
     torch.save({"global_step": 7}, last)
     before = snapshot(last)
-    r = lightning("fit", *tiny_args(data, root, "--model.init_args.eps", "8", "--trainer.max_steps", "1"), cwd=tmp_path)
+    r = lightning(
+        "fit", *tiny_args(data, root, "--model.init_args.attack.eps", "8", "--trainer.max_steps", "1"), cwd=tmp_path
+    )
     assert r.returncode != 0
     assert "eps=8.0 is larger than the whole [0, 1] pixel range" in r.stderr and "8/255 = 0.03137" in r.stderr
     assert snapshot(last) == before and sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]

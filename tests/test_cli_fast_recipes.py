@@ -35,9 +35,9 @@ def test_fast_recipe_trains_a_few_steps(tiny_cifar10, tmp_path, config, training
             "small_cnn",
             "--model.init_args.backbone_kwargs",
             "{width: 4}",
-            "--model.init_args.steps",
+            "--model.init_args.attack.steps",
             "2",
-            "--model.init_args.val_attack_steps",
+            "--model.init_args.inference.val_attack_steps",
             "1",
             "--model.init_args.reversal",
             "{steps: 1, n_views: 2, views: fast}",
@@ -58,7 +58,7 @@ def test_fast_recipe_trains_a_few_steps(tiny_cifar10, tmp_path, config, training
         ]
     )
     m, trainer = cli.model, cli.trainer
-    assert m.hparams.training == training and m.hparams.attack_amp and m.hparams.channels_last
+    assert m.attack_cfg.mode == training and m.speed_cfg.attack_amp and m.speed_cfg.channels_last
     assert isinstance(m.views, FastSimCLRViews) and m.reversal_cfg.views == "fast"
     assert trainer.precision == "bf16-mixed" and trainer.global_step == 3
     assert any(isinstance(c, DeviceEMA) for c in trainer.callbacks)

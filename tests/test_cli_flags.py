@@ -40,7 +40,7 @@ def test_evaluation_flags_win_over_the_checkpoint(data, tmp_path, capsys):
         root,
         "--model.init_args.reversal",
         "{steps: 2, n_views: 3}",
-        "--model.init_args.predict_attack_steps",
+        "--model.init_args.inference.predict_attack_steps",
         "3",
     )
     ckpt = str(last_ckpt(root))
@@ -52,18 +52,20 @@ def test_evaluation_flags_win_over_the_checkpoint(data, tmp_path, capsys):
                 root,
                 "--ckpt_path",
                 ckpt,
-                "--model.init_args.predict_attack",
+                "--model.init_args.inference.predict_attack",
                 "none",
                 "--model.init_args.reversal",
                 "{steps: 1}",
             ),
         ]
     )
-    assert cli.model.hparams.predict_attack == "none"
+    assert cli.model.inference_cfg.predict_attack == "none"
     assert (cli.model.reversal_cfg.steps, cli.model.reversal_cfg.n_views) == (1, 3)  # other fields: the checkpoint's
-    assert cli.model.hparams.predict_attack_steps == 3
+    assert cli.model.inference_cfg.predict_attack_steps == 3
     err = capsys.readouterr().err
-    assert "the command line's settings win over the checkpoint's: predict_attack none (checkpoint: pgd)" in err
+    assert (
+        "the command line's settings win over the checkpoint's: inference.predict_attack none (checkpoint: pgd)" in err
+    )
     p = torch.load(root / "preds" / "predictions.pt", weights_only=True)
     assert torch.equal(p["pred_before"], p["pred_clean"])  # not attacked
     cli = run_cli(["test", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.reversal.steps", "4")])
@@ -82,8 +84,10 @@ def test_architecture_and_resume_flags_that_contradict_the_checkpoint_fail_namin
         run_cli(
             ["predict", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.backbone_kwargs", "{width: 8}")]
         )
-    with pytest.raises(CLIError, match=r"lr 0.5 differs from checkpoint .*\(lr 0.05\): a resumed fit continues"):
-        run_cli(["fit", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.lr", "0.5")])
+    with pytest.raises(
+        CLIError, match=r"optim differs from checkpoint .*: optim.lr 0.5 \(checkpoint: 0.05\). A resumed fit continues"
+    ):
+        run_cli(["fit", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.optim.lr", "0.5")])
     with pytest.raises(CLIError, match="the weights come from the checkpoint"):
         run_cli(["test", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.backbone_checkpoint", ckpt)])
 
@@ -91,12 +95,19 @@ def test_architecture_and_resume_flags_that_contradict_the_checkpoint_fail_namin
 # -- resuming with another budget ------------------------------------------------------------------
 def test_resume_with_a_larger_budget_rebuilds_the_schedule(data, tmp_path, capsys):
     root = tmp_path / "run"
-    fit(data, root, "--model.init_args.schedule", "onecycle")
+    fit(data, root, "--model.init_args.optim.schedule", "onecycle")
     cli = run_cli(
         [
             "fit",
             *tiny_args(
-                data, root, "--model.init_args.schedule", "onecycle", "--trainer.max_steps", "5", "--ckpt_path", "last"
+                data,
+                root,
+                "--model.init_args.optim.schedule",
+                "onecycle",
+                "--trainer.max_steps",
+                "5",
+                "--ckpt_path",
+                "last",
             ),
         ]
     )
@@ -109,7 +120,7 @@ def test_resume_with_a_larger_budget_rebuilds_the_schedule(data, tmp_path, capsy
 
 
 def test_resumed_run_draws_what_the_uninterrupted_run_draws(data, tmp_path):
-    common = ("--model.init_args.training", "fgsm_rs", "--trainer.limit_val_batches", "0")  # random starts + views
+    common = ("--model.init_args.attack.mode", "fgsm_rs", "--trainer.limit_val_batches", "0")  # random starts + views
     run_cli(["fit", *tiny_args(data, tmp_path / "a", "--trainer.max_steps", "4", *common)])
     run_cli(["fit", *tiny_args(data, tmp_path / "b", "--trainer.max_steps", "2", *common)])
     run_cli(["fit", *tiny_args(data, tmp_path / "b", "--trainer.max_steps", "4", "--ckpt_path", "last", *common)])
@@ -145,13 +156,25 @@ def test_predict_refuses_untrained_models_and_overwriting(data, tmp_path):
     before = out.read_bytes()
     assert "predict" in (root / "preds" / "config.yaml").read_text()  # the run's config beside its outputs
     with pytest.raises(FileExistsError, match=rf"{out} exists .*--overwrite true"):
-        run_cli(["predict", *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.predict_attack", "none")])
+        run_cli(
+            [
+                "predict",
+                *tiny_args(data, root, "--ckpt_path", ckpt, "--model.init_args.inference.predict_attack", "none"),
+            ]
+        )
     assert out.read_bytes() == before
     run_cli(
         [
             "predict",
             *tiny_args(
-                data, root, "--ckpt_path", ckpt, "--model.init_args.predict_attack", "none", "--overwrite", "true"
+                data,
+                root,
+                "--ckpt_path",
+                ckpt,
+                "--model.init_args.inference.predict_attack",
+                "none",
+                "--overwrite",
+                "true",
             ),
         ]
     )
@@ -163,14 +186,16 @@ def test_predict_refuses_untrained_models_and_overwriting(data, tmp_path):
 
 def test_each_run_keeps_its_own_config(data, tmp_path):
     root = tmp_path / "run"
-    fit(data, root, "--model.init_args.eps", "0.02")
+    fit(data, root, "--model.init_args.attack.eps", "0.02")
     beside = last_ckpt(root).parent / "config.yaml"
     fit_config = beside.read_text()
     assert "eps: 0.02" in fit_config
     cli = run_cli(
         [
             "test",
-            *tiny_args(data, root, "--ckpt_path", str(last_ckpt(root)), "--model.init_args.predict_attack_steps", "1"),
+            *tiny_args(
+                data, root, "--ckpt_path", str(last_ckpt(root)), "--model.init_args.inference.predict_attack_steps", "1"
+            ),
         ]
     )
     assert beside.read_text() == fit_config  # an evaluation does not replace the training run's config
@@ -183,7 +208,7 @@ def test_each_run_keeps_its_own_config(data, tmp_path):
 # -- ranges ----------------------------------------------------------------------------------------
 def test_counts_and_sizes_are_validated(data, tmp_path):
     with pytest.raises(ValueError, match="steps must be >= 1, got -3"):
-        fit(data, tmp_path / "r", "--model.init_args.training", "pgd", "--model.init_args.steps", "-3")
+        fit(data, tmp_path / "r", "--model.init_args.attack.mode", "pgd", "--model.init_args.attack.steps", "-3")
     with pytest.raises(ValueError, match=r"eval_batch_size must be >= 1 or null \(= batch_size\), got 0"):
         fit(data, tmp_path / "r", "--data.init_args.eval_batch_size", "0")
 
@@ -192,7 +217,10 @@ def test_counts_and_sizes_are_validated(data, tmp_path):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (("--model.init_args.eps", "8"), "error: ValueError: eps=8.0 is larger than the whole [0, 1] pixel range"),
+        (
+            ("--model.init_args.attack.eps", "8"),
+            "error: ValueError: eps=8.0 is larger than the whole [0, 1] pixel range",
+        ),
         (
             ("--model.init_args.backbone", "preact_resnet"),
             "error: ValueError: unknown backbone 'preact_resnet'; choose "

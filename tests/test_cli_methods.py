@@ -28,9 +28,9 @@ def fit_args(config: str, data_dir: Path, tmp_path: Path, *extra: str) -> list[s
         "16",
         "--data.init_args.n_examples",
         "16",
-        "--model.init_args.val_attack_steps",
+        "--model.init_args.inference.val_attack_steps",
         "1",
-        "--model.init_args.predict_attack_steps",
+        "--model.init_args.inference.predict_attack_steps",
         "1",
         "--model.init_args.reversal",
         "{steps: 1, n_views: 2}",  # the base image-grid callback runs both
@@ -58,7 +58,7 @@ def test_kap_config_trains(tiny_cifar10, tmp_path):
         )
     )
     m = cli.model
-    assert m.hparams.noise_std == 0.1 and m.hparams.training == "standard"
+    assert m.attack_cfg.noise_std == 0.1 and m.attack_cfg.mode == "standard"
     kaps = sorted(n for n, mod in m.named_modules() if isinstance(mod, KernelAveragePool))
     assert kaps == ["classifier.net.layer2.1", "classifier.net.layer3.1", "classifier.net.layer4.1"]
     assert cli.trainer.global_step == 2 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
@@ -73,9 +73,11 @@ def test_kap_config_declares_kap(tmp_path):
 
 def test_advcl_pretrain_then_linear_probe(tiny_cifar10, tmp_path):
     small = ["--model.init_args.backbone", "small_cnn", "--model.init_args.backbone_kwargs", '{"width": 8}']
-    cli = run_cli(fit_args("advcl_pretrain.yaml", tiny_cifar10, tmp_path, *small, "--model.init_args.steps", "2"))
+    cli = run_cli(
+        fit_args("advcl_pretrain.yaml", tiny_cifar10, tmp_path, *small, "--model.init_args.attack.steps", "2")
+    )
     pre = cli.model
-    assert isinstance(pre, AdvCLModule) and pre.hparams.hf_radius == 8 and pre.hparams.temperature == 0.5
+    assert isinstance(pre, AdvCLModule) and pre.hparams.hf_radius == 8 and pre.ssl_cfg.temperature == 0.5
     assert cli.trainer.global_step == 2 and torch.isfinite(cli.trainer.callback_metrics["train/loss_ssl"])
     ckpt = tmp_path / "advcl.ckpt"
     cli.trainer.save_checkpoint(ckpt)  # fast_dev_run writes no checkpoints itself

@@ -26,9 +26,9 @@ def args(data: Path, root: Path, *extra: str) -> list[str]:
     return tiny_args(
         data,
         root,
-        "--model.init_args.eps",
+        "--model.init_args.attack.eps",
         "0",
-        "--model.init_args.predict_attack",
+        "--model.init_args.inference.predict_attack",
         "none",
         "--model.init_args.reversal",
         "{steps: 0, n_views: 2}",

@@ -13,11 +13,9 @@ def test_small_joint_model_learns_real_cifar10(real_cifar10):
     model = ReversalModule(
         backbone="small_cnn",
         backbone_kwargs={"width": 16},
-        ssl_weight=0.2,
-        n_views=2,
-        lr=0.05,
-        schedule="onecycle",
-        val_attack_steps=0,
+        ssl=dict(weight=0.2, n_views=2),
+        optim=dict(lr=0.05, schedule="onecycle"),
+        inference=dict(val_attack_steps=0),
     )
     trainer = pl.Trainer(
         max_epochs=3,

@@ -126,9 +126,9 @@ def test_our_checkpoints_load_with_weights_only(tmp_path, schedule):
         backbone_kwargs={"width": 4},
         head_hidden=8,
         head_dim=4,
-        val_attack_steps=0,
-        schedule=schedule,
         reversal=ReversalConfig(steps=3, n_views=2),
+        optim=dict(schedule=schedule),
+        inference=dict(val_attack_steps=0),
     )
     trainer = pl.Trainer(
         max_steps=2,

@@ -25,9 +25,9 @@ def tiny_module() -> ReversalModule:
         backbone_kwargs={"width": 4},
         head_hidden=8,
         head_dim=4,
-        val_attack_steps=0,
-        schedule="constant",
-        ssl_weight=0.0,
+        ssl=dict(weight=0.0),
+        optim=dict(schedule="constant"),
+        inference=dict(val_attack_steps=0),
     )
 
 
@@ -173,7 +173,7 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     ckpt_cb = (
         "    - class_path: callbacks.AtomicCheckpoint\n      init_args: {every_n_train_steps: 5, save_last: true}\n"
     )
-    common = ["--trainer.max_epochs", "3", "--model.init_args.ssl_weight", "0", "--trainer.limit_val_batches", "0"]
+    common = ["--trainer.max_epochs", "3", "--model.init_args.ssl.weight", "0", "--trainer.limit_val_batches", "0"]
     args = tiny_args(
         data,
         root,

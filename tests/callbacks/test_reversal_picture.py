@@ -103,7 +103,7 @@ def _predict_args(data_dir: Path, root: Path, png: Path, *extra: str) -> list[st
         "16",
         "--model.init_args.head_dim",
         "8",
-        "--model.init_args.predict_attack_steps",
+        "--model.init_args.inference.predict_attack_steps",
         "2",
         "--model.init_args.reversal",
         "{steps: 2, n_views: 2}",
@@ -159,9 +159,12 @@ def test_attack_label_names_the_budget_as_the_reports_do():
     from types import SimpleNamespace
 
     from callbacks.reversal_picture import attack_label
+    from lightning_modules.settings import AttackConfig, InferenceConfig
 
-    def label(**h) -> str:
-        return attack_label(SimpleNamespace(hparams=h))
+    def label(eps: float = 8 / 255, **inference) -> str:
+        return attack_label(
+            SimpleNamespace(attack_cfg=AttackConfig(eps=eps), inference_cfg=InferenceConfig(**inference))
+        )
 
     assert label(predict_attack_steps=20, eps=8 / 255) == "PGD-20, eps 8/255"
     assert label(predict_attack_steps=10) == "PGD-10, eps 8/255"

@@ -45,7 +45,7 @@ def test_train_with_noise_then_certify(tiny_cifar10, tmp_path, monkeypatch):
             *common(tiny_cifar10, tmp_path),
         ]
     )
-    assert cli.model.hparams.noise_std == 0.25 and cli.trainer.global_step == 2
+    assert cli.model.attack_cfg.noise_std == 0.25 and cli.trainer.global_step == 2
     ckpt = tmp_path / "noise.ckpt"
     cli.trainer.save_checkpoint(ckpt)
     out = tmp_path / "certify"
@@ -105,8 +105,8 @@ def test_sigma_must_come_from_somewhere():
 
     cb = SmoothingCertification()
     with pytest.raises(ValueError, match="sigma is not set"):
-        cb.config_for(SimpleNamespace(hparams=SimpleNamespace(noise_std=0.0)))
-    assert cb.config_for(SimpleNamespace(hparams=SimpleNamespace(noise_std=0.5))).sigma == 0.5
+        cb.config_for(SimpleNamespace(attack_cfg=SimpleNamespace(noise_std=0.0)))
+    assert cb.config_for(SimpleNamespace(attack_cfg=SimpleNamespace(noise_std=0.5))).sigma == 0.5
     with pytest.raises(ValueError, match="sigma"):
         SmoothingCertification(sigma=-1)
     with pytest.raises(ValueError, match="n0=10"):

@@ -164,7 +164,7 @@ def test_reversal_fns_from_module_follow_the_module():
         head_hidden=16,
         head_dim=8,
         reversal=ReversalConfig(steps=2, n_views=2, views="fast"),
-        temperature=0.3,
+        ssl=dict(temperature=0.3),
     ).eval()
     fns = ReversalFns.from_module(m, steps=1)
     assert fns.cfg.steps == 1 and m.reversal_cfg.steps == 2 and fns.temperature == 0.3

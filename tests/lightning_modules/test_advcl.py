@@ -99,7 +99,13 @@ def test_adversarial_view_raises_infonce_and_stays_in_eps_ball():
 # -- AdvCL module ------------------------------------------------------------------------------
 def test_advcl_training_step_runs_and_labels_only_reach_the_probe():
     torch.manual_seed(0)
-    m = AdvCLModule(hf_radius=8, steps=2, lr=0.05, schedule="constant", val_attack_steps=0, **SMALL)
+    m = AdvCLModule(
+        hf_radius=8,
+        **SMALL,
+        attack=dict(steps=2),
+        optim=dict(lr=0.05, schedule="constant"),
+        inference=dict(val_attack_steps=0),
+    )
     x = torch.rand(8, 3, 32, 32)
     # labels: the probe's loss reaches only the linear layer
     _, feats = m.classifier(x)
@@ -133,15 +139,21 @@ def test_advcl_uses_four_views_with_hf_and_three_without(monkeypatch):
     monkeypatch.setattr(advcl, "multiview_info_nce", spy)
     for hf, n in ((8, 4), (None, 3)):
         seen.clear()
-        m = AdvCLModule(hf_radius=hf, steps=1, schedule="constant", val_attack_steps=0, **SMALL)
+        m = AdvCLModule(
+            hf_radius=hf,
+            **SMALL,
+            attack=dict(steps=1),
+            optim=dict(schedule="constant"),
+            inference=dict(val_attack_steps=0),
+        )
         trainer(1).fit(m, loader(16))
         # the attack's objective sees 2 views (adversarial + other), the training loss n views
         assert seen[-1] == n and set(seen[:-1]) == {2}
 
 
 def test_advcl_rejects_labelled_training_modes():
-    with pytest.raises(ValueError, match="training"):
-        AdvCLModule(training="pgd", **SMALL)
+    with pytest.raises(ValueError, match="attack.mode must be 'standard'"):
+        AdvCLModule(**SMALL, attack=dict(mode="pgd"))
     with pytest.raises(ValueError, match="freeze_backbone"):
         AdvCLModule(freeze_backbone=True, **SMALL)
 
@@ -161,7 +173,11 @@ def test_linear_probe_freezes_backbone_and_trains_only_linear(pretrained, traini
     src, path = pretrained
     torch.manual_seed(0)
     m = LinearProbeModule(
-        str(path), training=training, steps=2, lr=0.1, schedule="constant", val_attack_steps=0, **SMALL
+        str(path),
+        **SMALL,
+        attack=dict(mode=training, steps=2),
+        optim=dict(lr=0.1, schedule="constant"),
+        inference=dict(val_attack_steps=0),
     )
     assert [n for n, p in m.named_parameters() if p.requires_grad] == [
         "classifier.net.linear.weight",
@@ -197,8 +213,11 @@ def test_linear_probe_only_linear_gets_grads(pretrained):
 
 def test_linear_probe_errors_and_missing_head_warning(pretrained, tmp_path):
     _, path = pretrained
-    with pytest.raises(ValueError, match="ssl_weight"):
-        LinearProbeModule(str(path), ssl_weight=0.5, **SMALL)
+    probe = LinearProbeModule(str(path), **SMALL, ssl=dict(weight=0.5))  # not used: only the linear layer trains
+    assert [n for n, p in probe.named_parameters() if p.requires_grad] == [
+        "classifier.net.linear.weight",
+        "classifier.net.linear.bias",
+    ]
     with pytest.raises(ValueError, match="freeze_backbone"):
         LinearProbeModule(str(path), freeze_backbone=True, **SMALL)
     with pytest.raises(RuntimeError, match="size mismatch for net.body.0.weight"):
@@ -221,7 +240,7 @@ def test_linear_probe_runs_through_the_robust_evaluation(pretrained):
     _, path = pretrained
     m = LinearProbeModule(str(path), **SMALL)
     fns = ReversalFns.from_module(m, steps=1)
-    assert fns.classifier is m.classifier and fns.head is m.head and fns.temperature == m.hparams.temperature
+    assert fns.classifier is m.classifier and fns.head is m.head and fns.temperature == m.ssl_cfg.temperature
     cfg = EvalConfig(
         threat_models={"Linf": 8 / 255},
         attacks=["pgd"],

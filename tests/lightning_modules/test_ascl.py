@@ -21,10 +21,9 @@ SMALL = dict(
     backbone_kwargs={"width": 8},
     head_hidden=32,
     head_dim=16,
-    steps=1,
-    val_attack_steps=0,
-    schedule="constant",
-    lr=0.05,
+    attack=dict(steps=1),
+    inference=dict(val_attack_steps=0),
+    optim=dict(schedule="constant", lr=0.05),
 )
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,7 +56,7 @@ def test_ascl_terms_are_the_loss_on_the_attacked_batch(monkeypatch):
     m = ASCLModule(ascl=ASCLConfig(selection="leaked", proj_hidden=32, proj_dim=8), **SMALL).train()
     x, y = torch.rand(8, 3, 32, 32), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     x_adv = (x + 0.01).clamp(0, 1)
-    monkeypatch.setattr(m, "_train_inputs", lambda xx, yy: x_adv)
+    monkeypatch.setattr(m, "train_inputs", lambda xx, yy: x_adv)
     t = m.ascl_terms(x, y)
     logits, feats = m.classifier(torch.cat([x_adv, x]))
     z = m.ascl_head(feats)
@@ -70,7 +69,7 @@ def test_ascl_terms_are_the_loss_on_the_attacked_batch(monkeypatch):
 @pytest.mark.parametrize("selection", ["none", "leaked"])
 def test_ascl_trains_and_logs_kept_fractions(selection):
     torch.manual_seed(0)
-    m = ASCLModule(ascl={"selection": selection, "proj_hidden": 32, "proj_dim": 8}, ssl_weight=0.5, **SMALL)
+    m = ASCLModule(ascl={"selection": selection, "proj_hidden": 32, "proj_dim": 8}, **SMALL, ssl=dict(weight=0.5))
     before = {k: v.clone() for k, v in m.state_dict().items()}
     trainer = fit(m)
     after = m.state_dict()
@@ -87,8 +86,8 @@ def test_ascl_trains_and_logs_kept_fractions(selection):
 
 
 def test_ascl_rejects_bad_settings():
-    with pytest.raises(ValueError, match="training must be 'pgd' or 'fgsm_rs'"):
-        ASCLModule(training="standard", **{k: v for k, v in SMALL.items() if k != "steps"})
+    with pytest.raises(ValueError, match="attack.mode must be 'pgd' or 'fgsm_rs'"):
+        ASCLModule(**{**SMALL, "attack": dict(mode="standard")})
     with pytest.raises(ValueError, match="selection 'paper'"):
         ASCLConfig(selection="paper")
     with pytest.raises(ValueError, match="temperature"):
@@ -110,9 +109,9 @@ def test_ascl_config_trains_and_the_evaluation_runs_on_it(tiny_cifar10, tmp_path
         "8",
         "--model.init_args.ascl",
         "{proj_hidden: 16, proj_dim: 8}",
-        "--model.init_args.steps",
+        "--model.init_args.attack.steps",
         "1",
-        "--model.init_args.val_attack_steps",
+        "--model.init_args.inference.val_attack_steps",
         "0",
         "--model.init_args.reversal",
         "{steps: 1, n_views: 2}",
@@ -131,7 +130,7 @@ def test_ascl_config_trains_and_the_evaluation_runs_on_it(tiny_cifar10, tmp_path
         ]
     )
     m = cli.model
-    assert isinstance(m, ASCLModule) and m.hparams.training == "pgd"
+    assert isinstance(m, ASCLModule) and m.attack_cfg.mode == "pgd"
     assert m.ascl_cfg == ASCLConfig(weight=1.0, temperature=0.1, proj_hidden=16, proj_dim=8, selection="leaked")
     assert cli.trainer.global_step == 2
     ckpt = tmp_path / "ascl.ckpt"

@@ -15,7 +15,7 @@ def test_given_model_flags_know_whole_values_and_fields():
             "predict",
             "--config",
             "x.yaml",
-            "--model.init_args.predict_attack",
+            "--model.init_args.inference.predict_attack",
             "none",
             "--model.init_args.reversal",
             "{steps: 5}",
@@ -27,7 +27,7 @@ def test_given_model_flags_know_whole_values_and_fields():
             "4",
         ]
     )
-    assert g.names == {"predict_attack": None, "reversal": {"steps", "n_views"}, "backbone_kwargs": {"width"}}
+    assert g.names == {"inference": {"predict_attack"}, "reversal": {"steps", "n_views"}, "backbone_kwargs": {"width"}}
     assert g.class_path == "a.B" and g.whole is None
     assert (
         given_model_flags(["--model", "lightning_modules.ReversalModule"]).class_path

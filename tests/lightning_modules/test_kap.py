@@ -122,15 +122,15 @@ def test_build_backbone_kap_preact_names():
 
 def test_noise_std_training_inputs():
     torch.manual_seed(0)
-    m = ReversalModule("small_cnn", backbone_kwargs={"width": 8}, noise_std=0.1)
+    m = ReversalModule("small_cnn", backbone_kwargs={"width": 8}, attack=dict(noise_std=0.1))
     x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    x_in = m._train_inputs(x, y)
+    x_in = m.train_inputs(x, y)
     d = x_in - x
     assert x_in.min() >= 0 and x_in.max() <= 1
     inner = (x > 0.3) & (x < 0.7)  # no clamping there: the noise is N(0, 0.1^2)
     assert abs(float(d[inner].std()) - 0.1) < 0.005 and abs(float(d[inner].mean())) < 0.005
-    assert torch.equal(ReversalModule("small_cnn", backbone_kwargs={"width": 8})._train_inputs(x, y), x)
+    assert torch.equal(ReversalModule("small_cnn", backbone_kwargs={"width": 8}).train_inputs(x, y), x)
     with pytest.raises(ValueError, match="noise_std"):
-        ReversalModule("small_cnn", backbone_kwargs={"width": 8}, noise_std=0.1, training="pgd")
+        ReversalModule("small_cnn", backbone_kwargs={"width": 8}, attack=dict(noise_std=0.1, mode="pgd"))
     with pytest.raises(ValueError, match="noise_std"):
-        ReversalModule("small_cnn", backbone_kwargs={"width": 8}, noise_std=-0.1)
+        ReversalModule("small_cnn", backbone_kwargs={"width": 8}, attack=dict(noise_std=-0.1))

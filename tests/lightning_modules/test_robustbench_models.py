@@ -27,7 +27,7 @@ def test_zoo_model_loads_from_local_dir_only(tmp_path):
     loaded = load_robustbench("Standard", "cifar10", "Linf", model_dir=str(tmp_path))
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
-    m = ReversalModule(robustbench_model="Standard", model_dir=str(tmp_path), val_attack_steps=0)
+    m = ReversalModule(robustbench_model="Standard", model_dir=str(tmp_path), inference=dict(val_attack_steps=0))
     assert m.freeze_backbone and not any(p.requires_grad for p in m.classifier.parameters())
     assert m.classifier.feature_dim == 640
     with pytest.raises(FileNotFoundError, match="Carmon2019Unlabeled.pt"):

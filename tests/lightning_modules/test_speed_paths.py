@@ -89,7 +89,7 @@ def test_ssl_loss_is_fp32_under_autocast_and_the_bf16_reversal_stays_in_the_ball
 
 
 def test_compile_option_keeps_checkpoint_keys_and_compiles_once_in_setup():
-    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, compile=True)
+    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, speed=dict(compile=True))
     keys = list(m.state_dict())
     m.setup("fit")
     m.setup("fit")
@@ -101,10 +101,10 @@ def test_compile_option_keeps_checkpoint_keys_and_compiles_once_in_setup():
 
 
 def test_train_progress_bar_flag_reaches_the_logs():
-    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, train_progress_bar=False)
-    assert m.hparams.train_progress_bar is False
-    with pytest.raises(ValueError, match="views backend"):
-        ReversalModule(backbone="small_cnn", views_backend="nope")
+    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, speed=dict(train_progress_bar=False))
+    assert m.speed_cfg.train_progress_bar is False and m.hparams.speed["train_progress_bar"] is False
+    with pytest.raises(ValueError, match="unknown ssl.views"):
+        ReversalModule(backbone="small_cnn", ssl=dict(views="nope"))
 
 
 def test_attacks_and_reversal_freeze_parameters_and_restore_them():
@@ -117,14 +117,13 @@ def test_attacks_and_reversal_freeze_parameters_and_restore_them():
         backbone_kwargs={"width": 4},
         head_hidden=16,
         head_dim=8,
-        training="pgd",
-        steps=1,
         reversal=ReversalConfig(steps=1, views="fast"),
+        attack=dict(mode="pgd", steps=1),
     )
     seen = []
     m.classifier.register_forward_pre_hook(lambda mod, inp: seen.append(any(p.requires_grad for p in mod.parameters())))
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    m._train_inputs(x, y)
+    m.train_inputs(x, y)
     m.attack(x, y, steps=1)
     m.reverse(x)
     assert seen and not any(seen)
