@@ -37,7 +37,7 @@ from .pixels import to_unit
 from .resume import ResumeHooks, make_optimizer, make_scheduler
 from .reversal import ReversalConfig, reverse
 from .settings import AttackConfig, InferenceConfig, OptimConfig, SpeedConfig, SSLConfig, TrainingMode, build_group
-from .weights import check_checkpoint_fits, check_layout, load_backbone_weights
+from .weights import check_checkpoint_fits, load_backbone_weights, upgraded_checkpoint
 
 
 class BaseModule(EvalSteps, ResumeHooks, pl.LightningModule):
@@ -126,6 +126,12 @@ class BaseModule(EvalSteps, ResumeHooks, pl.LightningModule):
             {k: MulticlassAccuracy(nc, average="micro") for k in ("clean", "pgd", "clean_reversed", "pgd_reversed")}
         )
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args: Any, **kwargs: Any):
+        """As Lightning's; a checkpoint of the earlier flat settings layout is translated first
+        (:func:`~lightning_modules.settings.upgrade_hparams`)."""
+        return super().load_from_checkpoint(upgraded_checkpoint(checkpoint_path), *args, **kwargs)
+
     def store_group(self, name: str, cfg: Any) -> None:
         """Keep a settings group in the hyperparameters as plain types (checkpoints load with
         ``weights_only=True``; loggers record what ``_hparams_initial`` holds)."""
@@ -147,9 +153,6 @@ class BaseModule(EvalSteps, ResumeHooks, pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture naming both; keep what a resumed fit needs."""
         self.remember_resume(checkpoint)
-        check_layout(
-            checkpoint, {g: getattr(self, f"{g}_cfg") for g in ("attack", "ssl", "optim", "inference", "speed")}
-        )
         h, trainer = self.hparams, getattr(self, "_trainer", None)
         check_checkpoint_fits(
             checkpoint,

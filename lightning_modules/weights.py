@@ -15,8 +15,11 @@ Example:
 
 from __future__ import annotations
 
+import io
+import os
 from typing import Any, Optional
 
+import torch
 import torch.nn as nn
 
 from .backbones import load_state_dict
@@ -76,24 +79,23 @@ def check_checkpoint_fits(
     )
 
 
-def check_layout(checkpoint: dict[str, Any], groups: dict[str, Any]) -> None:
-    """A checkpoint of the earlier flat settings layout (``eps``, ``lr``... at the top) must have been
-    built with the same values in ``groups`` (name -> settings dataclass), as the CLI does
-    (:func:`~lightning_modules.settings.upgrade_hparams`); ``load_from_checkpoint`` would otherwise drop
-    them silently and build the defaults."""
-    from .settings import FLAT_KEYS
+def upgraded_checkpoint(path: Any) -> Any:
+    """``path`` itself, or for a checkpoint whose hyperparameters have the earlier flat settings layout
+    (``eps``, ``lr``... at the top level) an in-memory copy with them in groups. Files that do not load
+    with ``weights_only=True`` are returned unchanged (their loader decides)."""
+    from .settings import FLAT_KEYS, upgrade_hparams
 
-    hp = checkpoint.get("hyper_parameters") or {}
-    for key, value in hp.items():
-        if key not in FLAT_KEYS:
-            continue
-        group, name = FLAT_KEYS[key]
-        have = getattr(groups[group], name)
-        same = list(have) == list(value) if isinstance(have, (list, tuple)) else have == value
-        if not same:
-            raise RuntimeError(
-                f"this checkpoint holds settings of the earlier flat layout ({key}: {value}) but the module "
-                f"was built with {group}.{name}: {have}. Load it with the `lightning` CLI (--ckpt_path), which "
-                "translates them, or pass them in groups: "
-                "Module.load_from_checkpoint(path, **upgrade_hparams(checkpoint['hyper_parameters']))"
-            )
+    if not isinstance(path, (str, os.PathLike)):
+        return path
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (not ours to judge: Lightning's loader reports it)
+        return path
+    hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
+    if not isinstance(hp, dict) or not any(k in FLAT_KEYS for k in hp):
+        return path
+    ck["hyper_parameters"] = upgrade_hparams(hp)
+    buf = io.BytesIO()
+    torch.save(ck, buf)
+    buf.seek(0)
+    return buf

@@ -111,16 +111,15 @@ def test_groups_are_stored_as_plain_dicts_and_a_checkpoint_round_trips(tmp_path)
     assert back.attack_cfg == m.attack_cfg and back.ssl_cfg == m.ssl_cfg
 
 
-def test_an_old_flat_checkpoint_is_not_loaded_with_defaults(tmp_path):
+def test_an_old_flat_checkpoint_loads_with_its_settings(tmp_path):
     m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, attack={"eps": 0.02})
     hp = {k: v for k, v in m.hparams.items() if k not in GROUPS}
     hp.update({"eps": 0.02, "training": "standard"})
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": m.state_dict(), "hyper_parameters": hp, **VERSION}, path)
-    with pytest.raises(RuntimeError, match=r"earlier flat layout \(eps: 0.02\).*attack.eps"):
-        ReversalModule.load_from_checkpoint(path, weights_only=True)
-    back = ReversalModule.load_from_checkpoint(path, weights_only=True, **upgrade_hparams(hp))
-    assert back.attack_cfg.eps == 0.02
+    back = ReversalModule.load_from_checkpoint(path, weights_only=True)
+    assert back.attack_cfg.eps == 0.02 and back.attack_cfg.mode == "standard"
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in m.state_dict().items())
 
 
 def test_ssl_fraction_feeds_the_first_images_only(monkeypatch):
