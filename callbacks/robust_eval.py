@@ -33,8 +33,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_modules.adaptive import ReversalFns
-from lightning_modules.attacks import frozen_params, logits_of, pgd
+from lightning_modules.attacks.adaptive import ReversalFns
+from lightning_modules.attacks.core import frozen_params, logits_of, pgd
 from lightning_modules.evaluation import EvalConfig, ResultStore, RobustEvaluator
 from lightning_modules.evaluation.report import flat_metrics
 from lightning_modules.pixels import to_unit

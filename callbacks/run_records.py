@@ -32,8 +32,8 @@ import lightning.pytorch as pl
 import torch
 from torchvision.utils import save_image
 
-from lightning_modules.adaptive import ReversalFns
 from lightning_modules.atomic import atomic_write
+from lightning_modules.attacks.adaptive import ReversalFns
 from lightning_modules.evaluation import EvalConfig
 from lightning_modules.evaluation.report import failed_checks, flat_metrics, markdown_report, write_report
 

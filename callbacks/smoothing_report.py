@@ -1,8 +1,8 @@
 """Randomized-smoothing certification during ``lightning test``: certified accuracy per L2 radius,
 abstention, PREDICT accuracy and time, written as JSON, Markdown and a plot (and logged to W&B).
 
-On every test batch :class:`SmoothingCertification` runs :func:`~lightning_modules.smoothing.certify`
-(and, with ``predict: true``, :func:`~lightning_modules.smoothing.predict`) on ``pl_module.model_fn``
+On every test batch :class:`SmoothingCertification` runs :func:`~lightning_modules.evaluation.smoothing.certify`
+(and, with ``predict: true``, :func:`~lightning_modules.evaluation.smoothing.predict`) on ``pl_module.model_fn``
 with noise ``sigma`` (default: the model's training ``noise_std``), then at the end of the test epoch
 writes to ``output_dir``:
 
@@ -35,8 +35,8 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.atomic import atomic_write_text
+from lightning_modules.evaluation.smoothing import ABSTAIN, SmoothingConfig, certified_accuracy, certify, predict
 from lightning_modules.pixels import to_unit
-from lightning_modules.smoothing import ABSTAIN, SmoothingConfig, certified_accuracy, certify, predict
 
 from .predictions import merge_predictions
 
@@ -88,7 +88,7 @@ class SmoothingCertification(pl.Callback):
 
     Args:
         sigma: noise std; ``None`` reads the model's ``attack.noise_std`` (must be > 0).
-        n0, n, alpha, batch_size, clamp: :class:`~lightning_modules.smoothing.SmoothingConfig`.
+        n0, n, alpha, batch_size, clamp: :class:`~lightning_modules.evaluation.smoothing.SmoothingConfig`.
         radii: the radii of the table.
         predict: also run PREDICT (``n`` more samples per image).
         output_dir: where the files go (default: the run's log dir + ``/certify``).

@@ -468,7 +468,7 @@ def grid(run: Run, budget: float) -> dict:
 
 def evaluate(run: Run, budget: float, attacks: list[str], n: int, **cfg_kw: Any) -> dict:
     """``RobustEvaluator`` on the first ``n`` test images; stops between rows once ``budget`` is spent."""
-    from lightning_modules.adaptive import ReversalFns
+    from lightning_modules.attacks.adaptive import ReversalFns
     from lightning_modules.evaluation import EvalConfig, EvaluationStopped, RobustEvaluator
 
     a = run.args

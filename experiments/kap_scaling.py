@@ -161,8 +161,8 @@ def train(key: dict[str, Any], profile: Profile, args: argparse.Namespace):
 
 def evaluate(model, dm, profile: Profile, args: argparse.Namespace) -> dict[str, float]:
     """Clean, noise, PGD and AutoAttack accuracy on the first test images."""
-    from lightning_modules.attacks import frozen_params, pgd
-    from lightning_modules.autoattack import autoattack
+    from lightning_modules.attacks.autoattack import autoattack
+    from lightning_modules.attacks.core import frozen_params, pgd
 
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(args.seed)

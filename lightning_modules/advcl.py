@@ -5,7 +5,7 @@ and linear probing of the pretrained backbone.
 ``x1, x2``; an adversarial view ``x_adv = x1 + delta`` (``||delta||_inf <= eps``) found by PGD to
 *maximize* the InfoNCE between ``x1 + delta`` and ``x2`` (:func:`adversarial_view`, ACL-style: the
 view is attacked); optionally AdvCL's high-frequency view of ``x1``
-(:func:`~lightning_modules.augment.high_frequency`). The loss is the multi-view InfoNCE over all of
+(:func:`~lightning_modules.advcl.high_frequency`). The loss is the multi-view InfoNCE over all of
 them (:func:`~lightning_modules.losses.multiview_info_nce`): every view of an image is a positive
 of every other one. As in solo-learn, an *online linear probe* (the backbone's own final linear
 layer, fed detached features, cross-entropy on the labels) trains alongside to monitor accuracy;
@@ -24,8 +24,8 @@ behave as for every method (the robust evaluation runs on them unchanged).
 
 Example:
     >>> import torch
-    >>> from lightning_modules.backbones import build_backbone
-    >>> from lightning_modules.heads import ContrastiveHead
+    >>> from lightning_modules.nn.backbones import build_backbone
+    >>> from lightning_modules.nn.heads import ContrastiveHead
     >>> net, head = build_backbone("small_cnn", width=8).eval(), ContrastiveHead(32, 64, 16).eval()
     >>> encode = lambda x: head(net(x)[1])
     >>> x1, x2 = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32)
@@ -43,16 +43,41 @@ import torch.nn as nn
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .attacks import check_eps, projected_gradient
-from .augment import high_frequency
-from .backbones import Classifier, load_state_dict
+from .attacks.core import check_eps, projected_gradient
 from .base import BaseModule
 from .losses import multiview_info_nce
+from .nn.backbones import Classifier, load_state_dict
 
 
 def linear_layer(classifier: Classifier) -> nn.Linear:
-    """The final ``nn.Linear`` of a :class:`~lightning_modules.backbones.Classifier` (the one making logits)."""
+    """The final ``nn.Linear`` of a :class:`~lightning_modules.nn.backbones.Classifier` (the one making logits)."""
     return classifier.net.linear if classifier._direct else classifier._last
+
+
+def high_frequency(x: torch.Tensor, radius: float = 8.0) -> torch.Tensor:
+    """High-frequency component of images ``(..., H, W)``: remove every spatial frequency with
+    ``sqrt(fy^2 + fx^2) <= radius`` (in cycles per image) except the mean (DC term).
+
+    This is AdvCL's high-frequency view (Fan et al. 2021). Keeping the per-image, per-channel mean
+    leaves the result centred on the image's brightness, so ``.clamp(0, 1)`` of it is a usable
+    image; ``radius=0`` returns ``x``. Differentiable (FFT), batched, computed in fp32.
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> hf = high_frequency(x, radius=4)
+        >>> hf.shape, bool(torch.allclose(hf.mean((-2, -1)), x.mean((-2, -1)), atol=1e-5))
+        (torch.Size([2, 3, 32, 32]), True)
+    """
+    if radius < 0:
+        raise ValueError(f"high_frequency radius must be >= 0, got {radius}")
+    h, w = x.shape[-2:]
+    fy = torch.fft.fftfreq(h, d=1.0 / h, device=x.device)
+    fx = torch.fft.fftfreq(w, d=1.0 / w, device=x.device)
+    low = (fy[:, None] ** 2 + fx[None, :] ** 2) <= radius**2
+    low[0, 0] = False  # keep the mean
+    spec = torch.fft.fft2(x.float()).masked_fill(low, 0)
+    return torch.fft.ifft2(spec).real.to(x.dtype)
 
 
 def adversarial_view(
@@ -231,4 +256,4 @@ class LinearProbeModule(BaseModule):
         return loss
 
 
-__all__ = ["adversarial_view", "linear_layer", "AdvCLModule", "LinearProbeModule"]
+__all__ = ["adversarial_view", "high_frequency", "linear_layer", "AdvCLModule", "LinearProbeModule"]

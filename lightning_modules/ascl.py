@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import BaseModule
-from .heads import ContrastiveHead
+from .nn.heads import ContrastiveHead
 from .settings import AttackConfig, TrainingMode
 from .supcon import STRATEGIES, ascl_loss, kept_fractions, select_pairs
 

@@ -1,7 +1,7 @@
 """The base LightningModule: what every method of the package shares, so that a method is a small
 subclass that adds only its training loss (as in solo-learn).
 
-:class:`BaseModule` owns the classifier (a backbone from :mod:`~lightning_modules.backbones`, a
+:class:`BaseModule` owns the classifier (a backbone from :mod:`~lightning_modules.nn.backbones`, a
 RobustBench zoo model or a file's weights), the contrastive head, the training attack
 (:meth:`classification_loss`), the reversal (:meth:`reverse`), validation (clean, PGD, InfoNCE),
 the quick robust test, ``predict`` (attack, then reverse), the optimizer with its schedule and what a
@@ -27,16 +27,16 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .attacks import fgsm_rs, frozen_params, pgd, trades_attack
-from .backbones import Classifier, build_backbone
+from .attacks.core import fgsm_rs, frozen_params, pgd, trades_attack
 from .eval_steps import EvalSteps
-from .fast_views import make_views
-from .heads import ContrastiveHead
 from .losses import info_nce, trades_kl
+from .nn.backbones import Classifier, build_backbone
+from .nn.heads import ContrastiveHead
 from .pixels import to_unit
 from .resume import ResumeHooks, make_optimizer, make_scheduler
 from .reversal import ReversalConfig, reverse
 from .settings import AttackConfig, InferenceConfig, OptimConfig, SpeedConfig, SSLConfig, TrainingMode, build_group
+from .views.fast import make_views
 from .weights import check_checkpoint_fits, load_backbone_weights, upgraded_checkpoint
 
 
@@ -44,7 +44,7 @@ class BaseModule(EvalSteps, ResumeHooks, pl.LightningModule):
     """Classifier + contrastive head with the package's attacks, reversal, evaluation and optimizer.
 
     Args:
-        backbone: a name from :class:`~lightning_modules.backbones.BackboneName`; ``backbone_kwargs``
+        backbone: a name from :class:`~lightning_modules.nn.backbones.BackboneName`; ``backbone_kwargs``
             go to its constructor; ``num_classes``, ``normalization`` (input statistics used inside),
             ``image_size`` (side of the inputs, for the views); ``head_hidden``, ``head_dim``: the head.
         robustbench_model: load this RobustBench zoo model from ``model_dir`` as the backbone (with
@@ -95,7 +95,7 @@ class BaseModule(EvalSteps, ResumeHooks, pl.LightningModule):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if robustbench_model is not None:
-            from .robustbench_models import load_robustbench
+            from .nn.robustbench_models import load_robustbench
 
             net = load_robustbench(
                 robustbench_model, robustbench_dataset, robustbench_threat_model, model_dir, trust=trust_checkpoint

@@ -241,7 +241,8 @@ def run_cli(args: Optional[list[str]] = None, run: bool = True) -> ReversalCLI:
     """Build (and with ``run``, execute) the CLI; returns it (tests read ``cli.trainer``, ``cli.model``)."""
     import callbacks  # noqa: F401
     import datamodules  # noqa: F401  (registers the DataModules for class_path lookup)
-    import lightning_modules  # noqa: F401
+
+    from . import advcl, ascl, module  # noqa: F401  (the methods, so short class names and --model.help find them)
 
     use_base = os.environ.get("SSL_REVERSAL_NO_BASE") != "1"
     if use_base and not BASE_CONFIG.is_file():  # without it attacks fail (inference_mode) and nothing is saved

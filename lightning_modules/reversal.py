@@ -14,8 +14,8 @@ similar size to those you report.
 
 Example:
     >>> import torch
-    >>> from lightning_modules.backbones import build_backbone
-    >>> from lightning_modules.heads import ContrastiveHead
+    >>> from lightning_modules.nn.backbones import build_backbone
+    >>> from lightning_modules.nn.heads import ContrastiveHead
     >>> from lightning_modules.reversal import ReversalConfig, reverse
     >>> net, head = build_backbone("small_cnn", width=8).eval(), ContrastiveHead(32, 64, 16).eval()
     >>> x = torch.rand(8, 3, 32, 32)
@@ -32,10 +32,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .attacks import check_eps, frozen_params, projected_gradient
-from .augment import SimCLRViews  # noqa: F401  (the default views, re-exported for callers)
-from .fast_views import VIEW_BACKENDS, make_views
+from .attacks.core import check_eps, frozen_params, projected_gradient
 from .losses import info_nce
+from .views.fast import VIEW_BACKENDS, make_views
+from .views.kornia import SimCLRViews  # noqa: F401  (the default views, re-exported for callers)
 
 
 @dataclass
@@ -50,8 +50,8 @@ class ReversalConfig:
         temperature: InfoNCE temperature; defaults to the head's training temperature when None.
         random_start: start from a uniform random point in the ball instead of ``x``.
         scale: random-resized-crop area range of the views.
-        views: the views' implementation: ``kornia`` (:class:`~lightning_modules.augment.SimCLRViews`)
-            or ``fast`` (:class:`~lightning_modules.fast_views.FastSimCLRViews`: the same distribution
+        views: the views' implementation: ``kornia`` (:class:`~lightning_modules.views.kornia.SimCLRViews`)
+            or ``fast`` (:class:`~lightning_modules.views.fast.FastSimCLRViews`: the same distribution
             in batched ops without host syncs; much faster on GPUs).
         amp: run the reversal's forward/backward under bf16 autocast (fp32 by default; report
             numbers with it only once shown equal to fp32 on the same model).
@@ -103,7 +103,7 @@ def reverse(
 ) -> torch.Tensor:
     """Return the reversed images ``x + delta`` (detached, in ``[0, 1]``, ``||delta||_inf <= cfg.eps``).
 
-    ``views`` defaults to :class:`~lightning_modules.augment.SimCLRViews` at the input size;
+    ``views`` defaults to :class:`~lightning_modules.views.kornia.SimCLRViews` at the input size;
     pass a deterministic callable ``views(x, n_views)`` to make the reversal reproducible.
     """
     if x.shape[0] < 2:

@@ -72,7 +72,7 @@ class AttackConfig:
     noise_std: float = 0.0
 
     def __post_init__(self) -> None:
-        from .attacks import check_eps
+        from .attacks.core import check_eps
 
         if self.mode not in {m.value for m in TrainingMode}:
             raise ValueError(f"unknown attack.mode '{self.mode}'; choose one of {[m.value for m in TrainingMode]}")
@@ -104,7 +104,7 @@ class SSLConfig:
         n_views, temperature: views per image and the InfoNCE temperature.
         view_scale: random-resized-crop area range of the views.
         views: their implementation, ``kornia`` or ``fast`` (same distribution, batched, no host syncs;
-            see :mod:`lightning_modules.fast_views`).
+            see :mod:`lightning_modules.views.fast`).
     """
 
     weight: float = 1.0
@@ -115,7 +115,7 @@ class SSLConfig:
     views: str = "kornia"
 
     def __post_init__(self) -> None:
-        from .fast_views import VIEW_BACKENDS
+        from .views.fast import VIEW_BACKENDS
 
         _check(
             "ssl",

@@ -4,7 +4,7 @@ it is about to fill, with errors that name both architectures instead of listing
 
 Example:
     >>> import torch
-    >>> from lightning_modules.backbones import build_backbone
+    >>> from lightning_modules.nn.backbones import build_backbone
     >>> net = build_backbone("small_cnn", width=8)
     >>> torch.save(build_backbone("small_cnn", width=16).state_dict(), "/tmp/w16.pt")
     >>> load_backbone_weights(net, "/tmp/w16.pt", "small_cnn {'width': 8}")  # doctest: +ELLIPSIS
@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .backbones import load_state_dict
+from .nn.backbones import load_state_dict
 
 
 def _short(keys: list, n: int = 5) -> str:
@@ -30,7 +30,7 @@ def _short(keys: list, n: int = 5) -> str:
 
 
 def load_backbone_weights(classifier: nn.Module, path: str, describe: str, trust: bool = False) -> None:
-    """Load ``path`` (a state dict of the network or of a :class:`~lightning_modules.backbones.Classifier`,
+    """Load ``path`` (a state dict of the network or of a :class:`~lightning_modules.nn.backbones.Classifier`,
     or a Lightning checkpoint of a module holding one as ``classifier``) into ``classifier``; a shape or
     key mismatch fails naming the file and ``describe`` (the backbone's name and arguments)."""
     sd = load_state_dict(path, trust=trust)

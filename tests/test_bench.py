@@ -81,7 +81,7 @@ def test_training_loop_has_no_host_syncs_with_fast_views_and_device_ema(report):
 
 
 def test_preact_resnet18_forward_is_the_issues_1_11_gflop():
-    from lightning_modules.backbones import build_backbone
+    from lightning_modules.nn.backbones import build_backbone
 
     f = bench.forward_flops(build_backbone("preact_resnet18"), 32, torch.device("cpu"), False)
     assert f / 1e9 == pytest.approx(1.11, abs=0.005)

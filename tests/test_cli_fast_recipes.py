@@ -9,7 +9,7 @@ import torch
 
 from callbacks import DeviceEMA
 from lightning_modules.cli import run_cli
-from lightning_modules.fast_views import FastSimCLRViews
+from lightning_modules.views.fast import FastSimCLRViews
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "cifar10"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.backbones import build_backbone
-from lightning_modules.kap import KernelAveragePool
+from lightning_modules.nn.backbones import build_backbone
+from lightning_modules.nn.kap import KernelAveragePool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,8 +48,8 @@ def test_kap_goes_after_every_conv_of_stages_2_and_3(depth):
 
 
 def test_tiny_grid_end_to_end_and_resume(tiny_cifar10, tmp_path, monkeypatch, capsys):
-    import lightning_modules.autoattack as aa
-    from lightning_modules.attacks import pgd
+    import lightning_modules.attacks.autoattack as aa
+    from lightning_modules.attacks.core import pgd
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     calls = []

@@ -1,4 +1,5 @@
-"""A non-editable install carries the base config (trainer defaults, ``inference_mode: false``)."""
+"""A non-editable install carries the base config (trainer defaults, ``inference_mode: false``) and every
+sub-package of ``lightning_modules``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def test_a_regular_install_finds_its_base_config(tmp_path):
     r = subprocess.run([*pip, str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (site / "lightning_modules" / "base.yaml").is_file()
+    for sub in ("attacks", "evaluation", "nn", "views"):  # the sub-packages ship too
+        assert (site / "lightning_modules" / sub / "__init__.py").is_file(), sub
     # imported from the install (not the repository), the CLI reads the base file inside the install
     code = "import lightning_modules.cli as c; print(c.BASE_CONFIG, c.BASE_CONFIG.is_file())"
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -12,8 +12,8 @@ import torch
 
 from datamodules import CIFAR10DataModule, DataFileError, safe_unpickle
 from lightning_modules import ReversalModule
-from lightning_modules.backbones import build_backbone, load_state_dict
 from lightning_modules.cli import UnsafeCheckpointError, run_cli
+from lightning_modules.nn.backbones import build_backbone, load_state_dict
 from tests.cli_runs import REPO, lightning, tiny_args
 from tests.conftest import write_cifar10
 
@@ -74,7 +74,7 @@ def test_planted_robustbench_weights_are_refused(tmp_path):
     folder = tmp_path / "models" / "cifar10" / "Linf"
     folder.mkdir(parents=True)
     plant_checkpoint(folder / "Standard.pt", marker)
-    from lightning_modules.robustbench_models import load_robustbench
+    from lightning_modules.nn.robustbench_models import load_robustbench
 
     with pytest.raises(RuntimeError, match=r"Standard\.pt"):
         load_robustbench("Standard", "cifar10", "Linf", model_dir=str(tmp_path / "models"))

@@ -14,7 +14,9 @@ without Lightning (see :class:`RobustEvaluator`'s example).
 
 Beside the evaluation, :mod:`.adversarial_sets` crafts adversarial test sets once against a source
 model and stores each in one file (``python -m lightning_modules.evaluation.adversarial_sets``), read
-back by :class:`datamodules.adversarial.AdversarialSetDataModule`; it is not imported here.
+back by :class:`datamodules.adversarial.AdversarialSetDataModule`; it is not imported here. Nor is
+:mod:`.smoothing`, the other way of measuring robustness: randomized-smoothing certification (Cohen et al.),
+run by ``callbacks.SmoothingCertification``; its ``certify`` and ``predict`` read best qualified.
 """
 
 from ..atomic import atomic_write_text

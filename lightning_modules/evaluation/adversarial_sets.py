@@ -42,9 +42,9 @@ import torch.nn as nn
 from datamodules.adversarial import FORMAT
 from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 
-from .. import autoattack
 from ..atomic import atomic_torch_save
-from ..attacks import check_eps, fgsm_rs, logits_of, pgd, trades_attack
+from ..attacks import autoattack
+from ..attacks.core import check_eps, fgsm_rs, logits_of, pgd, trades_attack
 from ..pixels import to_unit
 from .config import parse_eps
 

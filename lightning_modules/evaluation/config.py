@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional, Sequence, Union
 
-from ..attacks import ThreatModel, check_eps
+from ..attacks.core import ThreatModel, check_eps
 
 # Settings of the earlier flat configuration and where they live now (named in error messages).
 RENAMED = {

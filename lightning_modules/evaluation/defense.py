@@ -24,14 +24,14 @@ from typing import Callable, Optional
 
 import torch
 
-from ..attacks import logits_of
-from ..defense_attacks import chunks
+from ..attacks.core import logits_of
+from ..attacks.defense_attacks import chunks
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Defense:
-    """The callables of a defended model (see :class:`~lightning_modules.adaptive.ReversalFns`).
+    """The callables of a defended model (see :class:`~lightning_modules.attacks.adaptive.ReversalFns`).
 
     Args:
         model_fn: images in ``[0, 1]`` -> logits (the undefended classifier, eval mode).
@@ -57,7 +57,7 @@ class Defense:
 
     @classmethod
     def from_fns(cls, fns, surrogate_fn: Optional[Fn] = None) -> "Defense":
-        """From a :class:`~lightning_modules.adaptive.ReversalFns`."""
+        """From a :class:`~lightning_modules.attacks.adaptive.ReversalFns`."""
         return cls(
             fns.model_fn,
             fns.reverse,

@@ -11,10 +11,10 @@ everything done so far saved. ``log`` receives one progress line per row with th
 
 Example:
     >>> import torch
-    >>> from lightning_modules.adaptive import ReversalFns
-    >>> from lightning_modules.backbones import build_backbone
+    >>> from lightning_modules.attacks.adaptive import ReversalFns
+    >>> from lightning_modules.nn.backbones import build_backbone
     >>> from lightning_modules.evaluation import EvalConfig, RobustEvaluator
-    >>> from lightning_modules.heads import ContrastiveHead
+    >>> from lightning_modules.nn.heads import ContrastiveHead
     >>> from lightning_modules.reversal import ReversalConfig
     >>> net, head = build_backbone("small_cnn", width=8).eval(), ContrastiveHead(32, 64, 16).eval()
     >>> fns = ReversalFns(net, head, ReversalConfig(steps=2))
@@ -87,7 +87,7 @@ class RobustEvaluator:
     def for_reversal(
         cls, fns: Any, cfg: Optional[EvalConfig] = None, surrogate_fn: Optional[Fn] = None, **kw: Any
     ) -> "RobustEvaluator":
-        """Wire every callable from a :class:`~lightning_modules.adaptive.ReversalFns`."""
+        """Wire every callable from a :class:`~lightning_modules.attacks.adaptive.ReversalFns`."""
         return cls(Defense.from_fns(fns, surrogate_fn), cfg, **kw)
 
     def missing(self, name: str) -> Optional[str]:
@@ -195,7 +195,7 @@ class RobustEvaluator:
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
         """Convenience loop over tensors (``idx`` = position, a 1-image tail merged); returns :meth:`summary`."""
-        from ..defense_attacks import chunks
+        from ..attacks.defense_attacks import chunks
 
         spans = (
             chunks(len(x), batch_size)

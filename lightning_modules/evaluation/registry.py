@@ -8,7 +8,7 @@ lambdas of the defense-aware loss, the taus of the unrolled reversal), the setti
 a row's identity, its label, and its craft function. Adding an attack is one entry here plus its test.
 
 Every adaptive attack returns its **best** iterate per example, judged on defended draws
-(:mod:`lightning_modules.defense_attacks`), not its last.
+(:mod:`lightning_modules.attacks.defense_attacks`), not its last.
 
 Example:
     >>> from lightning_modules.evaluation.config import EvalConfig
@@ -28,8 +28,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import adaptive, autoattack, defense_attacks
-from ..attacks import pgd
+from ..attacks import adaptive, autoattack, defense_attacks
+from ..attacks.core import pgd
 from .config import EvalConfig
 from .defense import Defense
 

@@ -225,7 +225,7 @@ def test_robustbench_backbone_with_trained_head(tmp_path: Path, monkeypatch):
     """``ReversalModule(robustbench_model=...)`` trains the head only; ``--ckpt_path`` rebuilds the
     module from the checkpoint's hyperparameters and evaluates the checkpoint's weights. The zoo
     loader is replaced by a tiny network (no weights on this machine)."""
-    import lightning_modules.robustbench_models as rb
+    import lightning_modules.nn.robustbench_models as rb
 
     def tiny_zoo_model(name, dataset="cifar10", threat_model="Linf", model_dir="models", trust=False):
         assert name == "Standard" and threat_model == "Linf"

@@ -11,7 +11,7 @@ import torch
 
 from callbacks.smoothing_report import SmoothingCertification, markdown_table
 from lightning_modules.cli import run_cli
-from lightning_modules.smoothing import SmoothingConfig, certified_accuracy, certify, predict
+from lightning_modules.evaluation.smoothing import SmoothingConfig, certified_accuracy, certify, predict
 from tests.callbacks.test_robust_eval import common
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,11 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_modules.advcl import AdvCLModule, LinearProbeModule, adversarial_view, linear_layer
-from lightning_modules.augment import high_frequency
-from lightning_modules.backbones import build_backbone
-from lightning_modules.heads import ContrastiveHead
+from lightning_modules.advcl import AdvCLModule, LinearProbeModule, adversarial_view, high_frequency, linear_layer
 from lightning_modules.losses import info_nce, multiview_info_nce
+from lightning_modules.nn.backbones import build_backbone
+from lightning_modules.nn.heads import ContrastiveHead
 
 SMALL = dict(backbone="small_cnn", backbone_kwargs={"width": 8}, head_hidden=32, head_dim=16)
 
@@ -234,7 +233,7 @@ def test_linear_probe_errors_and_missing_head_warning(pretrained, tmp_path):
 
 
 def test_linear_probe_runs_through_the_robust_evaluation(pretrained):
-    from lightning_modules.adaptive import ReversalFns
+    from lightning_modules.attacks.adaptive import ReversalFns
     from lightning_modules.evaluation import EvalConfig, RobustEvaluator
 
     _, path = pretrained

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from lightning_modules.augment import SimCLRViews
-from lightning_modules.backbones import build_backbone
-from lightning_modules.heads import ContrastiveHead
+from lightning_modules.nn.backbones import build_backbone
+from lightning_modules.nn.heads import ContrastiveHead
 from lightning_modules.reversal import ReversalConfig, reverse, ssl_loss
+from lightning_modules.views.kornia import SimCLRViews
 
 
 def deterministic_views(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 from lightning_modules import ReversalModule
-from lightning_modules.attacks import pgd, projected_gradient
-from lightning_modules.backbones import build_backbone
-from lightning_modules.fast_views import FastSimCLRViews
-from lightning_modules.heads import ContrastiveHead
+from lightning_modules.attacks.core import pgd, projected_gradient
+from lightning_modules.nn.backbones import build_backbone
+from lightning_modules.nn.heads import ContrastiveHead
 from lightning_modules.reversal import ReversalConfig, reverse, ssl_loss
+from lightning_modules.views.fast import FastSimCLRViews
 
 
 class Counting(nn.Module):
@@ -62,7 +62,7 @@ def test_module_builds_the_reversal_views_once():
     m.reverse(x, ReversalConfig(steps=1, n_views=3, views="fast"))
     assert len(m._reversal_views) == 2
     # the evaluation's callables share the module's cache: the same views object, no second build
-    from lightning_modules.adaptive import ReversalFns
+    from lightning_modules.attacks.adaptive import ReversalFns
 
     fns = ReversalFns.from_module(m)
     fns.reverse(x)
@@ -110,7 +110,7 @@ def test_train_progress_bar_flag_reaches_the_logs():
 def test_attacks_and_reversal_freeze_parameters_and_restore_them():
     """Compiled backward graphs compute every gradient whose input requires one: the attack and the
     reversal must run with the weights frozen, and leave them trainable afterwards."""
-    from lightning_modules.attacks import frozen_params
+    from lightning_modules.attacks.core import frozen_params
 
     m = ReversalModule(
         backbone="small_cnn",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from lightning_modules.adaptive import ReversalFns
-from lightning_modules.backbones import Classifier
+from lightning_modules.attacks.adaptive import ReversalFns
+from lightning_modules.nn.backbones import Classifier
 from lightning_modules.reversal import ReversalConfig
 
 SIZE = 8

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datamodules.adversarial import load_adversarial_set
-from lightning_modules.attacks import pgd
+from lightning_modules.attacks.core import pgd
 from lightning_modules.evaluation.adversarial_sets import main, make_adversarial_set
 
 PGD = dict(attack="pgd", eps=8 / 255, alpha=2 / 255, steps=5, source_model="linear", seed=3, batch_size=8)
@@ -49,7 +49,7 @@ def test_bad_requests_are_refused(tmp_path, linear_model_set):
 
 
 def test_cli_against_a_checkpoint(tiny_cifar10, tmp_path):
-    from lightning_modules.backbones import build_backbone
+    from lightning_modules.nn.backbones import build_backbone
 
     net = build_backbone("small_cnn", num_classes=10)
     ckpt = tmp_path / "w.pt"

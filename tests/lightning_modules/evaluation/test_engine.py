@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.attacks import pgd
+from lightning_modules.attacks.core import pgd
 from lightning_modules.evaluation import EvalConfig, EvaluationStopped, ResultStore, RobustEvaluator, registry
 from tests.lightning_modules.toy_defense import toy_data, toy_fns
 

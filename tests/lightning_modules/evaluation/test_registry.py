@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from lightning_modules.defense_attacks import BestIterate, pick_best
+from lightning_modules.attacks.defense_attacks import BestIterate, pick_best
 from lightning_modules.evaluation import ATTACKS, Defense, EvalConfig, Job, RobustEvaluator
 from lightning_modules.evaluation.registry import EOT_ATTACKS, SWEEPABLE, main_setting
 from tests.lightning_modules.evaluation.toys import PhaseDefense

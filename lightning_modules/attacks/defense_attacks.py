@@ -5,7 +5,7 @@ A randomized test-time defense ``x -> f(reverse(x))`` has no usable gradient of 
 reversal's signed steps and random views), so the gradient attacks use a **stand-in**: a module
 whose forward pass *is* the real defense (one fresh random draw per call) and whose backward pass
 is either the identity through the reversal (``bpda``, straight-through) or back-propagation through
-the unrolled reversal (``full``, :func:`~lightning_modules.adaptive.reverse_differentiable`).
+the unrolled reversal (``full``, :func:`~lightning_modules.attacks.adaptive.reverse_differentiable`).
 pyautoattack's APGD averages ``eot`` such gradients per step (its ``eot_iter``).
 
 **Best iterate.** Because the forward pass is the real defense, every gradient evaluation is also a
@@ -15,7 +15,7 @@ the one a single lucky draw misclassified. :func:`pick_best` judges a few candid
 
 Example:
     >>> import torch
-    >>> from lightning_modules.defense_attacks import BestIterate
+    >>> from lightning_modules.attacks.defense_attacks import BestIterate
     >>> y = torch.tensor([0, 1])
     >>> t = BestIterate(torch.zeros(2, 1), y)
     >>> t.observe(torch.ones(2, 1), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))  # iterate 1 fools example 0
@@ -32,8 +32,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .attacks import check_batch, logits_of
-from .losses import cw_margin
+from ..losses import cw_margin
+from .core import check_batch, logits_of
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -22,9 +22,9 @@ classifier, a contrastive head and a :class:`~lightning_modules.reversal.Reversa
 
 Example:
     >>> import torch
-    >>> from lightning_modules.adaptive import ReversalFns, bpda_eot
-    >>> from lightning_modules.backbones import build_backbone
-    >>> from lightning_modules.heads import ContrastiveHead
+    >>> from lightning_modules.attacks.adaptive import ReversalFns, bpda_eot
+    >>> from lightning_modules.nn.backbones import build_backbone
+    >>> from lightning_modules.nn.heads import ContrastiveHead
     >>> from lightning_modules.reversal import ReversalConfig
     >>> net, head = build_backbone("small_cnn", width=8).eval(), ContrastiveHead(32, 64, 16).eval()
     >>> fns = ReversalFns(net, head, ReversalConfig(steps=2))
@@ -43,10 +43,10 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .attacks import LOSSES, check_eps, logits_of, pgd, projected_gradient
+from ..reversal import ReversalConfig, reverse, ssl_loss
+from ..views.fast import make_views
+from .core import LOSSES, check_eps, logits_of, pgd, projected_gradient
 from .defense_attacks import StandIn, chunks
-from .fast_views import make_views
-from .reversal import ReversalConfig, reverse, ssl_loss
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 Observer = Callable[[torch.Tensor, torch.Tensor], None]
@@ -121,7 +121,7 @@ class ReversalFns:
     """The callables of one defended model: classifier ``model_fn``, the reversal and its loss.
 
     Args:
-        classifier: ``x in [0, 1] -> (logits, features)`` (a :class:`~lightning_modules.backbones.Classifier`).
+        classifier: ``x in [0, 1] -> (logits, features)`` (a :class:`~lightning_modules.nn.backbones.Classifier`).
         head: the contrastive head on the features.
         cfg: the reversal's settings (the defense as deployed).
         temperature: InfoNCE temperature when ``cfg.temperature`` is None (the head's training one).
@@ -262,7 +262,7 @@ def bpda_eot(
 ) -> torch.Tensor:
     """PGD on ``loss(f(reverse(x)), y)`` with the reversal straight-through, the gradient averaged over
     ``eot`` independent reversals (fresh random views each). ``observe(x, logits)`` sees every
-    defended draw (:class:`~lightning_modules.defense_attacks.BestIterate`)."""
+    defended draw (:class:`~lightning_modules.attacks.defense_attacks.BestIterate`)."""
     check_eps(eps, norm)
     lf, net = _loss(loss), StandIn(model_fn, reverse_fn, mode="bpda", observe=observe)
 

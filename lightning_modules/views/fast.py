@@ -1,6 +1,6 @@
 """SimCLR views as a few batched tensor ops: kornia's distribution without its per-image bookkeeping.
 
-:class:`~lightning_modules.augment.SimCLRViews` (kornia's ``AugmentationSequential``) is exact and
+:class:`~lightning_modules.views.kornia.SimCLRViews` (kornia's ``AugmentationSequential``) is exact and
 differentiable, but one call on a batch dispatches ~3,000 aten ops (forward + backward, counted on
 CPU) and reads device values back to the host 7 times (crop boxes, colour-jitter order). On a GPU
 that launch overhead, not the network, bounds the reversal, which calls the views at every one
@@ -21,7 +21,7 @@ can fix the parameters (a reproducible reversal, a test).
 
 Example:
     >>> import torch
-    >>> from lightning_modules.fast_views import FastSimCLRViews
+    >>> from lightning_modules.views.fast import FastSimCLRViews
     >>> views = FastSimCLRViews(n_views=4, size=32)
     >>> x = torch.rand(8, 3, 32, 32, requires_grad=True)
     >>> v = views(x)                      # (4 * 8, 3, 32, 32), view-major
@@ -60,7 +60,7 @@ def resize_matrix(start: torch.Tensor, extent: torch.Tensor, size: int, n_in: in
 class FastSimCLRViews(nn.Module):
     """``n_views`` SimCLR views of a batch, view-major (row ``v * B + i`` is view ``v`` of image ``i``).
 
-    Same arguments and distribution as :class:`~lightning_modules.augment.SimCLRViews`, plus
+    Same arguments and distribution as :class:`~lightning_modules.views.kornia.SimCLRViews`, plus
     ``ratio`` (crop aspect-ratio range) and ``p_flip``.
     """
 
@@ -161,10 +161,10 @@ VIEW_BACKENDS = ("kornia", "fast")
 def make_views(
     n_views: int = 2, size: int = 32, scale: Sequence[float] = (0.08, 1.0), backend: str = "kornia"
 ) -> nn.Module:
-    """SimCLR views by backend name: ``kornia`` (:class:`~lightning_modules.augment.SimCLRViews`)
+    """SimCLR views by backend name: ``kornia`` (:class:`~lightning_modules.views.kornia.SimCLRViews`)
     or ``fast`` (:class:`FastSimCLRViews`, same distribution, batched)."""
     if backend == "kornia":
-        from .augment import SimCLRViews
+        from .kornia import SimCLRViews
 
         return SimCLRViews(n_views, size, scale)
     if backend == "fast":

@@ -12,7 +12,7 @@ instead (it needs every adversarial example to also evaluate the reversal on it)
 
 Example:
     >>> import torch
-    >>> from lightning_modules.autoattack import autoattack
+    >>> from lightning_modules.attacks.autoattack import autoattack
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
     >>> x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
     >>> x_adv = autoattack(net, x, y, eps=8 / 255, norm="Linf", seed=0)  # doctest: +SKIP
@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .attacks import check_batch, logits_of
+from .core import check_batch, logits_of
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 

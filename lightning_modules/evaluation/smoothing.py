@@ -23,7 +23,7 @@ holds for whatever deterministic ``f`` is smoothed. Cohen et al. do not clamp (`
 
 Example:
     >>> import torch
-    >>> from lightning_modules.smoothing import SmoothingConfig, certify
+    >>> from lightning_modules.evaluation.smoothing import SmoothingConfig, certify
     >>> w = torch.tensor([[0.0, 0.0], [1.0, 0.0]])          # class 1 iff x_0 > 0
     >>> f = lambda x: x.flatten(1) @ w.t()
     >>> cfg = SmoothingConfig(sigma=0.5, n0=100, n=2000, alpha=0.001, clamp=False)
@@ -41,7 +41,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .attacks import logits_of
+from ..attacks.core import logits_of
 
 ABSTAIN = -1
 

@@ -14,12 +14,12 @@ read the paper's layer (an average-pooling op over the kernel dimension with "sa
 
 Example:
     >>> import torch
-    >>> from lightning_modules.kap import KernelAveragePool, insert_kap
+    >>> from lightning_modules.nn.kap import KernelAveragePool, insert_kap
     >>> kap = KernelAveragePool(3)
     >>> x = torch.arange(4.0).view(1, 4, 1, 1)
     >>> (3 * kap(x)).flatten().round().tolist()    # zero padding: [0+0+1, 0+1+2, 1+2+3, 2+3+0] / 3
     [1.0, 3.0, 6.0, 5.0]
-    >>> from lightning_modules.backbones import PreActResNet18
+    >>> from lightning_modules.nn.backbones import PreActResNet18
     >>> net = insert_kap(PreActResNet18(width=8), window=3, after=["layer2", "layer3"])
     >>> type(net.layer2[1]).__name__
     'KernelAveragePool'

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_modules.module import ReversalModule
-from lightning_modules.robustbench_models import import_robustbench, load_robustbench
+from lightning_modules.nn.robustbench_models import import_robustbench, load_robustbench
 
 
 def test_robustbench_imports_with_pyautoattack_and_new_setuptools():

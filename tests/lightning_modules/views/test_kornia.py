@@ -1,6 +1,6 @@
 import torch
 
-from lightning_modules.augment import SimCLRViews
+from lightning_modules.views.kornia import SimCLRViews
 
 
 def test_views_are_per_image_differentiable_and_in_range():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lightning_modules.smoothing import (
+from lightning_modules.evaluation.smoothing import (
     ABSTAIN,
     SmoothingConfig,
     betainc,
@@ -104,7 +104,7 @@ def test_certified_radius_of_a_linear_classifier_matches_the_closed_form():
 
 
 def test_radius_is_sigma_times_phi_inverse_of_scipy_bound(monkeypatch):
-    import lightning_modules.smoothing as sm
+    import lightning_modules.evaluation.smoothing as sm
 
     counts = torch.tensor([[3, 970, 27], [400, 350, 250], [0, 0, 1000]])
     calls = iter([counts, counts])

@@ -2,7 +2,7 @@
 
 Example:
     >>> import torch
-    >>> from lightning_modules.heads import ContrastiveHead
+    >>> from lightning_modules.nn.heads import ContrastiveHead
     >>> ContrastiveHead(512, 512, 128)(torch.randn(4, 512)).shape
     torch.Size([4, 128])
 """

@@ -7,7 +7,7 @@ Attacks run in fp32 unless ``amp=True`` (used inside training only, where it was
 
 Example:
     >>> import torch
-    >>> from lightning_modules.attacks import pgd
+    >>> from lightning_modules.attacks.core import pgd
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
     >>> x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
     >>> x_adv = pgd(net, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from .losses import cw_margin, dlr_loss, trades_kl
+from ..losses import cw_margin, dlr_loss, trades_kl
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # x -> per-example loss (B,)
 

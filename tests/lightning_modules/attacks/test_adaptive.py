@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.adaptive import (
+from lightning_modules.attacks.adaptive import (
     ReversalFns,
     bpda_eot,
     defense_aware,
@@ -16,12 +16,12 @@ from lightning_modules.adaptive import (
     smooth_sign,
     transfer,
 )
-from lightning_modules.backbones import build_backbone
-from lightning_modules.defense_attacks import StandIn
+from lightning_modules.attacks.defense_attacks import StandIn
 from lightning_modules.evaluation import EvalConfig, RobustEvaluator
-from lightning_modules.fast_views import make_views
-from lightning_modules.heads import ContrastiveHead
+from lightning_modules.nn.backbones import build_backbone
+from lightning_modules.nn.heads import ContrastiveHead
 from lightning_modules.reversal import ReversalConfig, reverse
+from lightning_modules.views.fast import make_views
 from tests.lightning_modules.toy_defense import toy_data, toy_fns
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
@@ -89,7 +89,7 @@ def test_full_gradient_matches_finite_differences_on_a_deterministic_defense(mon
     defense: fixed views, smooth activations (softplus, average pooling) and the signed step replaced
     by a smooth ``tanh(g / tau)`` in both passes, so the unrolled reversal is a smooth map whose
     gradient finite differences can check."""
-    import lightning_modules.adaptive as adaptive
+    import lightning_modules.attacks.adaptive as adaptive
 
     def smooth_step(g: torch.Tensor, smooth: float = 0.3) -> torch.Tensor:
         return torch.tanh(g / (smooth * g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)))

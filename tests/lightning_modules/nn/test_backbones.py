@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lightning_modules.backbones import BackboneName, Classifier, build_backbone, load_state_dict
+from lightning_modules.nn.backbones import BackboneName, Classifier, build_backbone, load_state_dict
 
 
 @pytest.mark.parametrize(

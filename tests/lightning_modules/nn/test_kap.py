@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lightning_modules.backbones import PreActResNet18, build_backbone
-from lightning_modules.kap import KernelAveragePool, insert_kap
 from lightning_modules.module import ReversalModule
+from lightning_modules.nn.backbones import PreActResNet18, build_backbone
+from lightning_modules.nn.kap import KernelAveragePool, insert_kap
 
 
 def kap_loop(x: torch.Tensor, window: int, padding: str) -> torch.Tensor:

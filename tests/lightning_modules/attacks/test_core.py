@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightning_modules.attacks import check_eps, fgsm_rs, pgd, projected_gradient, trades_attack
+from lightning_modules.attacks.core import check_eps, fgsm_rs, pgd, projected_gradient, trades_attack
 
 
 def toy_model(seed: int = 0) -> nn.Module:

@@ -5,13 +5,13 @@ so they must be differentiable and batched: kornia's augmentation modules are bo
 gets its own crop box, flip, jitter factors and grayscale draw; gradients flow through
 ``warp_affine`` and the colour ops), which is why the default is kornia rather than torchvision's
 per-image PIL transforms or a hand-written version. The one hand-written alternative,
-:class:`~lightning_modules.fast_views.FastSimCLRViews` (``views: fast``), exists only for speed (kornia
+:class:`~lightning_modules.views.fast.FastSimCLRViews` (``views: fast``), exists only for speed (kornia
 dispatches thousands of small ops and syncs with the host on each call); it is tested equal to kornia's
 output for kornia's own parameters.
 
 Example:
     >>> import torch
-    >>> from lightning_modules.augment import SimCLRViews
+    >>> from lightning_modules.views.kornia import SimCLRViews
     >>> views = SimCLRViews(n_views=4, size=32)
     >>> x = torch.rand(8, 3, 32, 32, requires_grad=True)
     >>> v = views(x)                      # (4 * 8, 3, 32, 32), view-major
@@ -63,29 +63,3 @@ class SimCLRViews(nn.Module):
     def forward(self, x: torch.Tensor, n_views: int | None = None) -> torch.Tensor:
         n = n_views or self.n_views
         return self.aug(x.repeat(n, 1, 1, 1)).clamp(0, 1)
-
-
-def high_frequency(x: torch.Tensor, radius: float = 8.0) -> torch.Tensor:
-    """High-frequency component of images ``(..., H, W)``: remove every spatial frequency with
-    ``sqrt(fy^2 + fx^2) <= radius`` (in cycles per image) except the mean (DC term).
-
-    This is AdvCL's high-frequency view (Fan et al. 2021). Keeping the per-image, per-channel mean
-    leaves the result centred on the image's brightness, so ``.clamp(0, 1)`` of it is a usable
-    image; ``radius=0`` returns ``x``. Differentiable (FFT), batched, computed in fp32.
-
-    Example:
-        >>> import torch
-        >>> x = torch.rand(2, 3, 32, 32)
-        >>> hf = high_frequency(x, radius=4)
-        >>> hf.shape, bool(torch.allclose(hf.mean((-2, -1)), x.mean((-2, -1)), atol=1e-5))
-        (torch.Size([2, 3, 32, 32]), True)
-    """
-    if radius < 0:
-        raise ValueError(f"high_frequency radius must be >= 0, got {radius}")
-    h, w = x.shape[-2:]
-    fy = torch.fft.fftfreq(h, d=1.0 / h, device=x.device)
-    fx = torch.fft.fftfreq(w, d=1.0 / w, device=x.device)
-    low = (fy[:, None] ** 2 + fx[None, :] ** 2) <= radius**2
-    low[0, 0] = False  # keep the mean
-    spec = torch.fft.fft2(x.float()).masked_fill(low, 0)
-    return torch.fft.ifft2(spec).real.to(x.dtype)

@@ -7,7 +7,7 @@ robustbench's registry and load the checkpoint ourselves with ``weights_only=Tru
 ever downloaded at run time and no pickle can run code.
 
 Example:
-    >>> from lightning_modules.robustbench_models import load_robustbench
+    >>> from lightning_modules.nn.robustbench_models import load_robustbench
     >>> net = load_robustbench("Standard", "cifar10", "Linf", model_dir="models")  # doctest: +SKIP
 """
 

@@ -5,7 +5,7 @@ pixel space. ``features`` are the penultimate activations the contrastive head r
 
 Example:
     >>> import torch
-    >>> from lightning_modules.backbones import build_backbone
+    >>> from lightning_modules.nn.backbones import build_backbone
     >>> net = build_backbone("preact_resnet18", num_classes=10)
     >>> logits, feats = net(torch.rand(2, 3, 32, 32))
     >>> logits.shape, feats.shape
@@ -235,7 +235,7 @@ def build_backbone(
     with ``weights_only=True``. ``kwargs`` go to the network (``width``/``depth``/``stages`` for small_cnn,
     ``depth``/``widen`` for wide_resnet), except
     ``kap={window, after, padding}``, which inserts kernel-average-pooling layers after the named
-    submodules (:func:`lightning_modules.kap.insert_kap`; after loading ``weights_path``).
+    submodules (:func:`lightning_modules.nn.kap.insert_kap`; after loading ``weights_path``).
     """
     kap = kwargs.pop("kap", None)
     try:
@@ -245,7 +245,7 @@ def build_backbone(
         close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.4)
         raise ValueError(
             f"unknown backbone '{name}'; choose one of {names}{f' (did you mean {close}?)' if close else ''} "
-            "or load a RobustBench / checkpoint model with lightning_modules.robustbench_models"
+            "or load a RobustBench / checkpoint model with lightning_modules.nn.robustbench_models"
         ) from None
     if key is BackboneName.preact_resnet18:
         net = PreActResNet18(num_classes, **kwargs)

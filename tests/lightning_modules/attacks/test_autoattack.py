@@ -8,8 +8,8 @@ import logging
 import pytest
 import torch
 
-from lightning_modules.attacks import frozen_params
-from lightning_modules.autoattack import apgd, autoattack
+from lightning_modules.attacks.autoattack import apgd, autoattack
+from lightning_modules.attacks.core import frozen_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
@@ -72,7 +72,7 @@ def test_apgd_wrapper_matches_apgd_and_runs_in_fp32():
 def test_channels_last_model_and_input_run_the_whole_ensemble():
     """pyautoattack views input gradients; a channels-last input (fast_recipe.yaml's ``channels_last``, which
     ``_prep`` applies) gave channels-last gradients there, which ``view`` refuses, in APGD-T."""
-    from lightning_modules.backbones import build_backbone
+    from lightning_modules.nn.backbones import build_backbone
 
     torch.manual_seed(0)
     net = build_backbone("small_cnn", width=4).eval().to(memory_format=torch.channels_last)

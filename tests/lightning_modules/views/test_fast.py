@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lightning_modules.augment import SimCLRViews
-from lightning_modules.fast_views import FastSimCLRViews, make_views, resize_matrix
+from lightning_modules.views.fast import FastSimCLRViews, make_views, resize_matrix
+from lightning_modules.views.kornia import SimCLRViews
 
 
 def _kornia_params_to_fast(params) -> dict:
