@@ -35,7 +35,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.atomic import atomic_write_text
-from lightning_modules.pixels import to_unit
+from lightning_modules.pixels import module_inputs
 
 from .predictions import merge_predictions
 
@@ -156,7 +156,7 @@ class CorruptionReport(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         x, y, idx = batch[0], batch[1], batch[2]
-        x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
+        x = module_inputs(pl_module, x)
         was = pl_module.training
         pl_module.eval()
         try:

@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.evaluation.config import eps_label
-from lightning_modules.pixels import to_unit
+from lightning_modules.pixels import module_inputs
 
 from .predictions import _gather_to_rank0, merge_predictions
 
@@ -179,7 +179,7 @@ class ReversalPicture(pl.Callback):
         if self._shown is None:
             k = min(self.n_images, len(outputs["y"]))
             x = batch[0][:k]
-            x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
+            x = module_inputs(pl_module, x)
             shown = {
                 "x": x,
                 "x_adv": outputs["x_input"][:k],

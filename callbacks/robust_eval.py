@@ -37,7 +37,7 @@ from lightning_modules.attacks.adaptive import ReversalFns
 from lightning_modules.attacks.core import frozen_params, logits_of, pgd
 from lightning_modules.evaluation import EvalConfig, ResultStore, RobustEvaluator
 from lightning_modules.evaluation.report import flat_metrics
-from lightning_modules.pixels import to_unit
+from lightning_modules.pixels import module_inputs
 
 from .images import reversal_grid
 from .run_records import model_fingerprint, publish, run_meta
@@ -183,7 +183,7 @@ class RobustEvaluation(pl.Callback):
         with torch.inference_mode(False), torch.enable_grad():
             x = batch[0].clone()
             y, idx = batch[1].clone(), batch[2].clone().cpu()
-            x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
+            x = module_inputs(pl_module, x)
             if batch_idx == 0 and trainer.is_global_zero and self.n_images >= 2:
                 self._grid_batch = (x[: self.n_images].detach(), y[: self.n_images].detach())
             was = pl_module.training

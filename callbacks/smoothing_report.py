@@ -36,7 +36,7 @@ import torch
 
 from lightning_modules.atomic import atomic_write_text
 from lightning_modules.evaluation.smoothing import ABSTAIN, SmoothingConfig, certified_accuracy, certify, predict
-from lightning_modules.pixels import to_unit
+from lightning_modules.pixels import module_inputs
 
 from .predictions import merge_predictions
 
@@ -149,7 +149,7 @@ class SmoothingCertification(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         x, y, idx = batch[0], batch[1], batch[2]
-        x = pl_module._prep(x) if hasattr(pl_module, "_prep") else to_unit(x)
+        x = module_inputs(pl_module, x)
         nc = pl_module.classifier.num_classes
         gen = torch.Generator(device=x.device).manual_seed(self.seed + int(idx.min()))
         was = pl_module.training

@@ -23,24 +23,23 @@ from typing import Any, Iterator, Optional
 import lightning.pytorch as pl
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .attacks.core import fgsm_rs, frozen_params, pgd, trades_attack
+from .attacks.core import frozen_params, pgd
 from .eval_steps import EvalSteps
-from .losses import info_nce, trades_kl
-from .nn.backbones import Classifier, build_backbone
+from .losses import info_nce
 from .nn.heads import ContrastiveHead
 from .pixels import to_unit
 from .resume import ResumeHooks, make_optimizer, make_scheduler
 from .reversal import ReversalConfig, reverse
 from .settings import AttackConfig, InferenceConfig, OptimConfig, SpeedConfig, SSLConfig, TrainingMode, build_group
+from .train_steps import TrainSteps
 from .views.fast import make_views
-from .weights import check_checkpoint_fits, load_backbone_weights, upgraded_checkpoint
+from .weights import build_classifier, check_checkpoint_fits, load_backbone_weights, upgraded_checkpoint
 
 
-class BaseModule(EvalSteps, ResumeHooks, pl.LightningModule):
+class BaseModule(TrainSteps, EvalSteps, ResumeHooks, pl.LightningModule):
     """Classifier + contrastive head with the package's attacks, reversal, evaluation and optimizer.
 
     Args:
@@ -94,16 +93,15 @@ class BaseModule(EvalSteps, ResumeHooks, pl.LightningModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if robustbench_model is not None:
-            from .nn.robustbench_models import load_robustbench
-
-            net = load_robustbench(
-                robustbench_model, robustbench_dataset, robustbench_threat_model, model_dir, trust=trust_checkpoint
-            )
-            self.classifier = Classifier(net)  # zoo models normalize inside
-            freeze_backbone = True if freeze_backbone is None else freeze_backbone
-        else:
-            self.classifier = build_backbone(backbone, num_classes, normalization, **(backbone_kwargs or {}))
+        self.classifier, freeze_backbone = build_classifier(
+            backbone,
+            num_classes,
+            normalization,
+            backbone_kwargs,
+            freeze_backbone,
+            trust_checkpoint,
+            robustbench=(robustbench_model, robustbench_dataset, robustbench_threat_model, model_dir),
+        )
         if backbone_checkpoint is not None:
             self.load_backbone(backbone_checkpoint, trust_checkpoint)
         self.freeze_backbone = bool(freeze_backbone)
@@ -228,46 +226,6 @@ class BaseModule(EvalSteps, ResumeHooks, pl.LightningModule):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
             self.classifier.compile(mode=self.speed_cfg.compile_mode)
             self._compiled = True
-
-    # -- training -----------------------------------------------------------------------------
-    def train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The classification inputs of a training step: clean, noisy or attacked (``attack.mode``)."""
-        a, mode = self.attack_cfg, self.training_mode
-        if mode is TrainingMode.standard:
-            return (x + a.noise_std * torch.randn_like(x)).clamp_(0, 1) if a.noise_std > 0 else x
-        amp = self.speed_cfg.attack_amp
-        with self.eval_classifier():  # attack with frozen BN statistics
-            if mode is TrainingMode.pgd:
-                return pgd(self.model_fn, x, y, a.eps, a.alpha, a.steps, amp=amp)
-            if mode is TrainingMode.fgsm_rs:
-                return fgsm_rs(self.model_fn, x, y, a.eps, amp=amp)
-            return trades_attack(self.model_fn, x, a.eps, a.alpha, a.steps, amp=amp)
-
-    def classification_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy on the training inputs (+ TRADES' KL term): ``(loss, logits)``."""
-        smoothing = self.optim_cfg.label_smoothing
-        logits = self.model_fn(self.train_inputs(x, y))
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
-        if self.training_mode is TrainingMode.trades:
-            clean = self.model_fn(x)
-            loss = F.cross_entropy(clean.float(), y, label_smoothing=smoothing)
-            loss = loss + self.attack_cfg.trades_beta * trades_kl(logits, clean)
-        return loss, logits
-
-    def log_train(
-        self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, bar: tuple = (), **parts: torch.Tensor
-    ) -> None:
-        """Log the step's loss, its parts (``train/<name>``; those named in ``bar`` also in the progress
-        bar, unless ``speed.train_progress_bar`` is off) and the training accuracy."""
-        show = self.speed_cfg.train_progress_bar  # Lightning reads progress-bar values to the host every step
-        self.train_acc(logits.detach(), y)
-        self.log("train/loss", loss.detach(), prog_bar=show)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=show and name in bar)
-        self.log("train/acc", self.train_acc, prog_bar=show)
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} defines no training loss; fit a subclass")
 
     # -- optimization -------------------------------------------------------------------------
     def configure_optimizers(self):

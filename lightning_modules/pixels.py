@@ -23,6 +23,13 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
+def module_inputs(module: object, x: torch.Tensor) -> torch.Tensor:
+    """A batch as ``module`` takes it: its own ``_prep`` (the package's modules: ``[0, 1]`` floats, memory
+    format) when it has one, else :func:`to_unit` (for callbacks run on other LightningModules)."""
+    prep = getattr(module, "_prep", None)
+    return prep(x) if callable(prep) else to_unit(x)
+
+
 def check_pixels(x: torch.Tensor, what: str = "input") -> None:
     """Raise a clear error for NaN/inf pixels or float values outside ``[0, 1]``."""
     if x.dtype == torch.uint8:

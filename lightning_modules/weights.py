@@ -22,11 +22,32 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .nn.backbones import load_state_dict
+from .nn.backbones import Classifier, build_backbone, load_state_dict
 
 
 def _short(keys: list, n: int = 5) -> str:
     return f"{keys[:n]}{'...' if len(keys) > n else ''}"
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    normalization: Optional[str],
+    backbone_kwargs: Optional[dict],
+    freeze: Optional[bool],
+    trust: bool,
+    robustbench: tuple = (None, "cifar10", "Linf", "models"),
+) -> tuple[Classifier, Optional[bool]]:
+    """The module's classifier and whether to freeze it: the RobustBench zoo model ``robustbench`` =
+    ``(name, dataset, threat model, model_dir)`` from local files when a name is given (frozen unless
+    ``freeze`` is false), else a fresh :func:`~lightning_modules.nn.backbones.build_backbone`."""
+    name, dataset, threat_model, model_dir = robustbench
+    if name is None:
+        return build_backbone(backbone, num_classes, normalization, **(backbone_kwargs or {})), freeze
+    from .nn.robustbench_models import load_robustbench
+
+    net = load_robustbench(name, dataset, threat_model, model_dir, trust=trust)
+    return Classifier(net), True if freeze is None else freeze  # zoo models normalize inside
 
 
 def load_backbone_weights(classifier: nn.Module, path: str, describe: str, trust: bool = False) -> None:
