@@ -40,21 +40,26 @@ LIMIT_MIB = 64
 
 def strip_wheel(path: Path, drop: tuple[str, ...] = (".pt", ".h5")) -> int:
     """Remove ``*/examples/*`` files ending in ``drop`` and their RECORD lines; returns bytes removed."""
-    tmp = path.with_suffix(".tmp")
+    from lightning_modules.atomic import atomic_write
+
     removed = 0
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-        gone = {i.filename for i in src.infolist() if "/examples/" in i.filename and i.filename.endswith(drop)}
-        for info in src.infolist():
-            if info.filename in gone:
-                removed += info.file_size
-                continue
-            data = src.read(info.filename)
-            if info.filename.endswith(".dist-info/RECORD"):
-                data = b"".join(
-                    ln for ln in data.splitlines(keepends=True) if ln.split(b",", 1)[0].decode() not in gone
-                )
-            dst.writestr(info, data)
-    tmp.replace(path)
+
+    def write(f) -> None:
+        nonlocal removed
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as dst:
+            gone = {i.filename for i in src.infolist() if "/examples/" in i.filename and i.filename.endswith(drop)}
+            for info in src.infolist():
+                if info.filename in gone:
+                    removed += info.file_size
+                    continue
+                data = src.read(info.filename)
+                if info.filename.endswith(".dist-info/RECORD"):
+                    data = b"".join(
+                        ln for ln in data.splitlines(keepends=True) if ln.split(b",", 1)[0].decode() not in gone
+                    )
+                dst.writestr(info, data)
+
+    atomic_write(path, write)
     return removed
 
 
