@@ -113,7 +113,7 @@ class ASCLModule(BaseModule):
         s = self.ssl_cfg
         t = self.ascl_terms(x, y)
         loss_cls = F.cross_entropy(t["logits_adv"].float(), y, label_smoothing=self.optim_cfg.label_smoothing)
-        loss_ssl = self.ssl_loss(x[: max(2, round(len(x) * s.fraction))]) if s.weight > 0 else x.new_zeros(())
+        loss_ssl = self.ssl_loss(self.ssl_share(x)) if s.weight > 0 else x.new_zeros(())
         loss = loss_cls + self.ascl_cfg.weight * t["loss_ascl"] + s.weight * loss_ssl
         parts = {"loss_cls": loss_cls, "loss_ascl": t["loss_ascl"], "loss_ssl": loss_ssl}
         self.log_train(loss, t["logits_adv"], y, bar=("loss_ascl",), **parts)

@@ -35,8 +35,7 @@ class ReversalModule(BaseModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = self._prep(batch[0]), batch[1]
         s = self.ssl_cfg
-        n_ssl = max(2, round(len(x) * s.fraction))
-        loss_ssl = self.ssl_loss(x[:n_ssl]) if s.weight > 0 or self.freeze_backbone else x.new_zeros(())
+        loss_ssl = self.ssl_loss(self.ssl_share(x)) if s.weight > 0 or self.freeze_backbone else x.new_zeros(())
         if self.freeze_backbone:  # the head alone learns
             with torch.no_grad():
                 logits = self.model_fn(x)

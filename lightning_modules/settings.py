@@ -273,11 +273,15 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def rejected_keys(message: str) -> list[str]:
+    """The setting names a parser error rejects (``Key 'eps' is not expected``, ``--a.b.eps``)."""
+    keys = re.findall(r"[\"'`]?([a-z_]+)[\"'`]? (?:is not expected|is not accepted)", message)
+    return keys + re.findall(r"--[\w.]*\.([a-z_]+)\b", message)
+
+
 def legacy_hint(message: str) -> Optional[str]:
     """For a parser error naming a flat setting of the earlier layout, where it lives now."""
-    keys = re.findall(r"[\"'`]?([a-z_]+)[\"'`]? (?:is not expected|is not accepted)", message)
-    keys += re.findall(r"--[\w.]*\.([a-z_]+)\b", message)
-    for key in keys:
+    for key in rejected_keys(message):
         if key in FLAT_KEYS:
             group, name = FLAT_KEYS[key]
             return (
@@ -298,5 +302,6 @@ __all__ = [
     "FLAT_KEYS",
     "build_group",
     "upgrade_hparams",
+    "rejected_keys",
     "legacy_hint",
 ]

@@ -15,8 +15,8 @@ from .settings import TrainingMode
 
 
 class TrainSteps:
-    """``train_inputs``, ``classification_loss``, ``log_train``; uses the module's ``model_fn``,
-    ``eval_classifier``, ``attack_cfg``, ``optim_cfg``, ``speed_cfg``, ``training_mode``, ``train_acc``."""
+    """``train_inputs``, ``ssl_share``, ``classification_loss``, ``log_train``; uses the module's ``model_fn``,
+    ``eval_classifier``, ``attack_cfg``, ``ssl_cfg``, ``optim_cfg``, ``speed_cfg``, ``training_mode``, ``train_acc``."""
 
     def train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The classification inputs of a training step: clean, noisy or attacked (``attack.mode``)."""
@@ -30,6 +30,10 @@ class TrainSteps:
             if mode is TrainingMode.fgsm_rs:
                 return fgsm_rs(self.model_fn, x, y, a.eps, amp=amp)
             return trades_attack(self.model_fn, x, a.eps, a.alpha, a.steps, amp=amp)
+
+    def ssl_share(self, x: torch.Tensor) -> torch.Tensor:
+        """The first images of a training batch whose views feed InfoNCE (``ssl.fraction``, at least 2)."""
+        return x[: max(2, round(len(x) * self.ssl_cfg.fraction))]
 
     def classification_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on the training inputs (+ TRADES' KL term): ``(loss, logits)``."""

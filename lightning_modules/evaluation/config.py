@@ -247,13 +247,12 @@ def _check_names(what: str, names: Sequence[str], allowed: Sequence[str]) -> Non
 
 def legacy_hint(message: str) -> Optional[str]:
     """For a parser error that names a setting of the earlier evaluation layout, where it lives now."""
-    import re
     from dataclasses import fields
 
+    from ..settings import rejected_keys
+
     names = {f.name for f in fields(EvalConfig)}
-    for key in re.findall(r"[\"'`]?([a-z_]+)[\"'`]? (?:is not expected|is not accepted)", message) + re.findall(
-        r"--[\w.]*\.([a-z_]+)\b", message
-    ):
+    for key in rejected_keys(message):
         if key in RENAMED:
             return f"'{key}' is now config.{RENAMED[key]}"
         if key in names:
