@@ -23,7 +23,7 @@ FLOPs: the model's forward FLOPs per image are counted with ``torch.utils.flop_c
 multiply-add; convs and matmuls); a forward+backward counts 3x the forward, the issue's convention
 (the attacks' backward, which skips weight gradients, really costs ~2x, so floors are conservative).
 Floor = peak FLOP/s / FLOPs per image; ratio = measured / floor. The peak is ``--peak-tflops``, else
-the H100 SXM datasheet lead for the precision on an H100 (bf16: 800, the issue's figure, below the
+the H100 SXM datasheet lead for the precision on an H100 or H200 (bf16: 800, the issue's figure, below the
 989 dense datasheet peak; fp32: 495, TF32 dense, because cuDNN runs fp32 convolutions in TF32 by
 default), else the measured large-matmul rate (always measured and reported too).
 
@@ -302,12 +302,13 @@ def matmul_tflops(device: torch.device, precision: str, seconds: float = 1.0) ->
 def peak_tflops(args: argparse.Namespace, device: torch.device, measured: float) -> tuple[float, str]:
     if args.peak_tflops is not None:
         return args.peak_tflops, "--peak-tflops"
-    if device.type == "cuda" and "H100" in torch.cuda.get_device_name(device):
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    if "H100" in name or "H200" in name:  # the same compute units: an H200 is an H100 with more, faster memory
         if args.precision == "bf16":
-            return 800.0, "H100 bf16 lead of the issue (datasheet dense peak 989)"
+            return 800.0, "H100-class bf16 lead of the issue (datasheet dense peak 989)"
         if torch.backends.cudnn.allow_tf32:
-            return 495.0, "H100 SXM datasheet TF32 dense (cuDNN runs fp32 convs in TF32 by default)"
-        return 67.0, "H100 SXM datasheet fp32 (non-tensor-core)"
+            return 495.0, "H100-class SXM datasheet TF32 dense (cuDNN runs fp32 convs in TF32 by default)"
+        return 67.0, "H100-class SXM datasheet fp32 (non-tensor-core)"
     return measured, f"measured {('bf16' if args.precision == 'bf16' and device.type == 'cuda' else 'fp32')} matmul"
 
 

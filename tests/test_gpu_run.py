@@ -54,6 +54,8 @@ def tiny_run(tmp_path_factory) -> Path:
             "120",
             "--adaptive-seconds",
             "120",
+            "--aa-seconds",
+            "240",
         ],
         cwd=REPO,
         capture_output=True,
@@ -67,7 +69,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_every_stage_ran_and_wrote_at_most_eight_small_files(tiny_run):
     res = json.loads((tiny_run / "results.json").read_text())
-    assert set(res["stages"]) == {"setup", "bench", "train", "weights", "grid", "eval", "adaptive"}
+    assert set(res["stages"]) == {"setup", "bench", "train", "weights", "grid", "eval", "adaptive", "aa_speed"}
     failed = {k: v for k, v in res["stages"].items() if v["status"] != "ok"}
     assert not failed, failed
     files = sorted(p.name for p in tiny_run.iterdir())
@@ -81,6 +83,9 @@ def test_every_stage_ran_and_wrote_at_most_eight_small_files(tiny_run):
     assert ev["n_reached"] == ev["n_requested"] == 16 and [r["attack"] for r in ev["rows"]][:1] == ["pgd"]
     assert 0 <= ev["clean"]["without"] <= 1 and ev["rows"][0]["with"] is not None  # with the reversal
     assert res["adaptive"]["rows"][0]["attack"] == "apgd_ce_bpda"
+    aa = res["aa_speed"]
+    assert aa["n"] == 8 and aa["speedup"] == aa["plain"]["seconds"] / aa["tuned"]["seconds"] > 0
+    assert 0 <= aa["tuned"]["robust_acc"] <= 1 and 0 <= aa["verdicts_differ"] <= 8
     assert "[gpu-run] eval:" in (tiny_run / "run.log").read_text()
 
 
@@ -138,8 +143,11 @@ def test_gpu_results_refuses_a_readme_without_its_block_and_a_folder_without_res
         gpu_results.read_results(tmp_path)
 
 
-def test_missing_pack_and_wheels_are_named(tmp_path):
+def test_missing_pack_and_wheels_are_named(tmp_path, monkeypatch):
     gpu_run = _load("gpu_run")
+    from experiments import gpu_stages
+
+    monkeypatch.setattr(gpu_stages, "NEEDED", gpu_stages.NEEDED)  # restored after the test
     args = gpu_run.parse_args(
         [
             "--device",
@@ -153,14 +161,14 @@ def test_missing_pack_and_wheels_are_named(tmp_path):
         ]
     )
     with pytest.raises(FileNotFoundError, match="no.npz.*make device-wheels"):
-        gpu_run.prepare_data(args, 10)
+        gpu_stages.prepare_data(args, 10)
     run = gpu_run.Run.__new__(gpu_run.Run)
     run.args = gpu_run.parse_args(
         ["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"), "--wheels", str(tmp_path / "nowheels")]
     )
-    gpu_run.NEEDED = ("surely_not_an_installed_module",)
+    gpu_stages.NEEDED = ("surely_not_an_installed_module",)
     with pytest.raises(FileNotFoundError, match="nowheels.*make device-wheels"):
-        gpu_run.setup(run, 10)
+        gpu_stages.setup(run, 10)
 
 
 def test_a_stage_over_its_budget_is_cut_and_the_next_still_runs(tmp_path):
@@ -180,9 +188,9 @@ def test_a_stage_over_its_budget_is_cut_and_the_next_still_runs(tmp_path):
     )
     args.out.mkdir(parents=True)
     run = gpu_run.Run(args)
-    rc, text, cut = gpu_run.run_logged(
-        [sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"], 2
-    )
+    from experiments.run_tools import run_logged
+
+    rc, text, cut = run_logged([sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"], 2)
     assert cut and "hi" in text
     run.stage("slow", 1, lambda b: {"cut": True})
     run.stage("broken", 1, lambda b: 1 / 0)

@@ -13,7 +13,7 @@ The function :func:`.autoattack.autoattack` is not re-exported either, so that
 ``lightning_modules.attacks.autoattack`` stays the module. Everything here needs torch only (no Lightning).
 """
 
-from .autoattack import STANDARD_ATTACKS, apgd
+from .autoattack import STANDARD_ATTACKS, AutoAttackSpeed, apgd, plain_autoattack
 from .core import (
     ThreatModel,
     check_batch,
@@ -38,6 +38,8 @@ __all__ = [
     "logits_of",
     "frozen_params",
     "STANDARD_ATTACKS",
+    "AutoAttackSpeed",
+    "plain_autoattack",
     "apgd",
     "chunks",
     "margin",

@@ -5,6 +5,13 @@ queries), each on the points the previous ones did not break, for the L-inf or L
 (torchattacks' ``AutoAttack`` is not this ensemble; we use pyautoattack.) Everything runs in fp32:
 inputs are cast to float and autocast is disabled around the model.
 
+Speed (:class:`AutoAttackSpeed`): pyautoattack splits its work into batches of 250 by default and runs
+the model as given. :func:`autoattack` runs it in larger batches (by default the whole input at
+once), can feed a channels-last model channels-last inputs and can ``torch.compile`` the model: the
+same attacks, the same fp32 arithmetic up to the order of sums. The random starts are drawn per batch,
+so another batching gives other (equally strong) draws. :func:`plain_autoattack` is the reference
+"called plainly": pyautoattack's own ``AutoAttack`` on the model as given, its default batch.
+
 pyautoattack can write a state file (``state_path``) to resume an interrupted run; a restored run
 returns only the adversarial examples found after the restart, so the evaluation
 (:mod:`lightning_modules.evaluation`) resumes from its own per-example store, batch by batch,
@@ -21,8 +28,9 @@ Example:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -47,15 +55,51 @@ class _ContiguousGrad(torch.autograd.Function):
 
 class _Logits(nn.Module):
     """``x -> logits`` in fp32 for a model returning logits or ``(logits, features)``; input gradients
-    come back contiguous whatever the model's memory format."""
+    come back contiguous whatever the model's memory format (``channels_last``: inputs are handed to the
+    model channels-last)."""
 
-    def __init__(self, model: Callable) -> None:
+    def __init__(self, model: Callable, channels_last: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.channels_last = model, channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return logits_of(self.model, _ContiguousGrad.apply(x.float())).float()
+            x = _ContiguousGrad.apply(x.float())
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return logits_of(self.model, x).float()
+
+
+@dataclass(frozen=True)
+class AutoAttackSpeed:
+    """How :func:`autoattack` runs pyautoattack (none of it changes which attacks run or their fp32 math).
+
+    Attributes:
+        batch_size: images per pyautoattack batch; None: the whole input in one batch (pyautoattack's
+            own default is 250, which leaves a large GPU idle on CIFAR-size models).
+        channels_last: hand the model channels-last inputs; give it channels-last weights too
+            (``model.to(memory_format=torch.channels_last)``) for cuDNN's fast NHWC kernels.
+        compile: ``torch.compile(model, dynamic=True)`` (the batch shrinks as points break); pays the
+            compilation once per process and shape family, so it only pays off on large evaluations.
+
+    Example:
+        >>> AutoAttackSpeed(batch_size=1000, channels_last=True)
+        AutoAttackSpeed(batch_size=1000, channels_last=True, compile=False)
+        >>> AutoAttackSpeed(batch_size=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: AutoAttackSpeed.batch_size must be a positive number of images or None, got 0
+    """
+
+    batch_size: Optional[int] = None
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or int(self.batch_size) < 1):
+            raise ValueError(
+                f"AutoAttackSpeed.batch_size must be a positive number of images or None, got {self.batch_size}"
+            )
 
 
 def autoattack(
@@ -65,28 +109,81 @@ def autoattack(
     eps: float = 8 / 255,
     norm: str = "Linf",
     seed: int = 0,
-    batch_size: Optional[int] = None,
+    speed: Optional[AutoAttackSpeed] = None,
     state_path: Optional[str | Path] = None,
     verbose: bool = False,
+    attacks: Sequence[str] = STANDARD_ATTACKS,
 ) -> torch.Tensor:
     """Standard AutoAttack (pyautoattack ``version="standard"``) on ``model`` (logits or
-    ``(logits, features)``; put it in eval mode). Returns ``x_adv``: the adversarial example where
-    one was found, else ``x`` itself; correctness is ``model(x_adv).argmax(1) == y``."""
+    ``(logits, features)``; put it in eval mode), run as ``speed`` says (default: the whole input in
+    one batch). Returns ``x_adv``: the adversarial example where one was found, else ``x`` itself;
+    correctness is ``model(x_adv).argmax(1) == y``. ``attacks``: a subset of the standard four, in
+    their order, for quick checks (pyautoattack's ``version="custom"``); report only the standard set."""
+    speed = speed or AutoAttackSpeed()
+    if speed.compile:
+        model = torch.compile(model, dynamic=True)
+    net = _Logits(model, speed.channels_last)
+    return _run_standard(net, x, y, eps, norm, seed, speed.batch_size or len(x), state_path, verbose, attacks)
+
+
+def plain_autoattack(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = 8 / 255,
+    norm: str = "Linf",
+    seed: int = 0,
+    batch_size: int = 250,
+    attacks: Sequence[str] = STANDARD_ATTACKS,
+) -> torch.Tensor:
+    """pyautoattack called plainly: its standard ``AutoAttack`` on ``model`` as given (only a model that
+    returns ``(logits, features)`` is reduced to its logits), its default batch of 250: the reference
+    that :class:`AutoAttackSpeed` settings are timed against. Give it a contiguous (NCHW) fp32 model."""
+    return _run_standard(_LogitsOnly(model), x, y, eps, norm, seed, batch_size, None, False, attacks)
+
+
+class _LogitsOnly(nn.Module):
+    """``x -> logits`` of a model returning ``(logits, features)``, nothing else changed."""
+
+    def __init__(self, model: Callable) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model, x)
+
+
+def _run_standard(
+    net: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    seed: int,
+    batch_size: int,
+    state_path: Optional[str | Path],
+    verbose: bool,
+    attacks: Sequence[str],
+) -> torch.Tensor:
     from pyautoattack import AutoAttack
 
     norm = check_batch(x, y, eps, norm)
+    attacks = list(attacks)
+    if not attacks or any(a not in STANDARD_ATTACKS for a in attacks):
+        raise ValueError(f"AutoAttack attacks must be a subset of {list(STANDARD_ATTACKS)}, got {attacks}")
+    custom = {} if attacks == list(STANDARD_ATTACKS) else {"version": "custom", "attacks": attacks}
     logger = logging.getLogger("auto-attack")
     level = logger.level
     if not verbose:
         logger.setLevel(logging.WARNING)
     try:
-        net = _Logits(model)
-        adversary = AutoAttack(net, norm=norm, eps=float(eps), seed=seed, version="standard", device=x.device)
+        kind = custom or {"version": "standard"}
+        adversary = AutoAttack(net, norm=norm, eps=float(eps), seed=seed, device=x.device, **kind)
         adversary.verbose = verbose
         x_adv, _ = adversary.run_standard_evaluation(
             x.detach().float().contiguous(),
             y.detach(),
-            batch_size=batch_size or len(x),
+            batch_size=batch_size,
             state_path=Path(state_path) if state_path is not None else None,
         )
     finally:
@@ -129,4 +226,4 @@ def apgd(
         return attack.perturb(x.detach().float().contiguous(), y.detach()).detach()
 
 
-__all__ = ["STANDARD_ATTACKS", "autoattack", "apgd"]
+__all__ = ["STANDARD_ATTACKS", "AutoAttackSpeed", "autoattack", "plain_autoattack", "apgd"]

@@ -4,11 +4,12 @@ gradients left behind, L-inf and L2."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 
-from lightning_modules.attacks.autoattack import apgd, autoattack
+from lightning_modules.attacks.autoattack import AutoAttackSpeed, apgd, autoattack, plain_autoattack
 from lightning_modules.attacks.core import frozen_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
@@ -81,3 +82,54 @@ def test_channels_last_model_and_input_run_the_whole_ensemble():
         y = net(x)[0].argmax(1)  # both correct; at 0.5/255 APGD-CE leaves them to APGD-T and the rest
     x_adv = autoattack(net, x, y, eps=0.5 / 255, norm="Linf", seed=0)
     assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_speed_settings_change_only_the_batching():
+    """Batched alike, the tuned call returns pyautoattack's plain result exactly; batched otherwise, the
+    random starts differ but every verdict on this linear model (where APGD finds the optimum) agrees."""
+    net, x, y = linear_model(3)
+    plain4 = plain_autoattack(net, x, y, eps=0.005, batch_size=4)  # two batches, as 250 does on 500 images
+    assert torch.equal(autoattack(net, x, y, eps=0.005, speed=AutoAttackSpeed(batch_size=4)), plain4)
+    whole = autoattack(net, x, y, eps=0.005)  # default: one batch
+    assert (whole - x).abs().max() <= 0.005 + 1e-6
+    with torch.no_grad():
+        robust_plain, robust_whole = net(plain4).argmax(1) == y, net(whole).argmax(1) == y
+    assert 0 < robust_plain.sum() < len(y) and torch.equal(robust_plain, robust_whole)
+
+
+class _WithFeatures(torch.nn.Module):
+    """``x -> (logits, features)`` around a linear model, like the package's classifiers."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x), x.flatten(1)
+
+
+def test_plain_reference_takes_a_features_model_and_channels_last_changes_nothing():
+    """(logits, features) models are reduced to their logits; channels-last inputs give the same result."""
+    net, x, y = linear_model(3)
+    plain = plain_autoattack(_WithFeatures(net), x, y, eps=0.005, batch_size=8)
+    assert torch.equal(plain, plain_autoattack(net, x, y, eps=0.005, batch_size=8))
+    fast = autoattack(_WithFeatures(net), x, y, eps=0.005, speed=AutoAttackSpeed(channels_last=True))
+    assert torch.equal(fast, plain) and fast.is_contiguous()
+
+
+def test_speed_rejects_a_bad_batch():
+    for bad in (0, -3, True):
+        with pytest.raises(ValueError, match="AutoAttackSpeed.batch_size"):
+            AutoAttackSpeed(batch_size=bad)
+
+
+@pytest.mark.skipif(
+    os.environ.get("SSL_REVERSAL_SLOW_TESTS") != "1",
+    reason="torch.compile takes minutes on a 2-core CPU; set SSL_REVERSAL_SLOW_TESTS=1 to run",
+)
+def test_compiled_autoattack_gives_the_same_verdicts():
+    net, x, y = linear_model(3)
+    plain = plain_autoattack(net, x, y, eps=0.005, batch_size=8)
+    compiled = autoattack(net, x, y, eps=0.005, speed=AutoAttackSpeed(compile=True))
+    with torch.no_grad():
+        assert torch.equal(net(plain).argmax(1) == y, net(compiled).argmax(1) == y)

@@ -1,0 +1,427 @@
+"""The stages of ``experiments/gpu_run.py``, in the order they run; each takes the run and its budget (s).
+
+Each returns a JSON-able dict that the run stores under the stage's name (``{"cut": True}`` marks a stage
+that stopped at its budget); an exception fails the stage and the next one still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from experiments.run_tools import run_logged, synthetic_cifar10
+
+if TYPE_CHECKING:
+    from experiments.gpu_run import Run
+
+NEEDED = ("kornia", "pyautoattack", "jsonargparse", "docstring_parser", "typeshed_client")
+BENCH_TUNED = ["--precision", "bf16", "--channels-last", "--views", "fast", "--ema", "0.998"]
+
+
+def setup(run: Run, budget: float) -> dict:
+    a, out = run.args, {}
+    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]  # found, not imported
+    if missing:
+        wheels = sorted(Path(a.wheels).glob("*.whl")) if Path(a.wheels).is_dir() else []
+        if not wheels:
+            raise FileNotFoundError(
+                f"missing {', '.join(missing)} and no wheels in {a.wheels}: run `make device-wheels` "
+                f"on the development machine and name {a.wheels} in the device call's carry"
+            )
+        site = a.work / "site"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(site),
+            *map(str, wheels),
+        ]
+        rc, text, _ = run_logged(cmd, budget)
+        if rc != 0:
+            raise RuntimeError(f"pip install of {a.wheels}/*.whl failed ({rc}): {text[-500:]}")
+        sys.path.insert(0, str(site))
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        out["installed"] = [w.name for w in wheels]
+    out["data_dir"] = str(prepare_data(a, budget))
+    return out
+
+
+def prepare_data(a: argparse.Namespace, budget: float) -> Path:
+    if a.data_dir:
+        return Path(a.data_dir)
+    data = a.work / ("data_tiny" if a.tiny else "data")  # never one for the other
+    if (data / "cifar-10-batches-py" / "test_batch").is_file():
+        return data
+    if a.tiny:  # the same on every machine, with or without the pack
+        return synthetic_cifar10(data)
+    pack = Path(a.pack)
+    if pack.is_file():
+        script = pack.with_name("cifar10_from_pack.py")
+        if not script.is_file():
+            raise FileNotFoundError(f"{script} is missing beside the pack: `make device-wheels` copies both")
+        rc, text, _ = run_logged([sys.executable, str(script), "--out", str(data), "--pack", str(pack)], budget)
+        if rc != 0:
+            raise RuntimeError(f"unpacking {pack} failed ({rc}): {text[-500:]}")
+        return data
+    raise FileNotFoundError(
+        f"no CIFAR-10 pack at {pack}: run `make device-wheels` (copies it to shared_pack/) "
+        "and name shared_pack in the device call's carry, or pass --data-dir"
+    )
+
+
+def bench(run: Run, budget: float) -> dict:
+    """Both configurations in one process (one start-up), killed at the budget; a cut keeps what finished."""
+    a = run.args
+    common = ["--device", a.device]
+    if a.tiny:
+        common += [
+            "--tiny",
+            "--seconds",
+            "0.2",
+            "--windows",
+            "1",
+            "--rev-steps",
+            "2",
+            "--aa-n",
+            "4",
+            "--n-train",
+            "64",
+            "--benches",
+            "pgd_at,fgsm_rs,reversal,autoattack",
+        ]
+    else:
+        common += ["--seconds", "3", "--windows", "3", "--warmup", "3", "--aa-n", "250"]
+    configs = {
+        "fp32": common + ["--precision", "fp32"],  # AutoAttack always runs in fp32: timed once, here
+        "tuned": common
+        + BENCH_TUNED
+        + ["--benches", "pgd_at,reversal" if a.tiny else "pgd_at,pgd_at_ssl,fgsm_rs,reversal"],
+    }  # the last --benches wins
+    paths = {name: a.work / f"bench-{name}.json" for name in configs}
+    for p in paths.values():
+        p.unlink(missing_ok=True)
+    calls = [argv + ["--json", str(paths[name])] for name, argv in configs.items()]
+    code = (
+        "import sys; sys.path.insert(0, 'experiments'); import bench\n"
+        f"for argv in {calls!r}:\n    print('[gpu-run] bench.py', *argv, flush=True); bench.main(argv)"
+    )
+    rc, text, cut = run_logged([sys.executable, "-c", code], budget)
+    out: dict[str, Any] = {"returncode": rc, "cut": cut or rc != 0}
+    reports: dict[str, Any] = {}
+    chunks = text.split("[gpu-run] bench.py")[1:]
+    for i, (name, argv) in enumerate(configs.items()):
+        rec: dict[str, Any] = {"command": " ".join(["python experiments/bench.py", *argv])}
+        if paths[name].is_file():
+            reports[name] = json.loads(paths[name].read_text())
+            rec["device_name"] = reports[name].get("device_name")
+            rec["results"] = {
+                k: {"images_per_s": v["images_per_s"], "ratio_to_floor": v.get("ratio_to_floor")}
+                for k, v in reports[name]["results"].items()
+            }
+            rev = reports[name]["results"].get("reversal", {}).get("reversal")
+            if rev:
+                rec["results"]["reversal"]["setting"] = f"{rev['steps']} steps x {rev['n_views']} views"
+        else:  # cut at the budget or failed: the benches it printed before
+            lines = chunks[i].splitlines() if i < len(chunks) else []
+            rec["results"] = {
+                ln.split()[1].rstrip(":"): {"images_per_s": float(ln.split()[2])}
+                for ln in lines
+                if ln.startswith("[bench] ") and " images/s" in ln
+            }
+        out[name] = rec
+    from lightning_modules.atomic import atomic_write_text
+
+    atomic_write_text(a.out / "bench.json", json.dumps(reports, indent=2, default=str))
+    return out
+
+
+def plan_epochs(run: Run, budget: float, n_train: int = 50000) -> int:
+    """Epochs whose one-cycle schedule ends inside ``budget``, from the tuned bench's joint-recipe rate."""
+    if run.args.epochs:
+        return run.args.epochs
+    if run.args.tiny:
+        return 2
+    rate = ((run.results.get("bench") or {}).get("tuned", {}).get("results", {}).get("pgd_at_ssl") or {}).get(
+        "images_per_s"
+    )
+    if not rate:
+        return 30  # the recipe's own; max_time still cuts it
+    return int(max(1, min(30, (budget - 45) * 0.9 * rate / n_train)))  # 45 s: start-up and validation
+
+
+def train(run: Run, budget: float) -> dict:
+    a = run.args
+    if "setup" not in run.results:
+        raise RuntimeError("no data: the setup stage failed")
+    epochs = plan_epochs(run, budget)
+    root = a.work / "logs"
+    max_time = max(5, int(budget - 30)) if not a.tiny else 5  # the rest: start-up and the last checkpoint
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_modules.cli",
+        "fit",
+        "--config",
+        "experiments/cifar10/fast_recipe.yaml",
+        "--data.init_args.data_dir",
+        run.results["setup"]["data_dir"],
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.max_time",
+        f"00:{max_time // 3600:02d}:{max_time // 60 % 60:02d}:{max_time % 60:02d}",
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]  # a bar would fill the log
+    if a.tiny:
+        cmd += [
+            "--model.init_args.backbone",
+            "small_cnn",
+            "--model.init_args.backbone_kwargs",
+            "{width: 8}",
+            "--model.init_args.attack.steps",
+            "2",
+            "--model.init_args.inference.val_attack_steps",
+            "2",
+            "--data.init_args.batch_size",
+            "32",
+            "--data.init_args.eval_batch_size",
+            "16",
+            "--data.init_args.strict_counts",
+            "false",
+            "--data.init_args.n_examples",
+            "16",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.limit_train_batches",
+            "4",
+        ]
+    t0 = time.monotonic()
+    rc, text, cut = run_logged(cmd, budget + 20, env={"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
+    wall = time.monotonic() - t0
+    ckpts = sorted(root.glob("checkpoints/**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    out = {
+        "command": " ".join(["lightning", *cmd[3:]]).replace(str(a.work), "WORK"),
+        "epochs_planned": epochs,
+        "max_time_s": max_time,
+        "wall_s": round(wall, 1),
+        "returncode": rc,
+        "cut": cut or rc != 0,
+    }
+    if not ckpts:
+        raise RuntimeError(f"training left no last.ckpt under {root} (return code {rc}, killed at budget: {cut})")
+    run.ckpt = ckpts[-1]
+    ck = torch.load(run.ckpt, map_location="cpu", weights_only=True)
+    out.update(
+        checkpoint_epoch=ck.get("epoch"),
+        global_step=ck.get("global_step"),
+        stopped_by_max_time="Time limit reached" in text,
+    )
+    return out
+
+
+def load_module(run: Run):
+    """The trained ReversalModule, from the checkpoint's hyperparameters (weights_only, fp32, eval mode)."""
+    from lightning_modules import ReversalModule
+    from lightning_modules.settings import upgrade_hparams
+
+    if run.module is None:
+        if run.ckpt is None:
+            raise RuntimeError("no trained checkpoint: the train stage failed")
+        ck = torch.load(run.ckpt, map_location="cpu", weights_only=True)
+        run.hparams = {k: v for k, v in ck["hyper_parameters"].items() if not k.startswith("_")}  # _class_path
+        hp = upgrade_hparams(run.hparams)
+        m = ReversalModule(**{**hp, "speed": {**(hp.get("speed") or {}), "compile": False}})
+        m.load_state_dict(ck["state_dict"])
+        run.module = m.to(run.args.device).eval()
+    return run.module
+
+
+def weights(run: Run, budget: float) -> dict:
+    from lightning_modules.shards import save_shards
+
+    m = load_module(run)
+    extra = {
+        "hyper_parameters": run.hparams,
+        "commit": run.results["meta"]["commit"],
+        "train": {k: run.results["train"].get(k) for k in ("checkpoint_epoch", "global_step", "command")},
+    }
+    names = save_shards(m.state_dict(), run.args.out, extra=extra)
+    return {
+        "files": names,
+        "bytes": [(run.args.out / n).stat().st_size for n in names],
+        "load": "lightning_modules.shards.module_from_shards(folder)",
+    }
+
+
+def test_images(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+
+    from datamodules.cifar import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(data_dir=run.results["setup"]["data_dir"], strict_counts=not run.args.tiny)
+    x, y = dm.load_split("test")
+    x, y = torch.as_tensor(np.asarray(x[:n])), torch.as_tensor(np.asarray(y[:n])).long()
+    return x.to(run.args.device).float().div_(255), y.to(run.args.device)
+
+
+def grid(run: Run, budget: float) -> dict:
+    from torchvision.utils import save_image
+
+    from callbacks.images import reversal_grid
+
+    m = load_module(run)
+    x, y = test_images(run, 8)
+    x = m._prep(x)
+    x_adv = m.attack(x, y)
+    x_rev = m.reverse(x_adv)
+    save_image(reversal_grid(x, x_adv, x_rev), run.args.out / "grid.png")
+    return {"file": "grid.png", "rows": "clean, PGD-20 8/255, reversed, |attack|, |reversal| (rescaled)"}
+
+
+def evaluate(run: Run, budget: float, attacks: list[str], n: int, **cfg_kw: Any) -> dict:
+    """``RobustEvaluator`` on the first ``n`` test images; stops between rows once ``budget`` is spent."""
+    from lightning_modules.attacks.adaptive import ReversalFns
+    from lightning_modules.evaluation import EvalConfig, EvaluationStopped, RobustEvaluator
+
+    a = run.args
+    m = load_module(run)
+    cfg = EvalConfig(
+        threat_models={"Linf": "8/255"},
+        attacks=attacks,
+        draws=a.draws,
+        composition=[],
+        steps=20,
+        eps_sweep=[],
+        attack_steps_sweep=[],
+        eot_sweep=[],
+        reversal_steps_sweep=[],
+        standard_model=False,
+        **cfg_kw,
+    )
+    end = time.monotonic() + budget
+    fns = ReversalFns.from_module(m, **({"steps": a.reversal_steps} if a.reversal_steps else {}))
+    ev = RobustEvaluator.for_reversal(
+        fns, cfg, should_stop=lambda: time.monotonic() > end, log=lambda s: print(s, flush=True)
+    )
+    x, y = test_images(run, n)
+    stopped = False
+    try:
+        ev.evaluate(m._prep(x), y, a.eval_batch)
+    except EvaluationStopped:
+        stopped = True
+        print(f"[gpu-run] evaluation stopped at its budget of {budget:.0f} s (between two rows)", flush=True)
+    s = ev.summary()
+    rows = [
+        {
+            "label": r["label"],
+            "attack": r["attack"],
+            "without": r["without"],
+            "with": r["with"],
+            "with_mean": r.get("with_mean"),
+            "n": r["n"],
+            "time_s": r["time_s"],
+        }
+        for r in s["rows"]
+    ]
+    return {
+        "n_requested": n,
+        "n_reached": s["n_examples"],
+        "batch_size": a.eval_batch,
+        "draws": a.draws,
+        "reversal": {k: v for k, v in vars(fns.cfg).items() if k in ("steps", "n_views", "eps", "views")},
+        "cut": stopped,
+        "clean": {k: s["clean"].get(k) for k in ("without", "with", "with_mean", "n", "time_s")},
+        "rows": rows,
+        "worst_case": s["worst_case"],
+        "reliable": s["reliable"],
+        "sanity": [{k: c.get(k) for k in ("name", "passed", "detail")} for c in s["sanity"]],
+        "config": {
+            k: v
+            for k, v in s["meta"]["config"].items()
+            if k in ("attacks", "draws", "steps", "apgd_steps", "eot", "adaptive_n", "judge_draws")
+        },
+    }
+
+
+def aa_speed(run: Run, budget: float) -> dict:
+    """Standard AutoAttack on the first ``--n-aa`` test images, run two ways on the trained classifier: the
+    package's speed settings (:class:`~lightning_modules.attacks.autoattack.AutoAttackSpeed`: one batch of all
+    the images, channels-last) and pyautoattack called plainly (a contiguous fp32 copy, its default batch of
+    250); the times, the robust accuracy of each and the images where their verdicts differ."""
+    from lightning_modules.attacks.autoattack import STANDARD_ATTACKS, AutoAttackSpeed, autoattack, plain_autoattack
+    from lightning_modules.attacks.core import frozen_params, logits_of
+
+    a, m = run.args, load_module(run)
+    x, y = test_images(run, a.n_aa)
+    nets = {
+        "tuned": copy.deepcopy(m.classifier).to(memory_format=torch.channels_last).eval(),
+        "plain": copy.deepcopy(m.classifier).to(memory_format=torch.contiguous_format).eval(),
+    }
+    speed = AutoAttackSpeed(batch_size=None, channels_last=True)
+    # tiny: APGD-CE and APGD-T only (Square runs all its 5,000 queries on a tiny model's robust points)
+    attacks = ("apgd-ce", "apgd-t") if a.tiny else STANDARD_ATTACKS
+    kw: dict[str, Any] = {"eps": 8 / 255, "norm": "Linf", "seed": 0, "attacks": attacks}
+    calls = {
+        "tuned": lambda: autoattack(nets["tuned"], x, y, speed=speed, **kw),
+        "plain": lambda: plain_autoattack(nets["plain"], x, y, batch_size=a.aa_plain_batch, **kw),
+    }
+    out: dict[str, Any] = {"n": len(x), "eps": "8/255", "norm": "Linf", "seed": 0, "attacks": list(attacks)}
+    robust = {}
+    end = time.monotonic() + budget
+    for name, net in nets.items():  # the tuned call first: whatever warms up on the way helps the plain one
+        if name == "plain" and end - time.monotonic() < 2 * out["tuned"]["seconds"]:
+            out.update(cut=True, plain={"skipped": f"under 2x the tuned call's time left of the {budget:.0f} s budget"})
+            return out
+        with frozen_params(net):
+            with torch.enable_grad():  # warm-up: cuDNN's choices and the allocator, at the call's batch
+                xb = x[: a.aa_plain_batch if name == "plain" else len(x)].clone().requires_grad_(True)
+                logits_of(
+                    net, xb.contiguous(memory_format=torch.channels_last) if name == "tuned" else xb
+                ).sum().backward()
+            sync(x.device)
+            t0 = time.perf_counter()
+            x_adv = calls[name]()
+            sync(x.device)
+            dt = time.perf_counter() - t0
+            with torch.no_grad():
+                robust[name] = (logits_of(nets["plain"], x_adv).argmax(1) == y).cpu()
+        out[name] = {
+            "seconds": round(dt, 2),
+            "images_per_s": len(x) / dt,
+            "robust_acc": robust[name].float().mean().item(),
+        }
+        print(
+            f"[gpu-run] AutoAttack {name}: {len(x)} images in {dt:.1f} s, robust {out[name]['robust_acc']:.1%}",
+            flush=True,
+        )
+    out["tuned"]["settings"] = f"one batch of {len(x)}, channels-last inputs and weights, fp32"
+    out["plain"]["settings"] = f"pyautoattack's AutoAttack, batch {a.aa_plain_batch}, NCHW fp32"
+    out["speedup"] = out["plain"]["seconds"] / out["tuned"]["seconds"]
+    out["verdicts_differ"] = int((robust["tuned"] != robust["plain"]).sum())
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
