@@ -27,6 +27,8 @@ the H100 SXM datasheet lead for the precision on an H100 or H200 (bf16: 800, the
 989 dense datasheet peak; fp32: 495, TF32 dense, because cuDNN runs fp32 convolutions in TF32 by
 default), else the measured large-matmul rate (always measured and reported too).
 
+The benchmarks themselves live in ``bench_cases.py``, the timers and FLOP counts in ``bench_timing.py``.
+
 Examples:
     python experiments/bench.py --device cpu --tiny --json bench-cpu.json          # CI, < 60 s
     python experiments/bench.py --device cuda --precision bf16 --channels-last --compile \\
@@ -36,16 +38,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -53,26 +52,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from experiments.bench_cases import bench_autoattack, bench_reversal, bench_train, build_module  # noqa: E402
+from experiments.bench_timing import flops_per_image, forward_flops, matmul_tflops, peak_tflops  # noqa: E402
 
 TRAIN_BENCHES = ("pgd_at", "pgd_at_ssl", "fgsm_rs", "trades")
 ALL_BENCHES = TRAIN_BENCHES + ("reversal", "autoattack")
 DEFAULT_BENCHES = ("pgd_at", "pgd_at_ssl", "fgsm_rs", "reversal", "autoattack")
-# aten ops that read a device value back to the host (a sync on CUDA) or have data-dependent shapes
-SYNC_OPS = {
-    "_local_scalar_dense",
-    "is_nonzero",
-    "nonzero",
-    "_unique2",
-    "unique_dim",
-    "unique_consecutive",
-    "masked_select",
-    "repeat_interleave",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,409 +165,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------
-class OpCounter(TorchDispatchMode):
-    """Counts dispatched aten ops (a proxy for kernel launches) and those that read a device value back
-    to the host. On a GPU only reads of GPU tensors count; on a CPU every such read counts (each
-    would be a sync with the data on a GPU)."""
-
-    def __init__(self, device: torch.device = torch.device("cpu")) -> None:
-        super().__init__()
-        self.ops = 0
-        self.syncs: Counter = Counter()
-        self.device = torch.device(device)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        name = func.__name__.split(".")[0]
-        if name in SYNC_OPS and (
-            self.device.type == "cpu"
-            or any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in tree_leaves((args, kwargs)))
-        ):
-            self.syncs[name] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class WindowTimer:
-    """Call :meth:`tick` after each unit of work; it warms up (at least one unit), probes one unit,
-    then times ``windows`` windows.
-
-    ``done`` turns true after the last window; :meth:`result` gives per-window seconds and steps.
-    """
-
-    def __init__(self, device: torch.device, seconds: float, windows: int, warmup: int) -> None:
-        self.device, self.seconds, self.windows, self.warmup = device, seconds, max(1, windows), max(1, warmup)
-        self.ticks = 0
-        self.per_window = 0
-        self.marks: list = []
-        self.done = False
-        self._t0 = 0.0
-        self.probe_s = float("nan")
-
-    def _mark(self):
-        if self.device.type == "cuda":
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            return e
-        return time.perf_counter()
-
-    def tick(self) -> None:
-        self.ticks += 1
-        if self.done:
-            return
-        if self.ticks == self.warmup:  # end of warm-up: probe one step
-            synchronize(self.device)
-            self._t0 = time.perf_counter()
-        elif self.ticks == self.warmup + 1:  # end of the probe step: size the windows
-            synchronize(self.device)
-            self.probe_s = time.perf_counter() - self._t0
-            self.per_window = max(1, int(self.seconds / self.windows / max(self.probe_s, 1e-9)))
-            self.marks = [self._mark()]
-        elif self.per_window and (self.ticks - self.warmup - 1) % self.per_window == 0:
-            self.marks.append(self._mark())
-            if len(self.marks) == self.windows + 1:
-                self.done = True
-
-    def result(self) -> list[float]:
-        """Seconds per window (synchronizes)."""
-        synchronize(self.device)
-        if self.device.type == "cuda":
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
-
-
-def summarize(timer: WindowTimer, images_per_step: int) -> dict:
-    secs = timer.result()
-    rates = [timer.per_window * images_per_step / s for s in secs]
-    return {
-        "images_per_s": statistics.median(rates),
-        "windows_images_per_s": rates,
-        "steps_per_window": timer.per_window,
-        "images_per_step": images_per_step,
-        "probe_step_s": timer.probe_s,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-def forward_flops(classifier: torch.nn.Module, size: int, device: torch.device, channels_last: bool) -> float:
-    """Forward FLOPs per image (2 per multiply-add), counted on a batch of 2 in eval mode."""
-    was = classifier.training
-    classifier.eval()
-    x = torch.rand(2, 3, size, size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        classifier(x)
-    classifier.train(was)
-    return fc.get_total_flops() / 2
-
-
-def matmul_tflops(device: torch.device, precision: str, seconds: float = 1.0) -> float:
-    """Measured FLOP/s of a large square matmul in the benchmark's precision (TFLOP/s)."""
-    n = 4096 if device.type == "cuda" else 512
-    dtype = torch.bfloat16 if (precision == "bf16" and device.type == "cuda") else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    reps, t0 = 0, time.perf_counter()
-    while True:
-        for _ in range(4):
-            a @ b
-        reps += 4
-        synchronize(device)
-        if time.perf_counter() - t0 >= seconds:
-            break
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
-
-
-def peak_tflops(args: argparse.Namespace, device: torch.device, measured: float) -> tuple[float, str]:
-    if args.peak_tflops is not None:
-        return args.peak_tflops, "--peak-tflops"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    if "H100" in name or "H200" in name:  # the same compute units: an H200 is an H100 with more, faster memory
-        if args.precision == "bf16":
-            return 800.0, "H100-class bf16 lead of the issue (datasheet dense peak 989)"
-        if torch.backends.cudnn.allow_tf32:
-            return 495.0, "H100-class SXM datasheet TF32 dense (cuDNN runs fp32 convs in TF32 by default)"
-        return 67.0, "H100-class SXM datasheet fp32 (non-tensor-core)"
-    return measured, f"measured {('bf16' if args.precision == 'bf16' and device.type == 'cuda' else 'fp32')} matmul"
-
-
-def flops_per_image(bench: str, f: float, args: argparse.Namespace) -> float:
-    """Model FLOPs one image costs in ``bench`` (forward+backward = 3 forwards)."""
-    if bench == "pgd_at":
-        return (args.steps + 1) * 3 * f
-    if bench == "pgd_at_ssl":
-        return (args.steps + 1 + 2) * 3 * f  # + 2 SimCLR views through the backbone
-    if bench == "fgsm_rs":
-        return 2 * 3 * f
-    if bench == "trades":
-        return f + args.steps * 3 * f + 2 * 3 * f
-    if bench == "reversal":
-        return args.rev_steps * args.rev_views * 3 * f
-    raise ValueError(bench)
-
-
-# ---------------------------------------------------------------------------------------------
-def _build_module(args: argparse.Namespace, **overrides):
-    from lightning_modules import ReversalModule
-    from lightning_modules.reversal import ReversalConfig
-
-    kw = dict(
-        backbone=args.backbone,
-        backbone_kwargs={"width": 8} if args.backbone == "small_cnn" and args.tiny else None,
-        attack=dict(mode="pgd", steps=args.steps),
-        ssl=dict(weight=0.0, views=args.views),
-        optim=dict(lr=0.1, schedule="onecycle"),
-        inference=dict(val_attack_steps=0),
-        speed=dict(
-            attack_amp=args.precision == "bf16",
-            channels_last=args.channels_last,
-            compile=args.compile,
-            compile_mode=args.compile_mode,
-            train_progress_bar=args.progress_bar_metrics,
-        ),
-        reversal=ReversalConfig(
-            steps=args.rev_steps, n_views=args.rev_views, views=args.views, amp=args.precision == "bf16"
-        ),
-    )
-    for key, value in overrides.items():  # a field of a settings group, or a top-level argument
-        group = next((g for g in ("attack", "ssl", "speed") if key in kw.get(g, {})), None)
-        if group is not None:
-            kw[group][key] = value
-        else:
-            kw[key] = value
-    m = ReversalModule(**kw)
-    if args.checkpoint:
-        m.load_backbone(args.checkpoint)
-    return m
-
-
-def _datamodule(args: argparse.Namespace):
-    from datamodules.base import ArrayDataModule
-
-    if args.data_dir:
-        from datamodules.cifar import CIFAR10DataModule
-
-        return CIFAR10DataModule(data_dir=args.data_dir, batch_size=args.batch_size, n_examples=None, seed=args.seed)
-
-    class SyntheticData(ArrayDataModule):
-        """Random uint8 images (throughput does not depend on the pixels)."""
-
-        def load_split(self, split: str):
-            n = args.n_train if split == "train" else max(args.rev_batch_size, args.aa_n)
-            g = np.random.default_rng(args.seed + (split == "test"))
-            return g.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), g.integers(0, 10, n)
-
-    return SyntheticData(batch_size=args.batch_size, seed=args.seed)
-
-
-def _test_images(args: argparse.Namespace, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = _datamodule(args)
-    x, y = dm.load_split("test")
-    x, y = torch.as_tensor(np.asarray(x))[:n], torch.as_tensor(np.asarray(y)).long()[:n]
-    if len(x) < n:
-        reps = -(-n // len(x))
-        x, y = x.repeat(reps, 1, 1, 1)[:n], y.repeat(reps)[:n]
-    return x.to(device).float().div_(255), y.to(device)
-
-
-def count_step(module, batch, device: torch.device) -> dict:
-    """One eager training step (forward + backward) under the FLOP and op counters."""
-    import lightning.pytorch as pl  # noqa: F401
-
-    module.train()
-    counter = OpCounter(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=module.speed_cfg.attack_amp)
-        with FlopCounterMode(display=False) as fc, counter, amp:
-            loss = module.training_step(batch, 0)
-            loss.backward()
-    module.zero_grad(set_to_none=True)
-    b = batch[0].shape[0]
-    return {
-        "executed_flops_per_image": fc.get_total_flops() / b,
-        "aten_ops_per_step": counter.ops,
-        "host_syncs_in_step": dict(counter.syncs),
-    }
-
-
-def bench_train(bench: str, args: argparse.Namespace, device: torch.device) -> dict:
-    import lightning.pytorch as pl
-
-    training = {"pgd_at": "pgd", "pgd_at_ssl": "pgd", "fgsm_rs": "fgsm_rs", "trades": "trades"}[bench]
-    ssl = args.ssl_weight if bench == "pgd_at_ssl" else 0.0
-    # the counts: an eager copy (compile off), one step on a real batch from the loader
-    dm = _datamodule(args)
-    dm.setup("fit")
-    loader = dm._loader("train", train=True)
-    loader.device = device
-    batch = next(iter(loader))
-    eager = _build_module(args, mode=training, weight=ssl, compile=False).to(device)
-    if args.channels_last:
-        eager.classifier.to(memory_format=torch.channels_last)
-    counts = count_step(eager, batch, device)
-    del eager
-
-    timer = WindowTimer(device, args.seconds, args.windows, args.warmup)
-
-    class Timing(pl.Callback):
-        """Eager runs: iteration 1 (batch end to batch end: data, step, hooks, logging) is counted, then
-        the timer starts; compiled runs go straight to the timer (a dispatch mode would upset dynamo)."""
-
-        def __init__(self) -> None:
-            self.lightning_syncs: Optional[dict] = None
-            self._counter: Optional[OpCounter] = None
-            self._iteration = 0 if not args.compile else 2
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self._iteration += 1
-            if self._iteration == 1:
-                self._counter = OpCounter(device)
-                self._counter.__enter__()
-                return
-            if self._iteration == 2 and self._counter is not None:
-                self._counter.__exit__(None, None, None)
-                self.lightning_syncs = {
-                    "aten_ops_per_iteration": self._counter.ops,
-                    "host_syncs_per_iteration": dict(self._counter.syncs),
-                }
-                self._counter = None
-                return
-            timer.tick()
-            if timer.done:
-                trainer.should_stop = True
-
-    timing = Timing()
-    callbacks: list = [timing]
-    if args.ema is not None:
-        if args.ema_impl == "lightning":
-            from lightning.pytorch.callbacks import EMAWeightAveraging as EMA
-        else:
-            from callbacks.ema import DeviceEMA as EMA
-        callbacks.append(EMA(decay=args.ema))
-    module = _build_module(args, mode=training, weight=ssl)
-    trainer = pl.Trainer(
-        accelerator=device.type,
-        devices=1,
-        precision="bf16-mixed" if args.precision == "bf16" else "32-true",
-        max_steps=1_000_000,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-        inference_mode=False,
-        benchmark=args.cudnn_benchmark or None,
-    )
-    trainer.fit(module, datamodule=dm)
-    if not timer.done:
-        raise RuntimeError(f"{bench}: training stopped before the timed windows were complete")
-    out = summarize(timer, args.batch_size)
-    out.update(counts)
-    if timing.lightning_syncs:
-        out.update(timing.lightning_syncs)
-    out["training"] = training
-    out["ssl_weight"] = ssl
-    return out
-
-
-def bench_reversal(args: argparse.Namespace, device: torch.device) -> dict:
-    module = _build_module(args).to(device).eval()
-    module.setup("predict")
-    x, _ = _test_images(args, args.rev_batch_size, device)
-    x = module._prep(x)
-    counter = OpCounter(device)
-    if not args.compile:  # one reversal step counted (eager only), after a call that builds the views
-        one = dataclasses.replace(module.reversal_cfg, steps=1)
-        module.reverse(x, one)
-        with counter:
-            module.reverse(x, one)
-    timer = WindowTimer(device, args.seconds, args.windows, args.warmup)
-    while not timer.done:
-        module.reverse(x)
-        timer.tick()
-    out = summarize(timer, args.rev_batch_size)
-    if not args.compile:
-        out.update({"aten_ops_per_reversal_step": counter.ops, "host_syncs_per_reversal_step": dict(counter.syncs)})
-    out["reversal"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in module.reversal_cfg.__dict__.items()}
-    return out
-
-
-class _CountingModel(torch.nn.Module):
-    """Logits of the classifier, counting model FLOPs as AutoAttack calls it."""
-
-    def __init__(self, classifier: torch.nn.Module, f: float) -> None:
-        super().__init__()
-        self.classifier, self.f = classifier, f
-        self.flops = 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grad = torch.is_grad_enabled() and x.requires_grad
-        self.flops += x.shape[0] * self.f * (3 if grad else 1)
-        return self.classifier(x)[0]
-
-
-def bench_autoattack(args: argparse.Namespace, device: torch.device, f: float) -> dict:
-    from pyautoattack import AutoAttack
-
-    torch.manual_seed(args.seed)  # the same model whatever ran before
-    module = _build_module(args, compile=False).to(device).eval()
-    model = _CountingModel(module.classifier, f).eval()
-    x, y = _test_images(args, args.aa_n, device)
-    if args.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():  # warm-up (cuDNN autotune, allocator)
-        model(x[: min(len(x), args.aa_batch_size)])
-    model.flops = 0.0
-    logging.getLogger("auto-attack").setLevel(logging.WARNING)
-    if args.aa_attacks == "standard":
-        aa = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard", device=device, seed=args.seed)
-    else:
-        aa = AutoAttack(
-            model,
-            norm="Linf",
-            eps=8 / 255,
-            version="custom",
-            device=device,
-            seed=args.seed,
-            attacks=args.aa_attacks.split(","),
-        )
-    aa.verbose = False
-    synchronize(device)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=args.aa_batch_size)
-    synchronize(device)
-    dt = time.perf_counter() - t0
-    with torch.no_grad():
-        clean = (model(x).argmax(1) == y).float().mean().item()
-        robust = (model(x_adv).argmax(1) == y).float().mean().item()
-    return {
-        "images_per_s": args.aa_n / dt,
-        "seconds": dt,
-        "images": args.aa_n,
-        "clean_acc": clean,
-        "robust_acc": robust,
-        "executed_flops_per_image": model.flops / args.aa_n,
-        "attacks": args.aa_attacks,
-        "model": args.checkpoint or "random init (its time says little about a robust model's)",
-        "precision": "fp32 (AutoAttack is never run in bf16 here)",
-    }
-
-
-# ---------------------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     threads = torch.get_num_threads()
@@ -602,7 +186,7 @@ def _run(args: argparse.Namespace) -> dict:
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
 
-    probe = _build_module(args, compile=False).to(device)
+    probe = build_module(args, compile=False).to(device)
     if args.channels_last:
         probe.classifier.to(memory_format=torch.channels_last)
     f = forward_flops(probe.classifier, 32, device, args.channels_last)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from experiments.bench_timing import synchronize
 from experiments.run_tools import run_logged, synthetic_cifar10
 
 if TYPE_CHECKING:
@@ -399,10 +400,10 @@ def aa_speed(run: Run, budget: float) -> dict:
                 logits_of(
                     net, xb.contiguous(memory_format=torch.channels_last) if name == "tuned" else xb
                 ).sum().backward()
-            sync(x.device)
+            synchronize(x.device)
             t0 = time.perf_counter()
             x_adv = calls[name]()
-            sync(x.device)
+            synchronize(x.device)
             dt = time.perf_counter() - t0
             with torch.no_grad():
                 robust[name] = (logits_of(nets["plain"], x_adv).argmax(1) == y).cpu()
@@ -420,8 +421,3 @@ def aa_speed(run: Run, budget: float) -> dict:
     out["speedup"] = out["plain"]["seconds"] / out["tuned"]["seconds"]
     out["verdicts_differ"] = int((robust["tuned"] != robust["plain"]).sum())
     return out
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -88,7 +88,9 @@ def test_preact_resnet18_forward_is_the_issues_1_11_gflop():
 
 
 def test_window_timer_times_windows_of_equal_steps():
-    timer = bench.WindowTimer(torch.device("cpu"), seconds=0.09, windows=3, warmup=2)
+    from experiments.bench_timing import WindowTimer
+
+    timer = WindowTimer(torch.device("cpu"), seconds=0.09, windows=3, warmup=2)
     ticks = 0
     while not timer.done:
         time.sleep(0.01)
