@@ -128,6 +128,9 @@ def render(res: Optional[dict]) -> str:
             f"`{m.get('command')}`, {m.get('wall_s')} s in all.",
             "",
         ]
+        v = (res.get("setup") or {}).get("versions") or {}
+        if v:
+            lines += ["Packages: " + ", ".join(f"{k} {val or 'absent'}" for k, val in v.items()) + ".", ""]
     lines += ["| target | reached | how |", "|---|---|---|"]
     lines += [f"| {t} | {r} | {h} |" for t, r, h in targets(res)]
     lines += ["", REFERENCE]

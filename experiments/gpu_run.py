@@ -17,7 +17,7 @@ short, its failure is recorded, the next stage still runs; the whole run keeps t
                 the reversal (``--draws`` draws, correct only if every draw is); stops between rows once its
                 budget is spent and reports how many images it reached;
 7. ``adaptive`` ``--adaptive-attack`` (APGD-CE + EOT through the straight-through reversal) on the first
-                ``--n-adaptive`` images;
+                ``--n-adaptive`` images (sized from the bench's reversal rate: 50-500);
 8. ``aa_speed`` standard AutoAttack on the first ``--n-aa`` images twice: the package's speed settings (one
                 batch, channels-last) and pyautoattack called plainly (batch 250); times, robust accuracies.
 
@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
-from experiments.gpu_stages import aa_speed, bench, evaluate, grid, setup, train, weights  # noqa: E402
+from experiments.gpu_stages import aa_speed, adaptive, bench, evaluate, grid, setup, train, weights  # noqa: E402
 from experiments.run_tools import Tee  # noqa: E402
 
 
@@ -80,7 +80,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--n-eval", type=int, default=None, help="test images evaluated (1000; 16 with --tiny)")
     p.add_argument("--eval-batch", type=int, default=None, help="evaluation batch = the reversal's batch (250; 8)")
     p.add_argument("--draws", type=int, default=3, help="reversal draws per reversed input")
-    p.add_argument("--n-adaptive", type=int, default=None, help="images of the adaptive attack (100; 8)")
+    p.add_argument(
+        "--n-adaptive",
+        type=int,
+        default=None,
+        help="images of the adaptive attack (default: sized from the bench's reversal rate, 50-500; 4 with --tiny)",
+    )
+    p.add_argument("--adaptive-steps", type=int, default=None, help="APGD steps of the adaptive attack (20; 5)")
+    p.add_argument("--adaptive-eot", type=int, default=None, help="EOT draws per step of the adaptive attack (4; 1)")
     p.add_argument("--adaptive-attack", default="apgd_ce_bpda", help="an attack of the evaluation registry")
     p.add_argument("--n-aa", type=int, default=None, help="images of the AutoAttack speed comparison (500; 8)")
     p.add_argument("--aa-plain-batch", type=int, default=None, help="pyautoattack's batch when called plainly (250; 4)")
@@ -101,7 +108,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "aa_seconds": 60,
         "n_eval": 1000,
         "eval_batch": 250,
-        "n_adaptive": 100,
+        "adaptive_steps": 20,
+        "adaptive_eot": 4,
         "n_aa": 500,
         "aa_plain_batch": 250,
     }
@@ -115,6 +123,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "n_eval": 16,
         "eval_batch": 8,
         "n_adaptive": 4,
+        "adaptive_steps": 5,
+        "adaptive_eot": 1,
         "n_aa": 8,
         "aa_plain_batch": 4,
         "reversal_steps": 3,
@@ -225,21 +235,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         lambda b: evaluate(run, b, ["pgd", "apgd-ce" if tiny else "autoattack"], a.n_eval),
         reserve=a.adaptive_seconds / 2,
     )
-    run.stage(
-        "adaptive",
-        a.adaptive_seconds,
-        lambda b: evaluate(
-            run,
-            b,
-            [a.adaptive_attack],
-            a.n_adaptive,
-            adaptive_n=a.n_adaptive,
-            apgd_steps=5 if tiny else 20,
-            eot=1 if tiny else 4,
-            judge_draws=1,
-        ),
-        reserve=a.aa_seconds / 2,
-    )
+    run.stage("adaptive", a.adaptive_seconds, lambda b: adaptive(run, b), reserve=a.aa_seconds / 2)
     run.stage("aa_speed", a.aa_seconds, lambda b: aa_speed(run, b))
     print(
         f"[gpu-run] done in {time.monotonic() - run.t0:.0f} s; files in {a.out}: "

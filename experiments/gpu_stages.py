@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -60,8 +60,23 @@ def setup(run: Run, budget: float) -> dict:
         sys.path.insert(0, str(site))
         os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         out["installed"] = [w.name for w in wheels]
+    out["versions"] = versions()
     out["data_dir"] = str(prepare_data(a, budget))
     return out
+
+
+def versions() -> dict[str, Optional[str]]:
+    """Installed versions of what the run uses (None: not installed)."""
+    import importlib.metadata as md
+
+    def version(name: str) -> Optional[str]:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    names = ("torch", "torchvision", "lightning", "torchmetrics", "numpy", "jsonargparse", "kornia", "pyautoattack")
+    return {name: version(name) for name in names}
 
 
 def prepare_data(a: argparse.Namespace, budget: float) -> Path:
@@ -165,6 +180,40 @@ def plan_epochs(run: Run, budget: float, n_train: int = 50000) -> int:
     if not rate:
         return 30  # the recipe's own; max_time still cuts it
     return int(max(1, min(30, (budget - 45) * 0.9 * rate / n_train)))  # 45 s: start-up and validation
+
+
+def plan_adaptive(run: Run, budget: float) -> int:
+    """Images the adaptive attack reaches in ``budget``: each costs about ``apgd_steps x eot`` reversals (BPDA
+    runs the reversal forward at every step) plus the draws of its two rows, at the fp32 bench's reversal rate
+    (kornia views: slower than the evaluation's fast ones, so the plan errs short); 100 without a rate."""
+    a = run.args
+    if a.n_adaptive:
+        return a.n_adaptive
+    rate = ((run.results.get("bench") or {}).get("fp32", {}).get("results", {}).get("reversal") or {}).get(
+        "images_per_s"
+    )
+    if not rate:
+        return 100
+    per_image = a.adaptive_steps * a.adaptive_eot + 2 * a.draws
+    return int(max(50, min(500, 0.7 * budget * rate / per_image)))
+
+
+def adaptive(run: Run, budget: float) -> dict:
+    """``--adaptive-attack`` on as many of the first test images as ``plan_adaptive`` allows."""
+    a = run.args
+    n = plan_adaptive(run, budget)
+    out = evaluate(
+        run,
+        budget,
+        [a.adaptive_attack],
+        n,
+        adaptive_n=n,
+        apgd_steps=a.adaptive_steps,
+        eot=a.adaptive_eot,
+        judge_draws=1,
+    )
+    out["n_planned"] = n
+    return out
 
 
 def train(run: Run, budget: float) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -83,6 +84,8 @@ def test_every_stage_ran_and_wrote_at_most_eight_small_files(tiny_run):
     assert ev["n_reached"] == ev["n_requested"] == 16 and [r["attack"] for r in ev["rows"]][:1] == ["pgd"]
     assert 0 <= ev["clean"]["without"] <= 1 and ev["rows"][0]["with"] is not None  # with the reversal
     assert res["adaptive"]["rows"][0]["attack"] == "apgd_ce_bpda"
+    assert res["setup"]["versions"]["torch"] == importlib.metadata.version("torch")
+    assert res["setup"]["versions"]["pyautoattack"] == importlib.metadata.version("pyautoattack")
     aa = res["aa_speed"]
     assert aa["n"] == 8 and aa["speedup"] == aa["plain"]["seconds"] / aa["tuned"]["seconds"] > 0
     assert 0 <= aa["tuned"]["robust_acc"] <= 1 and 0 <= aa["verdicts_differ"] <= 8
@@ -202,3 +205,17 @@ def test_a_stage_over_its_budget_is_cut_and_the_next_still_runs(tmp_path):
     )
     assert st["late"]["status"] == "ok" and st["never"]["status"] == "skipped"
     assert (args.out / "results.md").is_file()
+
+
+def test_the_adaptive_attack_is_sized_from_the_bench(tmp_path):
+    gpu_run = _load("gpu_run")
+    from experiments.gpu_stages import plan_adaptive
+
+    run = gpu_run.Run(gpu_run.parse_args(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]))
+    assert run.args.adaptive_steps * run.args.adaptive_eot + 2 * run.args.draws == 86
+    assert plan_adaptive(run, 40) == 100  # no bench: the default
+    for rate, n in ((1000.0, int(0.7 * 40 * 1000 / 86)), (10.0, 50), (1e6, 500)):
+        run.results["bench"] = {"fp32": {"results": {"reversal": {"images_per_s": rate}}}}
+        assert plan_adaptive(run, 40) == n
+    run.args.n_adaptive = 7  # given: used as is
+    assert plan_adaptive(run, 40) == 7
