@@ -7,8 +7,8 @@ short, its failure is recorded, the next stage still runs; the whole run keeps t
 
 1. ``setup``    install the wheels of ``--wheels`` that the machine lacks (``make device-wheels`` prepares
                 them), unpack the CIFAR-10 pack (``--pack``) into ``--work``/data;
-2. ``bench``    ``experiments/bench.py`` twice: fp32, then the tuned settings (bf16, channels_last, fast
-                views, device EMA); images/s and the ratio to the FLOP floor per benchmark;
+2. ``bench``    ``experiments/bench.py`` twice: the tuned settings (bf16, channels_last, fast views, device
+                EMA), then fp32; images/s and the ratio to the FLOP floor per benchmark;
 3. ``train``    ``lightning fit --config experiments/cifar10/fast_recipe.yaml`` with ``--trainer.max_time``;
                 the epochs are sized from the tuned bench so the one-cycle schedule ends inside the budget;
 4. ``weights``  the trained weights as bf16 shards under 16 MiB (``lightning_modules.shards``);
@@ -72,11 +72,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         default=None,
         help="the whole run (520; 180 with --tiny: caps, about a minute is spent on an idle CPU)",
     )
-    p.add_argument("--bench-seconds", type=float, default=None, help="bench budget (70; 45 with --tiny)")
+    p.add_argument("--bench-seconds", type=float, default=None, help="bench budget (80; 45 with --tiny)")
     p.add_argument("--train-seconds", type=float, default=None, help="training budget, max_time + 30 s (270; 60)")
     p.add_argument("--eval-seconds", type=float, default=None, help="evaluation budget (105; 25)")
     p.add_argument("--adaptive-seconds", type=float, default=None, help="adaptive attack budget (40; 20)")
-    p.add_argument("--aa-seconds", type=float, default=None, help="AutoAttack speed comparison budget (60; 30)")
+    p.add_argument("--aa-seconds", type=float, default=None, help="AutoAttack speed comparison budget (50; 30)")
     p.add_argument("--n-eval", type=int, default=None, help="test images evaluated (1000; 16 with --tiny)")
     p.add_argument("--eval-batch", type=int, default=None, help="evaluation batch = the reversal's batch (250; 8)")
     p.add_argument("--draws", type=int, default=3, help="reversal draws per reversed input")
@@ -101,11 +101,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     big = {
         "total_seconds": 560,
-        "bench_seconds": 70,
+        "bench_seconds": 80,
         "train_seconds": 270,
         "eval_seconds": 105,
         "adaptive_seconds": 40,
-        "aa_seconds": 60,
+        "aa_seconds": 50,
         "n_eval": 1000,
         "eval_batch": 250,
         "adaptive_steps": 20,
