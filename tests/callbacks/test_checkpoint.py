@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import callbacks.checkpoint as ckpt_mod
-from callbacks import AtomicCheckpoint
+from callbacks import AtomicCheckpoint, DeviceEMA
 from datamodules import CIFAR10DataModule
 from lightning_modules import ReversalModule
 from tests.cli_runs import lightning, metric_values, popen_lightning, read_metrics, tiny_args
@@ -211,3 +211,31 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     steps = [s for s, _ in metric_values(read_metrics(root), "train/loss")]
     assert steps == list(range(20, 48))  # the resumed run trained steps 21..48 once each (0-based 20..47)
     assert not list(ckdir.glob("*.tmp-*"))
+
+
+@pytest.mark.parametrize("stop", ["epochs", "mid_epoch"])
+def test_base_config_last_checkpoint_holds_the_final_step(data, tmp_path, stop):
+    """The base file's checkpoint settings save at every epoch's end, so ``last.ckpt`` is the final state also
+    when validation runs only every k epochs (the fast recipe: 5) or a limit stops training mid-epoch (max_time,
+    here max_steps). Lightning's default saves after validation only, and with EMA (the fast recipe's) the
+    final save is skipped (see ``AtomicCheckpoint.on_train_end``): the last epochs were left out."""
+    import yaml
+
+    base = yaml.safe_load((Path(ckpt_mod.__file__).parent.parent / "lightning_modules" / "base.yaml").read_text())
+    kw = next(c["init_args"] for c in base["trainer"]["callbacks"] if c["class_path"] == "callbacks.AtomicCheckpoint")
+    pl.seed_everything(0)
+    limits = {"max_epochs": 3} if stop == "epochs" else {"max_epochs": 3, "max_steps": 7}  # 5 steps an epoch
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        check_val_every_n_epoch=2,
+        limit_val_batches=1,
+        callbacks=[AtomicCheckpoint(dirpath=tmp_path / "ck", **kw), DeviceEMA(decay=0.9, update_starting_at_step=2)],
+        **limits,
+    )
+    trainer.fit(tiny_module(), CIFAR10DataModule(str(data), batch_size=8, strict_counts=False))
+    last = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == trainer.global_step == (15 if stop == "epochs" else 7)
+    assert "current_model_state" in last  # the average in state_dict, the live weights beside it
