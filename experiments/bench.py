@@ -229,16 +229,17 @@ def _run(args: argparse.Namespace) -> dict:
             r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             torch.cuda.reset_peak_memory_stats(device)
         results[bench] = r
+        if args.json:  # after every benchmark: a run killed midway leaves what it finished
+            report = {**info, "results": results, "complete": len(results) == len(benches)}
+            atomic_write_text(Path(args.json), json.dumps(report, indent=2, default=str))
         done = list(results).index(bench) + 1
         left = time_left(time.perf_counter() - t_all, done, len(benches))
         print(
             f"[bench] {done}/{len(benches)} {bench}: {r['images_per_s']:.1f} images/s ({r['wall_s']:.1f} s), {left}",
             flush=True,
         )
-    report = {**info, "results": results}
+    report = {**info, "results": results, "complete": True}
     print_table(report)
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(report, indent=2, default=str))
     return report
 
 

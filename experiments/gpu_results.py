@@ -128,6 +128,12 @@ def render(res: Optional[dict]) -> str:
             f"`{m.get('command')}`, {m.get('wall_s')} s in all.",
             "",
         ]
+        if m.get("tf32_convolutions"):
+            lines += [
+                "The attacks and the reversal run in fp32, their convolutions in TF32 (PyTorch's cuDNN default on "
+                "this GPU); training in bf16-mixed.",
+                "",
+            ]
         v = (res.get("setup") or {}).get("versions") or {}
         if v:
             lines += ["Packages: " + ", ".join(f"{k} {val or 'absent'}" for k, val in v.items()) + ".", ""]

@@ -201,6 +201,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device": args.device,
         "tiny": args.tiny,
+        "tf32_convolutions": cuda and torch.backends.cudnn.allow_tf32,  # "fp32" attacks' convolutions
         "device_name": torch.cuda.get_device_name() if cuda else f"CPU {platform.machine()} ({os.cpu_count()} cores)",
         "torch": torch.__version__,
         "python": platform.python_version(),

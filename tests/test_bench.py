@@ -54,6 +54,7 @@ def report(tmp_path_factory):
 
 def test_every_figure_is_a_positive_number_with_a_ratio(report):
     assert set(report["results"]) == {"pgd_at", "pgd_at_ssl", "fgsm_rs", "reversal", "autoattack"}
+    assert report["complete"] is True  # the file is rewritten after every benchmark, False until the last
     assert report["forward_gflop_per_image"] > 0 and report["peak_tflops"] > 0
     assert "measured" in report["peak_source"]  # no datasheet figure on a CPU
     for name, r in report["results"].items():

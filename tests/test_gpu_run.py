@@ -219,3 +219,26 @@ def test_the_adaptive_attack_is_sized_from_the_bench(tmp_path):
         assert plan_adaptive(run, 40) == n
     run.args.n_adaptive = 7  # given: used as is
     assert plan_adaptive(run, 40) == 7
+
+
+def test_a_cut_bench_keeps_the_benchmarks_it_finished(tmp_path, monkeypatch):
+    """bench.py rewrites its JSON after every benchmark; killed at the budget, the stage keeps those and the
+    epoch plan falls back from the joint recipe's rate to PGD-10 AT's."""
+    gpu_run = _load("gpu_run")
+    from experiments import gpu_stages
+
+    run = gpu_run.Run(gpu_run.parse_args(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]))
+    run.args.out.mkdir(parents=True)
+
+    def killed_after_one_bench(cmd, timeout, env=None):
+        partial = {"device_name": "X", "complete": False, "results": {"pgd_at": {"images_per_s": 6500.0}}}
+        (run.args.work / "bench-tuned.json").write_text(json.dumps(partial))  # fp32 never started
+        return -9, "[bench] 1/4 pgd_at: 6500.0 images/s (9.0 s), about 30 s left\n", True
+
+    monkeypatch.setattr(gpu_stages, "run_logged", killed_after_one_bench)
+    run.args.work.mkdir(parents=True)
+    out = gpu_stages.bench(run, 80)
+    assert out["cut"] and out["tuned"]["results"] == {"pgd_at": {"images_per_s": 6500.0, "ratio_to_floor": None}}
+    assert out["tuned"]["complete"] is False and out["fp32"]["results"] == {}
+    run.results["bench"] = out
+    assert gpu_stages.plan_epochs(run, 270) == int((270 - 45) * 0.9 * 6500 * 11 / 13 / 50000)
