@@ -25,8 +25,8 @@ def info_nce(z: torch.Tensor, n_views: int, temperature: float = 0.2, reduction:
     views this is exactly SimCLR's NT-Xent.
 
     ``reduction``: ``"mean"`` (scalar), ``"sum"`` or ``"none"`` (per image, averaged over its views,
-    shape ``(B,)``). Note the loss of image ``i`` depends on the other images of the batch: they
-    are its negatives.
+    shape ``(B,)``). Computed in fp32 whatever the surrounding autocast. Note the loss of image ``i``
+    depends on the other images of the batch: they are its negatives.
     """
     if n_views < 2:
         raise ValueError(f"info_nce needs at least 2 views, got {n_views}")
@@ -34,8 +34,9 @@ def info_nce(z: torch.Tensor, n_views: int, temperature: float = 0.2, reduction:
         raise ValueError(f"{z.shape[0]} embeddings do not split into {n_views} views")
     n = z.shape[0]
     b = n // n_views
-    z = F.normalize(z.float(), dim=1)
-    logits = z @ z.t() / temperature
+    with torch.autocast(z.device.type, enabled=False):  # similarities in fp32, also under bf16-mixed training
+        z = F.normalize(z.float(), dim=1)
+        logits = z @ z.t() / temperature
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(eye, float("-inf"))
     ids = torch.arange(n, device=z.device) % b

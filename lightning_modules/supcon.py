@@ -125,9 +125,10 @@ def ascl_loss(
         )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"unknown reduction '{reduction}'")
-    pool = F.normalize(torch.cat([z_adv, z_clean]).float(), dim=1)
     b = z_adv.shape[0]
-    logits = pool[:b] @ pool.t() / temperature
+    with torch.autocast(z_adv.device.type, enabled=False):  # similarities in fp32, also under bf16-mixed
+        pool = F.normalize(torch.cat([z_adv, z_clean]).float(), dim=1)
+        logits = pool[:b] @ pool.t() / temperature
     pos, neg = keep if keep is not None else _pool_masks(y)
     allowed = pos | neg
     log_prob = logits - torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=1, keepdim=True)

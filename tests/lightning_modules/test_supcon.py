@@ -119,3 +119,11 @@ def test_bad_inputs_fail_naming_the_thing(batch):
         ascl_loss(z_adv, z_clean[:3], y)
     with pytest.raises(ValueError, match="sim"):
         select_pairs(y, pa, pc, "leaked", None, neg_topk=2)
+
+
+def test_ascl_loss_stays_fp32_under_bf16_autocast(batch):
+    z_adv, z_clean, y = batch[:3]
+    ref = ascl_loss(z_adv, z_clean, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = ascl_loss(z_adv, z_clean, y)
+    assert amp.dtype == torch.float32 and torch.allclose(amp, ref, rtol=1e-6, atol=1e-6)
