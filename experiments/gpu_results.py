@@ -117,11 +117,12 @@ def render(res: Optional[dict]) -> str:
         lines += ["No GPU run has been folded in yet: every target below is **not measured yet**.", ""]
     else:
         m = res["meta"]
-        kind = (
-            "**tiny CPU smoke run** (small CNN, synthetic data): checks the pipeline, measures none of the targets"
-            if m.get("tiny")
-            else "full run"
-        )
+        if m.get("tiny"):
+            kind = "**tiny CPU smoke run** (small CNN, synthetic data): checks the pipeline, measures no target"
+        elif m.get("device") != "cuda":
+            kind = "**full-size pipeline on the CPU** (budgets, sizes, attacks as its argv says): measures no target"
+        else:
+            kind = "Full run"
         lines += [
             f"{kind}. Hardware: {m.get('device_name')}; torch {m.get('torch')}, Python {m.get('python')}; "
             f"{m.get('date')}; commit `{m.get('commit')}`{' (uncommitted changes)' if m.get('dirty') else ''}; "

@@ -59,6 +59,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--work", default=str(REPO / "results" / "gpu_run_work"), help="scratch folder (data, checkpoints)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--tiny", action="store_true", help="small_cnn, synthetic data, budgets in seconds: the CI mode")
+    p.add_argument(
+        "--quick-attacks",
+        action="store_true",
+        help="APGD-CE for AutoAttack in eval and aa_speed (implied by --tiny): CPU checks only; "
+        "on a model with robust points, standard AutoAttack runs for many minutes on a CPU",
+    )
     p.add_argument("--wheels", default=".whl", help="wheels for what the machine lacks (make device-wheels)")
     p.add_argument(
         "--pack",
@@ -98,6 +104,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="reversal steps in the evaluation (default: the model's, 40; 3 with --tiny)",
     )
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: sized from the bench)")
+    p.add_argument(
+        "--train-args",
+        default="",
+        help="more `lightning fit` arguments, appended (e.g. '--data.init_args.batch_size 256')",
+    )
     a = p.parse_args(argv)
     big = {
         "total_seconds": 560,
@@ -132,6 +143,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for k, v in (tiny if a.tiny else big).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    a.quick_attacks = a.quick_attacks or a.tiny
     a.work = Path(a.work).resolve()
     a.out = Path(a.out)
     return a
@@ -201,6 +213,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device": args.device,
         "tiny": args.tiny,
+        "quick_attacks": args.quick_attacks,
         "tf32_convolutions": cuda and torch.backends.cudnn.allow_tf32,  # "fp32" attacks' convolutions
         "device_name": torch.cuda.get_device_name() if cuda else f"CPU {platform.machine()} ({os.cpu_count()} cores)",
         "torch": torch.__version__,
@@ -223,7 +236,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if a.device == "cpu":
         torch.set_num_threads(1)
     run = Run(a)
-    tiny = a.tiny
     run.stage("setup", a.total_seconds, lambda b: setup(run, b))
     run.stage("bench", a.bench_seconds, lambda b: bench(run, b), reserve=a.train_seconds + a.eval_seconds)
     run.stage("train", a.train_seconds, lambda b: train(run, b), reserve=a.eval_seconds / 2)
@@ -233,7 +245,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     run.stage(
         "eval",
         a.eval_seconds,
-        lambda b: evaluate(run, b, ["pgd", "apgd-ce" if tiny else "autoattack"], a.n_eval),
+        lambda b: evaluate(run, b, ["pgd", "apgd-ce" if a.quick_attacks else "autoattack"], a.n_eval),
         reserve=a.adaptive_seconds / 2,
     )
     run.stage("adaptive", a.adaptive_seconds, lambda b: adaptive(run, b), reserve=a.aa_seconds / 2)

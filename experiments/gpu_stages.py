@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -266,6 +267,7 @@ def train(run: Run, budget: float) -> dict:
             "--trainer.limit_train_batches",
             "4",
         ]
+    cmd += shlex.split(a.train_args)
     t0 = time.monotonic()
     rc, text, cut = run_logged(cmd, budget + 20, env={"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
     wall = time.monotonic() - t0
@@ -431,8 +433,8 @@ def aa_speed(run: Run, budget: float) -> dict:
         "plain": copy.deepcopy(m.classifier).to(memory_format=torch.contiguous_format).eval(),
     }
     speed = AutoAttackSpeed(batch_size=None, channels_last=True)
-    # tiny: APGD-CE and APGD-T only (Square runs all its 5,000 queries on a tiny model's robust points)
-    attacks = ("apgd-ce", "apgd-t") if a.tiny else STANDARD_ATTACKS
+    # quick (CPU checks): APGD-CE only (APGD-T, FAB-T and Square take minutes on a CPU model's robust points)
+    attacks = ("apgd-ce",) if a.quick_attacks else STANDARD_ATTACKS
     kw: dict[str, Any] = {"eps": 8 / 255, "norm": "Linf", "seed": 0, "attacks": attacks}
     calls = {
         "tuned": lambda: autoattack(nets["tuned"], x, y, speed=speed, **kw),

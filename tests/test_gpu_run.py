@@ -242,3 +242,42 @@ def test_a_cut_bench_keeps_the_benchmarks_it_finished(tmp_path, monkeypatch):
     assert out["tuned"]["complete"] is False and out["fp32"]["results"] == {}
     run.results["bench"] = out
     assert gpu_stages.plan_epochs(run, 270) == int((270 - 45) * 0.9 * 6500 * 11 / 13 / 50000)
+
+
+# the sizes of the real run, shrunk to what a 2-core CPU does in about two minutes
+FULL_SIZE_ON_CPU = [
+    "--device", "cpu", "--total-seconds", "900", "--bench-seconds", "5", "--train-seconds", "300",
+    "--eval-seconds", "300", "--adaptive-seconds", "300", "--aa-seconds", "300", "--n-eval", "8",
+    "--eval-batch", "4", "--n-adaptive", "4", "--adaptive-steps", "2", "--adaptive-eot", "1", "--n-aa", "4",
+    "--aa-plain-batch", "2", "--reversal-steps", "2", "--epochs", "1", "--quick-attacks", "--train-args",
+    "--data.init_args.batch_size 8 --trainer.limit_train_batches 4 --model.init_args.attack.steps 1 "
+    "--data.init_args.n_examples 8 --data.init_args.eval_batch_size 8 --trainer.check_val_every_n_epoch 1",
+]  # fmt: skip
+
+
+def test_full_size_pipeline_runs_on_the_cpu(real_cifar10, tmp_path):
+    """Not --tiny: PreActResNet-18, the fast recipe (bf16-mixed, channels-last, fast views, EMA), the real pack,
+    the bench cut at its budget: every path of the GPU run but CUDA and standard AutoAttack (quick attacks here:
+    on a model with robust points standard AutoAttack runs for many minutes on a CPU; its wrappers are tested
+    in tests/lightning_modules/attacks/test_autoattack.py)."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "experiments/gpu_run.py", "--out", str(out), "--work", str(tmp_path / "work")]
+        + ["--data-dir", str(real_cifar10), *FULL_SIZE_ON_CPU],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    st = {k: v["status"] for k, v in res["stages"].items()}
+    assert st == {**{k: "ok" for k in st}, "bench": "cut"}, st
+    assert res["bench"]["tuned"]["results"] == {}  # nothing finished in 5 s: kept empty, not an error
+    assert res["train"]["global_step"] == 4 and "bf16-mixed" not in res["train"]["command"]  # the recipe's own
+    assert [r["attack"] for r in res["eval"]["rows"]] == ["pgd", "apgd-ce"] and res["eval"]["n_reached"] == 8
+    assert res["aa_speed"]["attacks"] == ["apgd-ce"] and res["aa_speed"]["plain"]["seconds"] > 0
+    assert len(list(out.glob("weights-*.pt"))) == 2 and len(list(out.iterdir())) <= 8
+    block = gpu_results.render(res)
+    assert "full-size pipeline on the CPU" in block and "Full run" not in block

@@ -133,3 +133,25 @@ def test_compiled_autoattack_gives_the_same_verdicts():
     compiled = autoattack(net, x, y, eps=0.005, speed=AutoAttackSpeed(compile=True))
     with torch.no_grad():
         assert torch.equal(net(plain).argmax(1) == y, net(compiled).argmax(1) == y)
+
+
+def test_a_subset_of_attacks_keeps_the_standard_settings(monkeypatch):
+    """``attacks=("apgd-ce",)`` runs APGD-CE as standard AutoAttack does (1 restart, 100 steps), not
+    pyautoattack's "custom" defaults (5 restarts); the result equals APGD-CE-100 alone."""
+    import pyautoattack
+
+    made = []
+
+    class Recording(pyautoattack.AutoAttack):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", Recording)
+    net, x, y = linear_model(1)
+    sub = autoattack(net, x, y, eps=0.005, attacks=("apgd-ce",))
+    (aa,) = made
+    assert aa.attacks_to_run == ["apgd-ce"] and aa.apgd.n_restarts == 1 and aa.apgd.n_iter == 100
+    assert torch.equal(sub, apgd(net, x, y, eps=0.005, steps=100, restarts=1, loss="ce", seed=0))
+    with pytest.raises(ValueError, match="subset of"):
+        autoattack(net, x, y, eps=0.005, attacks=("apgd-ce", "pgd"))
