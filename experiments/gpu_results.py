@@ -188,6 +188,14 @@ def render(res: Optional[dict]) -> str:
                 f" / {_pct(w.get('with'))} on {w.get('n')} images"
                 f"{'' if ev.get('reliable') else ' (UNRELIABLE: a sanity check failed)'} | {how} |"
             )
+    tf = res.get("tf32") or {}
+    if tf.get("fp32"):
+        lines.append(
+            f"| PGD-20 L-inf 8/255, convolutions in TF32 / strict fp32 | {_pct(tf['tf32']['robust_acc'])} / "
+            f"{_pct(tf['fp32']['robust_acc'])} on {tf['n']} images, {tf['verdicts_differ']} verdicts differ "
+            f"({tf['tf32']['seconds']:.1f} / {tf['fp32']['seconds']:.1f} s) | "
+            f"`{res['meta'].get('command')}`, stage tf32 |"
+        )
     sp = res.get("aa_speed") or {}
     for name in ("tuned", "plain"):
         r = sp.get(name) or {}

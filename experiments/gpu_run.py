@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """One prepared GPU run: benchmark, train and evaluate PreActResNet-18 in one call, results to one folder.
 
-Stages, in order (``experiments/gpu_stages.py``), each with a time budget (a stage that overruns is cut
-short, its failure is recorded, the next stage still runs; the whole run keeps to ``--total-seconds``,
-560 s on a GPU: the device call allows 600, and the results are written after every stage):
+Stages, in order (``experiments/gpu_stages.py``, after training ``gpu_eval_stages.py``), each with a time
+budget (a stage that overruns is cut short, its failure is recorded, the next stage still runs; the whole run
+keeps to ``--total-seconds``, 560 s on a GPU: the device call allows 600; results written after every stage):
 
 1. ``setup``    install the wheels of ``--wheels`` that the machine lacks (``make device-wheels`` prepares
                 them), unpack the CIFAR-10 pack (``--pack``) into ``--work``/data;
@@ -13,6 +13,8 @@ short, its failure is recorded, the next stage still runs; the whole run keeps t
                 the epochs are sized from the tuned bench so the one-cycle schedule ends inside the budget;
 4. ``weights``  the trained weights as bf16 shards under 16 MiB (``lightning_modules.shards``);
 5. ``grid``     clean / PGD-20 / reversed images of the first test images (``grid.png``);
+   ``tf32``     PGD-20 on the first 250 test images with TF32 and with strict fp32 convolutions: whether the
+                "fp32" attacks (TF32 convolutions, cuDNN's default on a GPU) give the same robust accuracy;
 6. ``eval``     first ``--n-eval`` test images: clean, PGD-20, standard AutoAttack, each without and with
                 the reversal (``--draws`` draws, correct only if every draw is); stops between rows once its
                 budget is spent and reports how many images it reached;
@@ -47,7 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
-from experiments.gpu_stages import aa_speed, adaptive, bench, evaluate, grid, setup, train, weights  # noqa: E402
+from experiments.gpu_eval_stages import aa_speed, adaptive, evaluate, grid, tf32_check  # noqa: E402
+from experiments.gpu_stages import bench, setup, train, weights  # noqa: E402
 from experiments.run_tools import Tee  # noqa: E402
 
 
@@ -241,6 +244,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     run.stage("train", a.train_seconds, lambda b: train(run, b), reserve=a.eval_seconds / 2)
     run.stage("weights", 60, lambda b: weights(run, b), always=True)
     run.stage("grid", 60, lambda b: grid(run, b), always=True)
+    run.stage("tf32", 20, lambda b: tf32_check(run, b), reserve=a.eval_seconds)
     # tiny: APGD-CE for AutoAttack (an untrained tiny model's robust points make Square run all its queries)
     run.stage(
         "eval",

@@ -70,7 +70,9 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_every_stage_ran_and_wrote_at_most_eight_small_files(tiny_run):
     res = json.loads((tiny_run / "results.json").read_text())
-    assert set(res["stages"]) == {"setup", "bench", "train", "weights", "grid", "eval", "adaptive", "aa_speed"}
+    assert set(res["stages"]) == {"setup", "bench", "train", "weights", "grid", "tf32", "eval", "adaptive", "aa_speed"}
+    tf = res["tf32"]  # on a CPU both settings are fp32: the same verdicts
+    assert tf["tf32_available"] is False and tf["verdicts_differ"] == 0 and tf["n"] == 16
     failed = {k: v for k, v in res["stages"].items() if v["status"] != "ok"}
     assert not failed, failed
     files = sorted(p.name for p in tiny_run.iterdir())
@@ -209,7 +211,7 @@ def test_a_stage_over_its_budget_is_cut_and_the_next_still_runs(tmp_path):
 
 def test_the_adaptive_attack_is_sized_from_the_bench(tmp_path):
     gpu_run = _load("gpu_run")
-    from experiments.gpu_stages import plan_adaptive
+    from experiments.gpu_eval_stages import plan_adaptive
 
     run = gpu_run.Run(gpu_run.parse_args(["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]))
     assert run.args.adaptive_steps * run.args.adaptive_eot + 2 * run.args.draws == 86
