@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
@@ -91,10 +91,16 @@ class AtomicCheckpoint(ModelCheckpoint):
     """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose every write is temp file + ``os.replace``.
 
     Takes the same arguments; bookkeeping (``last_model_path``, ``best_model_path``, top-k
-    removal, ``save_last`` / ``"link"``) is Lightning's.
+    removal, ``save_last`` / ``"link"``) is Lightning's. One default differs: ``save_on_train_epoch_end``
+    is True (Lightning's None saves after validation only when validation runs every k > 1 epochs, and a
+    limit such as ``max_time`` stopping mid-epoch then leaves ``last.ckpt`` behind; with weight averaging
+    no final save in :meth:`on_train_end` covers for it). Pass None for Lightning's choice.
     """
 
     run_config: Optional[str] = None  # the run's config (set by the CLI), written beside its checkpoints
+
+    def __init__(self, *args: Any, save_on_train_epoch_end: Optional[bool] = True, **kwargs: Any) -> None:
+        super().__init__(*args, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

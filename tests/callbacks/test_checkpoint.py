@@ -215,10 +215,11 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
 
 @pytest.mark.parametrize("stop", ["epochs", "mid_epoch"])
 def test_base_config_last_checkpoint_holds_the_final_step(data, tmp_path, stop):
-    """The base file's checkpoint settings save at every epoch's end, so ``last.ckpt`` is the final state also
-    when validation runs only every k epochs (the fast recipe: 5) or a limit stops training mid-epoch (max_time,
-    here max_steps). Lightning's default saves after validation only, and with EMA (the fast recipe's) the
-    final save is skipped (see ``AtomicCheckpoint.on_train_end``): the last epochs were left out."""
+    """The base file's checkpoint settings (AtomicCheckpoint's default) save at every epoch's end, so
+    ``last.ckpt`` is the final state also when validation runs only every k epochs (the fast recipe: 5) or a
+    limit stops training mid-epoch (max_time, here max_steps). Lightning's default saves after validation only,
+    and with EMA (the fast recipe's) the final save is skipped (see ``AtomicCheckpoint.on_train_end``): the
+    last epochs were left out."""
     import yaml
 
     base = yaml.safe_load((Path(ckpt_mod.__file__).parent.parent / "lightning_modules" / "base.yaml").read_text())
