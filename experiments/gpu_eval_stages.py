@@ -24,9 +24,9 @@ def plan_adaptive(run: Run, budget: float) -> int:
     a = run.args
     if a.n_adaptive:
         return a.n_adaptive
-    rate = ((run.results.get("bench") or {}).get("fp32", {}).get("results", {}).get("reversal") or {}).get(
-        "images_per_s"
-    )
+    from experiments.gpu_results import bench_rate
+
+    rate = bench_rate(run.results, "fp32", "reversal")
     if not rate:
         return 100
     per_image = a.adaptive_steps * a.adaptive_eot + 2 * a.draws

@@ -50,7 +50,8 @@ def _row(rows: list[dict], attack: str) -> Optional[dict]:
     return next((r for r in rows if r["attack"] == attack), None)
 
 
-def _bench(res: dict, cfg: str, name: str) -> Optional[float]:
+def bench_rate(res: dict, cfg: str, name: str) -> Optional[float]:
+    """images/s of benchmark ``name`` in bench configuration ``cfg`` (``tuned``, ``fp32``) of a run's results."""
     return (((res.get("bench") or {}).get(cfg) or {}).get("results") or {}).get(name, {}).get("images_per_s")
 
 
@@ -70,12 +71,12 @@ def targets(res: Optional[dict]) -> list[tuple[str, str, str]]:
     return [
         (
             ">= 11,000 images/s PGD-10 AT (one H100-class GPU)",
-            got(_bench(res, "tuned", "pgd_at"), _rate),
+            got(bench_rate(res, "tuned", "pgd_at"), _rate),
             "bench, tuned settings",
         ),
         (
             ">= 1,000 images/s reversal (40 steps x 4 views)",
-            got(_bench(res, "tuned", "reversal"), _rate),
+            got(bench_rate(res, "tuned", "reversal"), _rate),
             "bench, tuned settings",
         ),
         (

@@ -161,6 +161,7 @@ class Run:
         self.results: dict[str, Any] = {"schema": 1, "meta": meta(args), "stages": {}}
         self.ckpt: Optional[Path] = None
         self.module = None
+        self.test_split: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # uint8 images, labels (CPU)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()

@@ -174,10 +174,11 @@ def plan_epochs(run: Run, budget: float, n_train: int = 50000) -> int:
         return run.args.epochs
     if run.args.tiny:
         return 2
-    tuned = (run.results.get("bench") or {}).get("tuned", {}).get("results", {})
-    rate = (tuned.get("pgd_at_ssl") or {}).get("images_per_s")
-    if not rate and (tuned.get("pgd_at") or {}).get("images_per_s"):  # + 2 views: 13 passes instead of 11
-        rate = tuned["pgd_at"]["images_per_s"] * 11 / 13
+    from experiments.gpu_results import bench_rate
+
+    rate = bench_rate(run.results, "tuned", "pgd_at_ssl")
+    if not rate and bench_rate(run.results, "tuned", "pgd_at"):  # + 2 views: 13 passes instead of 11
+        rate = bench_rate(run.results, "tuned", "pgd_at") * 11 / 13
     if not rate:
         return 30  # the recipe's own; max_time still cuts it
     return int(max(1, min(30, (budget - 45) * 0.9 * rate / n_train)))  # 45 s: start-up and validation
@@ -293,11 +294,14 @@ def weights(run: Run, budget: float) -> dict:
 
 
 def test_images(run: Run, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images in ``[0, 1]`` and their labels on the run's device (the split is read once)."""
     import numpy as np
 
     from datamodules.cifar import CIFAR10DataModule
 
-    dm = CIFAR10DataModule(data_dir=run.results["setup"]["data_dir"], strict_counts=not run.args.tiny)
-    x, y = dm.load_split("test")
-    x, y = torch.as_tensor(np.asarray(x[:n])), torch.as_tensor(np.asarray(y[:n])).long()
-    return x.to(run.args.device).float().div_(255), y.to(run.args.device)
+    if run.test_split is None:
+        dm = CIFAR10DataModule(data_dir=run.results["setup"]["data_dir"], strict_counts=not run.args.tiny)
+        x, y = dm.load_split("test")
+        run.test_split = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y)).long()
+    x, y = run.test_split
+    return x[:n].to(run.args.device).float().div_(255), y[:n].to(run.args.device)
