@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(z: torch.Tensor, n_views: int, temperature: float = 0.2, reduction: str = "mean") -> torch.Tensor:
+def info_nce(
+    z: torch.Tensor,
+    n_views: int,
+    temperature: float = 0.2,
+    reduction: str = "mean",
+    positive: str = "all",
+    groups: int = 1,
+) -> torch.Tensor:
     """Multi-view InfoNCE (NT-Xent, SimCLR) on embeddings ``z`` of shape ``(n_views * B, d)``.
 
     Rows are view-major: row ``v * B + i`` is view ``v`` of image ``i``. Embeddings are
@@ -24,25 +31,54 @@ def info_nce(z: torch.Tensor, n_views: int, temperature: float = 0.2, reduction:
     is the mean over its positives of ``-log(exp(s_ap / t) / sum_{k != a} exp(s_ak / t))``; with 2
     views this is exactly SimCLR's NT-Xent.
 
+    ``positive``: ``"all"`` (the mean over the positives, above) or ``"first"``: the cross-entropy
+    of each anchor with its *first* positive as the label (view 0 of the same image, or view 1 for
+    view 0's anchor), the other positives staying in the denominator: the form of Mao et al.'s
+    reference code (``logits = [positives, negatives]``, label 0). Equal to ``"all"`` at 2 views.
+
+    ``groups``: the ``B`` images are ``groups`` contiguous blocks of ``B / groups`` images that do not
+    see each other: an anchor's negatives come from its own block only. ``groups=k`` on a batch
+    repeated ``k`` times gives each copy the loss it would have alone (independent draws in one call).
+
     ``reduction``: ``"mean"`` (scalar), ``"sum"`` or ``"none"`` (per image, averaged over its views,
     shape ``(B,)``). Computed in fp32 whatever the surrounding autocast. Note the loss of image ``i``
-    depends on the other images of the batch: they are its negatives.
+    depends on the other images of its block: they are its negatives.
+
+    Example:
+        >>> import torch
+        >>> z = torch.randn(4 * 6, 8)
+        >>> one = info_nce(z.view(4, 6, 8)[:, :3].reshape(12, 8), 4, reduction="none")
+        >>> both = info_nce(z, 4, reduction="none", groups=2)
+        >>> torch.allclose(both[:3], one)
+        True
     """
     if n_views < 2:
         raise ValueError(f"info_nce needs at least 2 views, got {n_views}")
     if z.shape[0] % n_views:
         raise ValueError(f"{z.shape[0]} embeddings do not split into {n_views} views")
+    if positive not in ("all", "first"):
+        raise ValueError(f"unknown InfoNCE positive '{positive}'; choose 'all' or 'first'")
     n = z.shape[0]
     b = n // n_views
+    if groups < 1 or b % groups or (groups > 1 and b // groups < 2):
+        raise ValueError(f"{b} images do not split into {groups} groups of at least 2 (InfoNCE needs negatives)")
     with torch.autocast(z.device.type, enabled=False):  # similarities in fp32, also under bf16-mixed training
         z = F.normalize(z.float(), dim=1)
         logits = z @ z.t() / temperature
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(eye, float("-inf"))
-    ids = torch.arange(n, device=z.device) % b
-    pos = (ids[:, None] == ids[None, :]) & ~eye
+    image = torch.arange(n, device=z.device) % b
+    view = torch.arange(n, device=z.device) // b
+    hidden = eye
+    if groups > 1:
+        block = image // (b // groups)
+        hidden = hidden | (block[:, None] != block[None, :])
+    logits = logits.masked_fill(hidden, float("-inf"))
+    pos = (image[:, None] == image[None, :]) & ~eye
+    if positive == "first":
+        first = torch.where(view == 0, 1, 0)
+        pos = pos & (view[None, :] == first[:, None])
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    per_anchor = -(log_prob.masked_fill(~pos, 0.0).sum(1)) / (n_views - 1)
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0).sum(1)) / pos.sum(1)
     per_image = per_anchor.view(n_views, b).mean(0)
     if reduction == "none":
         return per_image

@@ -31,6 +31,51 @@ def test_info_nce_matches_manual_reference(n_views, b, t):
     assert torch.allclose(info_nce(z, n_views, t, reduction="sum").double(), ref.sum(), atol=1e-4)
 
 
+def info_nce_first_positive_reference(z: torch.Tensor, n_views: int, t: float) -> torch.Tensor:
+    """Slow loop of the reference code's form: per anchor, cross-entropy over [positives, negatives]
+    with the first positive (the lowest other view of the same image) as the label."""
+    n = z.shape[0]
+    b = n // n_views
+    z = [v / math.sqrt(float((v * v).sum())) for v in z.double()]
+    per_image = [0.0] * b
+    for a in range(n):
+        i, v = a % b, a // b
+        positives = [w * b + i for w in range(n_views) if w != v]
+        negatives = [k for k in range(n) if k % b != i]
+        logits = [float(z[a] @ z[k]) / t for k in positives + negatives]
+        la = -logits[0] + math.log(sum(math.exp(s) for s in logits))
+        per_image[i] += la / n_views
+    return torch.tensor(per_image, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n_views,b,t", [(2, 5, 0.2), (4, 3, 0.5), (3, 4, 0.07)])
+def test_info_nce_first_positive_matches_manual_reference(n_views, b, t):
+    torch.manual_seed(4)
+    z = torch.randn(n_views * b, 7)
+    ref = info_nce_first_positive_reference(z, n_views, t)
+    got = info_nce(z, n_views, t, reduction="none", positive="first")
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    if n_views == 2:  # one positive: both forms agree
+        assert torch.allclose(got, info_nce(z, n_views, t, reduction="none"), atol=1e-6)
+    else:
+        assert not torch.allclose(got, info_nce(z, n_views, t, reduction="none"), atol=1e-3)
+    with pytest.raises(ValueError, match="positive"):
+        info_nce(z, n_views, t, positive="last")
+
+
+@pytest.mark.parametrize("positive", ["all", "first"])
+def test_info_nce_groups_equal_separate_calls(positive):
+    torch.manual_seed(5)
+    n_views, b, groups = 3, 4, 3
+    blocks = [torch.randn(n_views, b, 6) for _ in range(groups)]
+    z = torch.cat(blocks, dim=1).reshape(n_views * b * groups, 6)  # view-major over the repeated batch
+    together = info_nce(z, n_views, 0.3, reduction="none", positive=positive, groups=groups)
+    apart = torch.cat([info_nce(blk.reshape(-1, 6), n_views, 0.3, reduction="none", positive=positive) for blk in blocks])
+    assert torch.allclose(together, apart, atol=1e-6)
+    with pytest.raises(ValueError, match="groups"):
+        info_nce(z, n_views, groups=5)
+
+
 def test_info_nce_two_views_is_simclr_nt_xent():
     torch.manual_seed(1)
     b, t = 6, 0.2
