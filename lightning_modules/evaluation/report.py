@@ -6,7 +6,8 @@ writes into a folder:
 - ``robustness.json`` — the whole summary (rows, worst cases, sweeps, sanity checks, settings);
 - ``robustness.md`` — :func:`markdown_report`: the headline (marked UNRELIABLE when a sanity check
   failed), the main table (clean and every attack without and with the reversal: correct on every
-  draw, mean over draws, draw disagreement, worst batch composition, time), the sweeps, the checks;
+  draw, mean over draws, draw disagreement, worst batch composition, paired gain, n, time; accuracies
+  carry their Wilson 95% interval), the sweeps, the checks;
 - ``robust_acc_vs_eps.png`` — robust accuracy vs eps, without and with the reversal;
 - ``acc_vs_reversal_steps.png`` — accuracy vs reversal steps (clean and attacked).
 
@@ -15,7 +16,7 @@ Example:
     >>> summary = {"draws": 5, "clean": {"without": 0.9, "with": 0.88, "with_mean": 0.9, "with_disagreement": 0.04,
     ...            "with_worst": 0.86, "n": 10, "time_s": 1.0}, "rows": [], "worst_case": []}
     >>> print(markdown_table(summary).splitlines()[2])
-    | clean | - | - | 90.00% | 88.00% | 90.00% | 4.00% | 86.00% | 10 | 1 s |
+    | clean | - | - | 90.00% | 88.00% | 90.00% | 4.00% | 86.00% |  | 10 | 1 s |
 """
 
 from __future__ import annotations
@@ -34,11 +35,25 @@ def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
+def _ci(ci: Optional[Sequence[float]]) -> str:
+    return "n/a" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}%"
+
+
+def _br(ci: Optional[Sequence[float]]) -> str:
+    return f" [{_ci(ci)}]" if ci else ""
+
+
+def _gain(g: Optional[dict]) -> str:
+    if not g:
+        return ""
+    return f"{100 * g['gain']:+.1f} ({100 * g['lo']:.1f} to {100 * g['hi']:.1f}), p={g['p_mcnemar']:.2g}"
+
+
 def _cells(r: dict) -> str:
     return (
-        f"{_pct(r.get('without'))} | {_pct(r.get('with'))} | {_pct(r.get('with_mean'))} | "
-        f"{_pct(r.get('with_disagreement'))} | {_pct(r.get('with_worst'))} | {r.get('n', 0)} | "
-        f"{r.get('time_s', 0):.0f} s"
+        f"{_pct(r.get('without'))}{_br(r.get('ci_without'))} | {_pct(r.get('with'))}{_br(r.get('ci_with'))} | "
+        f"{_pct(r.get('with_mean'))} | {_pct(r.get('with_disagreement'))} | {_pct(r.get('with_worst'))} | "
+        f"{_gain(r.get('gain'))} | {r.get('n', 0)} | {r.get('time_s', 0):.0f} s"
     )
 
 
@@ -71,10 +86,11 @@ def markdown_table(summary: dict) -> str:
         "With, mean over draws",
         "Draw disagreement",
         "With, worst batch composition",
+        "Gain, points (95% CI), McNemar p",
         "n",
         "time",
     ]
-    lines = md_table(header, [], "lllrrrrrrr")
+    lines = md_table(header, [], "lllrrrrrrrr")
     lines.append(f"| clean | - | - | {_cells(summary['clean'])} |")
     worst = {(w["threat"], w["eps"]): w for w in summary.get("worst_case", [])}
     threats = list(dict.fromkeys((r["threat"], r["eps"]) for r in summary.get("rows", [])))
@@ -87,8 +103,8 @@ def markdown_table(summary: dict) -> str:
         if w is not None:
             lines.append(
                 f"| {w['threat']} {w['eps_label']} | **worst case per example (every attack, draw and "
-                f"composition)**{unreliable} | all | **{_pct(w['without'])}** | **{_pct(w['with'])}** | | | | "
-                f"{w['n']} | |"
+                f"composition)**{unreliable} | all | **{_pct(w['without'])}** [{_ci(w.get('ci_without'))}] | "
+                f"**{_pct(w['with'])}** [{_ci(w.get('ci_with'))}] | | | | {_gain(w.get('gain'))} | {w['n']} | |"
             )
     return "\n".join(lines)
 
@@ -139,9 +155,11 @@ def markdown_report(summary: dict, title: str = "Robustness evaluation") -> str:
         md += [f"**Headline** (worst case per example over every attack, draw and batch composition){tag}:", ""]
         md += [
             f"- {w['threat']} {w['eps_label']}: robust accuracy {_pct(w['without'])} without the reversal, "
-            f"**{_pct(w['with'])} with the reversal** (n={w['n']})"
+            f"**{_pct(w['with'])} with the reversal** (n={w['n']}; 95% CI {_ci(w.get('ci_without'))} without, "
+            f"{_ci(w.get('ci_with'))} with)"
             for w in heads
         ]
+        md += [f"- {w['threat']} {w['eps_label']}: {w['gain']['verdict']}" for w in heads if w.get("gain")]
         md.append("")
     md += [
         markdown_table(summary),
@@ -200,7 +218,7 @@ def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path)
 
 
 def plot_eps(summary: dict, path: Path) -> Optional[Path]:
-    """Robust accuracy vs eps, one line per (attack, without/with reversal)."""
+    """Robust accuracy vs eps, one line per (attack, without/with reversal), Wilson 95% error bars."""
     rows = summary.get("sweeps", {}).get("eps", [])
     if not rows:
         return None
@@ -216,7 +234,14 @@ def plot_eps(summary: dict, path: Path) -> Optional[Path]:
             ys = [100 * r[col] if r[col] is not None else None for r in pts]
             if any(v is not None for v in ys):
                 lab = f"{attack} ({kind}), {col} reversal"
-                ax.plot(xs, [v if v is not None else float("nan") for v in ys], style, marker="o", label=lab)
+                nan = float("nan")
+                cis = [r.get(f"ci_{col}") or (nan, nan) for r in pts]
+                err = [
+                    [max(0.0, v - 100 * c[0]) if v is not None else nan for v, c in zip(ys, cis)],
+                    [max(0.0, 100 * c[1] - v) if v is not None else nan for v, c in zip(ys, cis)],
+                ]
+                yv = [v if v is not None else nan for v in ys]
+                ax.errorbar(xs, yv, yerr=err, fmt=style, marker="o", capsize=3, label=lab)
     xlabel = f"eps ({norm}" + (", x/255)" if linf else ")")
     return _finish(fig, ax, xlabel, "accuracy (%)", "Robust accuracy vs eps", path)
 
@@ -274,10 +299,23 @@ def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
         put(f"{t}/{name}_acc", r["without"])
         put(f"{t}/{name}_acc_reversed", r["with"])
         put(f"{t}/{name}_acc_reversed_mean", r.get("with_mean"))
+        put(f"{t}/{name}_n", r.get("n"))
+        for side, suffix in (("without", "acc"), ("with", "acc_reversed")):
+            ci = r.get(f"ci_{side}") or (None, None)
+            put(f"{t}/{name}_{suffix}_lo", ci[0])
+            put(f"{t}/{name}_{suffix}_hi", ci[1])
     for w in summary.get("worst_case", []):
         t = f"{w['threat']}_{w['eps_label'].replace('/', '_')}"
         put(f"{t}/robust_acc", w["without"])
         put(f"{t}/robust_acc_reversed", w["with"])
+        put(f"{t}/robust_n", w.get("n"))
+        for side, name in (("without", "robust_acc"), ("with", "robust_acc_reversed")):
+            ci = w.get(f"ci_{side}") or (None, None)
+            put(f"{t}/{name}_lo", ci[0])
+            put(f"{t}/{name}_hi", ci[1])
+        g = w.get("gain") or {}
+        for k in ("gain", "lo", "hi", "p_mcnemar"):
+            put(f"{t}/reversal_gain" + ("" if k == "gain" else f"_{k}"), g.get(k))
     put("clean_draw_disagreement", summary["clean"].get("with_disagreement"))
     put("sanity_failed", float(len(failed_checks(summary))))
     put("headline_reliable", float(summary.get("reliable", True)))

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from .config import EvalConfig, eps_label
 from .registry import ATTACKS
+from .stats import PairedCounts, gain_verdict, mcnemar_exact, newcombe_paired, wilson
 from .store import ResultStore, jsonable
 
 TOP_GROUPS = ("main", "steps-sweep", "eot-sweep")  # rows at a threat model's budget: all count in its worst case
@@ -52,6 +53,15 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
             out["with_mean"], out["with_disagreement"] = stats["mean"], stats["disagreement"]
     withs = [k for k in keys if _is_with(k.rsplit("|", 1)[1])]
     out["with_worst"] = st.accuracy(withs, common)[0] if withs else None
+    for col in ("without", "with"):
+        if out.get(col) is not None and common:
+            out[f"ci_{col}"] = list(wilson(round(out[col] * len(common)), len(common)))
+    a, b = f"{row.key}|with", f"{row.key}|without"
+    if a in st.rows and b in st.rows and common:
+        ids = sorted(common)
+        pc = PairedCounts.from_flags([st.robust(a, i) for i in ids], [st.robust(b, i) for i in ids])
+        gain, lo, hi = newcombe_paired(pc)
+        out["gain"] = {"gain": gain, "lo": lo, "hi": hi, "n": pc.n, "p_mcnemar": mcnemar_exact(pc.only_a, pc.only_b)}
     return out
 
 
@@ -68,6 +78,7 @@ def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[d
     clean = next(r for r in rows if r.group == "clean")
     full = [clean] + [r for r in mine if r.group == "main" and not ATTACKS[r.attack].partial]
     entry: dict[str, Any] = {"threat": norm, "eps": eps, "eps_label": eps_label(eps, norm)}
+    flags: dict[str, dict] = {}
     for side in ("without", "with"):
         base = [f"{r.key}|{side}" for r in full if f"{r.key}|{side}" in st.rows]
         if not base or (side == "with" and "clean|with" not in st.rows):
@@ -80,11 +91,19 @@ def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[d
             for c in r.columns
             if (c == side or c.startswith(side + "@")) and f"{r.key}|{c}" in st.rows
         ]
-        ok = sum(all(st.robust(k, i) for k in keys if i in st.rows[k]) for i in ids)
+        flags[side] = {i: all(st.robust(k, i) for k in keys if i in st.rows[k]) for i in ids}
+        ok = sum(flags[side].values())
         entry[side] = ok / len(ids) if ids else None
         entry[f"n_{side}"] = len(ids)
+        entry[f"ci_{side}"] = list(wilson(ok, len(ids))) if ids else None
         entry[f"columns_{side}"] = len(keys)
     entry["n"] = entry.get("n_without", 0)
+    if flags.get("with") and flags.get("without"):
+        ids = sorted(set(flags["with"]) & set(flags["without"]))
+        pc = PairedCounts.from_flags([flags["with"][i] for i in ids], [flags["without"][i] for i in ids])
+        gain, lo, hi = newcombe_paired(pc)
+        entry["gain"] = {"gain": gain, "lo": lo, "hi": hi, "n": pc.n, "p_mcnemar": mcnemar_exact(pc.only_a, pc.only_b)}
+        entry["gain"]["verdict"] = gain_verdict(pc)
     entry["attacks"] = sorted({r.attack for r in mine})
     return entry
 

@@ -129,6 +129,31 @@ def test_markdown_table_shows_every_row_with_draw_columns(draws):
     fill(ev, "pgd", "main", ZEROS, [1] * 5 + [0] * 15)
     md = markdown_report(ev.summary())
     assert f"With reversal (all {draws} draws)" in md
-    assert "| clean | - | - | 100.00% | 50.00% | 50.00% | 0.00% | 50.00% | 20 |" in md
+    assert "| clean | - | - | 100.00% [83.9-100.0%] | 50.00% [29.9-70.1%] | 50.00% | 0.00% | 50.00% |" in md
     # without 0%, with 25%: the worst composition column ANDs the "with" columns only
-    assert "| Linf 8/255 | PGD-20 (CE) | non-adaptive | 0.00% | 25.00% | 25.00% | 0.00% | 25.00% | 20 |" in md
+    pgd = "| Linf 8/255 | PGD-20 (CE) | non-adaptive | 0.00% [0.0-16.1%] | 25.00% [11.2-46.9%] | 25.00% | 0.00% |"
+    assert pgd in md
+
+
+def test_headline_carries_intervals_and_the_paired_gain():
+    ev = evaluator(draws=1, attacks=["pgd"], eps_sweep=[], attack_steps_sweep=[])
+    ev.store.add("clean|without", range(N), ONES)
+    ev.store.add("clean|with", range(N), ONES)
+    fill(ev, "pgd", "main", [1] * 4 + [0] * 16, [1] * 14 + [0] * 6)  # 10 examples gained, none lost
+    s = ev.summary()
+    w = s["worst_case"][0]
+    assert (w["without"], w["with"], w["n"]) == (0.2, 0.7, N)
+    assert w["ci_without"][0] < 0.2 < w["ci_without"][1] and w["ci_with"][0] < 0.7 < w["ci_with"][1]
+    g = w["gain"]
+    assert (
+        g["n"] == N and g["gain"] == pytest.approx(0.5) and g["lo"] > 0 and g["p_mcnemar"] == pytest.approx(2 / 2**10)
+    )
+    md = markdown_report(s)
+    assert "gain +50.0 points" in md and ": significant at this n" in md
+    assert json.loads(json.dumps(s["worst_case"]))[0]["gain"]["verdict"] == g["verdict"]
+    m = flat_metrics(s)
+    assert m["eval/Linf_8_255/robust_n"] == N and m["eval/Linf_8_255/reversal_gain"] == pytest.approx(0.5)
+    assert m["eval/Linf_8_255/robust_acc_lo"] < 0.2 < m["eval/Linf_8_255/robust_acc_hi"]
+    assert m["eval/Linf_8_255/reversal_gain_lo"] > 0
+    assert any(k.endswith("_n") and v == N for k, v in m.items() if "robust" not in k)
+    assert any(k.endswith("_acc_reversed_lo") and v < 0.7 for k, v in m.items())
