@@ -209,9 +209,16 @@ class BaseModule(TrainSteps, EvalSteps, ResumeHooks, pl.LightningModule):
     def reverse(self, x: torch.Tensor, cfg: Optional[ReversalConfig] = None) -> torch.Tensor:
         """The reversal of :mod:`lightning_modules.reversal` with this module's classifier and head."""
         cfg = cfg or self.reversal_cfg
-        key = (cfg.n_views, x.shape[-1], tuple(cfg.scale), cfg.views, x.device)  # ReversalFns shares this cache
+        key = (
+            cfg.n_views,
+            x.shape[-1],
+            tuple(cfg.scale),
+            cfg.views,
+            x.device,
+            cfg.view_options(),
+        )  # shared with ReversalFns
         if key not in self._reversal_views:  # built once per setting (kornia: ~3 ms a build on CPU)
-            self._reversal_views[key] = make_views(cfg.n_views, x.shape[-1], cfg.scale, cfg.views).to(x.device)
+            self._reversal_views[key] = cfg.make_views(x.shape[-1]).to(x.device)
         return reverse(self.classifier, self.head, x, cfg, self._reversal_views[key], self.ssl_cfg.temperature)
 
     def setup(self, stage: str) -> None:

@@ -31,12 +31,14 @@ from .cli_checks import say
 
 
 def make_optimizer(params: list, o: Any) -> torch.optim.Optimizer:
-    """SGD with the settings of ``o`` (an :class:`~lightning_modules.settings.OptimConfig`); no weight decay
+    """SGD (or Adam) with the settings of ``o`` (an :class:`~lightning_modules.settings.OptimConfig`); no weight decay
     on biases and normalization parameters (``ndim <= 1``)."""
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
+    if getattr(o, "optimizer", "sgd") == "adam":
+        return torch.optim.Adam(groups, lr=o.lr)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
 
 

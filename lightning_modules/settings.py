@@ -134,8 +134,9 @@ class SSLConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD, its schedule (``onecycle``, ``cosine``, ``multistep`` at 50%/75%, ``constant``) and the loss's
-    label smoothing. ``warmup`` is a fraction of the steps."""
+    """SGD (or ``optimizer: adam``: Adam, betas (0.9, 0.999), ``momentum`` and ``nesterov`` unused), its
+    schedule (``onecycle``, ``cosine``, ``multistep`` at 50%/75%, ``constant``) and the loss's label
+    smoothing. ``warmup`` is a fraction of the steps."""
 
     lr: float = 0.1
     momentum: float = 0.9
@@ -144,8 +145,11 @@ class OptimConfig:
     schedule: str = "onecycle"
     warmup: float = 0.2
     label_smoothing: float = 0.0
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optim.optimizer '{self.optimizer}'; choose sgd or adam")
         _check(
             "optim",
             self,

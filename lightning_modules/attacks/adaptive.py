@@ -44,7 +44,6 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..reversal import ReversalConfig, reverse, ssl_loss
-from ..views.fast import make_views
 from .core import LOSSES, check_eps, logits_of, pgd, projected_gradient
 from .defense_attacks import StandIn, chunks
 
@@ -87,7 +86,9 @@ def reverse_differentiable(
     """
     if x.shape[0] < 2:
         raise ValueError("the reversal needs a batch of at least 2 images (InfoNCE needs negatives)")
-    views = views if views is not None else make_views(cfg.n_views, x.shape[-1], cfg.scale, cfg.views).to(x.device)
+    if cfg.norm != "Linf":
+        raise NotImplementedError("the unrolled reversal has the L-inf (signed) step only")
+    views = views if views is not None else cfg.make_views(x.shape[-1]).to(x.device)
     t = cfg.temperature if cfg.temperature is not None else temperature
     steps = cfg.steps if steps is None else steps
     x = x.float()
@@ -103,7 +104,7 @@ def reverse_differentiable(
             if not xr.requires_grad:  # nothing upstream needs gradients: still take this step's gradient
                 xr = xr.detach().requires_grad_(True)
             with torch.autocast(xr.device.type, dtype=torch.bfloat16, enabled=cfg.amp):  # as the reversal runs
-                loss = ssl_loss(classifier, head, xr, views, cfg.n_views, t).float().sum()
+                loss = ssl_loss(classifier, head, xr, views, cfg.n_views, t, positive=cfg.positive).float().sum()
             (g,) = torch.autograd.grad(loss, xr, create_graph=x_.requires_grad)
             d = (delta_ - cfg.alpha * smooth_sign(g, smooth)).clamp(-cfg.eps, cfg.eps)
             return (x_ + d).clamp(0, 1) - x_
@@ -148,9 +149,19 @@ class ReversalFns:
     def from_module(cls, module: nn.Module, **overrides) -> "ReversalFns":
         """From a :class:`~lightning_modules.module.ReversalModule` (``classifier``, ``head``,
         ``reversal_cfg``, ``ssl_cfg.temperature``); ``overrides`` replace fields of its reversal config."""
-        cfg = dataclasses.replace(module.reversal_cfg, **overrides) if overrides else module.reversal_cfg
+        cfg = module.reversal_cfg.override(**overrides)
         fns = cls(module.classifier, module.head, cfg, float(module.ssl_cfg.temperature))
         fns._views_cache = module._reversal_views  # one cache of the reversal's views per module (same keys)
+        return fns
+
+    def for_threat(self, norm: str, eps: float) -> "ReversalFns":
+        """These callables with the reversal set for an attack of ``eps`` in ``norm``
+        (:meth:`~lightning_modules.reversal.ReversalConfig.for_threat`); the views cache is shared."""
+        cfg = self.cfg.for_threat(norm, eps)
+        if cfg is self.cfg:
+            return self
+        fns = type(self)(self.classifier, self.head, cfg, self.temperature, self.views)
+        fns._views_cache = self._views_cache
         return fns
 
     @property
@@ -160,9 +171,9 @@ class ReversalFns:
     def _views(self, x: torch.Tensor) -> Callable:
         if self.views is not None:
             return self.views
-        key = (self.cfg.n_views, x.shape[-1], tuple(self.cfg.scale), self.cfg.views, x.device)
+        key = (self.cfg.n_views, x.shape[-1], tuple(self.cfg.scale), self.cfg.views, x.device, self.cfg.view_options())
         if key not in self._views_cache:
-            self._views_cache[key] = make_views(*key[:4]).to(x.device)
+            self._views_cache[key] = self.cfg.make_views(x.shape[-1]).to(x.device)
         return self._views_cache[key]
 
     def model_fn(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,7 +188,9 @@ class ReversalFns:
         )
 
     def ssl(self, x: torch.Tensor) -> torch.Tensor:
-        return ssl_loss(self.classifier, self.head, x, self._views(x), self.cfg.n_views, self.t)
+        return ssl_loss(
+            self.classifier, self.head, x, self._views(x), self.cfg.n_views, self.t, positive=self.cfg.positive
+        )
 
     def reverse_diff(
         self, x: torch.Tensor, steps: Optional[int] = None, smooth: float = 0.3, use_checkpoint: bool = True

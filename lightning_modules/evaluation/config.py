@@ -112,6 +112,9 @@ class EvalConfig:
             (:mod:`~lightning_modules.evaluation.checks`); ``standard_model``: the classifier is an
             undefended standard model, so PGD-20 at 8/255 must break it (None: the callback decides
             from the model's training mode).
+        reversal_per_threat: each row's reversal gets the budget its threat model asks for
+            (:meth:`~lightning_modules.reversal.ReversalConfig.for_threat`: an L2 reversal on L2 rows;
+            ``budget_factor`` x the row's eps for the ``mao2021`` recipe); False: the reversal as configured.
         seed: seeds every (row, batch).
         progress: print one line per row with the time left.
     """
@@ -122,6 +125,7 @@ class EvalConfig:
     composition: list[str] = field(default_factory=lambda: ["clean_mates", "batch2", "batch16"])
     composition_attacks: Optional[list[str]] = None
     mates_groups: int = 8
+    reversal_per_threat: bool = True
     steps: int = 20
     restarts: int = 1
     step_size: float = 0.25

@@ -58,7 +58,7 @@ class Defense:
     @classmethod
     def from_fns(cls, fns, surrogate_fn: Optional[Fn] = None) -> "Defense":
         """From a :class:`~lightning_modules.attacks.adaptive.ReversalFns`."""
-        return cls(
+        d = cls(
             fns.model_fn,
             fns.reverse,
             fns.ssl,
@@ -66,6 +66,21 @@ class Defense:
             reverse_steps_fn=fns.reverse_steps,
             surrogate_fn=surrogate_fn,
         )
+        d.fns, d._per_threat = fns, {}
+        return d
+
+    def for_threat(self, norm: str, eps: float) -> "Defense":
+        """This defense with its reversal's budget set for an attack of ``eps`` in ``norm``
+        (:meth:`~lightning_modules.reversal.ReversalConfig.for_threat`); itself when that changes
+        nothing or when it was not built :meth:`from_fns`."""
+        fns = getattr(self, "fns", None)
+        if fns is None:
+            return self
+        key = (str(norm), float(eps))
+        if key not in self._per_threat:
+            f = fns.for_threat(norm, eps)
+            self._per_threat[key] = self if f is fns else Defense.from_fns(f, self.surrogate_fn)
+        return self._per_threat[key]
 
     def has(self, need: str) -> bool:
         return getattr(self, need) is not None

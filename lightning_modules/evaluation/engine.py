@@ -118,7 +118,8 @@ class RobustEvaluator:
         return sel
 
     def _run_row(self, row: Row, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
-        c, d, st = self.cfg, self.defense, self.store
+        c, st = self.cfg, self.store
+        d = self.defense.for_threat(row.norm, row.eps) if c.reversal_per_threat else self.defense
         sel = self._select(row, idx)
         if sel is None:
             return

@@ -60,8 +60,8 @@ def resize_matrix(start: torch.Tensor, extent: torch.Tensor, size: int, n_in: in
 class FastSimCLRViews(nn.Module):
     """``n_views`` SimCLR views of a batch, view-major (row ``v * B + i`` is view ``v`` of image ``i``).
 
-    Same arguments and distribution as :class:`~lightning_modules.views.kornia.SimCLRViews`, plus
-    ``ratio`` (crop aspect-ratio range) and ``p_flip``.
+    Same arguments and distribution as :class:`~lightning_modules.views.kornia.SimCLRViews` (``shared``:
+    one parameter draw per view for the whole batch), plus ``ratio`` (crop aspect-ratio range) and ``p_flip``.
     """
 
     def __init__(
@@ -74,6 +74,7 @@ class FastSimCLRViews(nn.Module):
         p_gray: float = 0.2,
         ratio: Sequence[float] = (3 / 4, 4 / 3),
         p_flip: float = 0.5,
+        shared: bool = False,
     ) -> None:
         super().__init__()
         if n_views < 1:
@@ -85,6 +86,7 @@ class FastSimCLRViews(nn.Module):
         b, c, s, h = (float(j) for j in jitter)
         self.ranges = ((max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h))
         self.p_jitter, self.p_gray, self.p_flip = p_jitter, p_gray, p_flip
+        self.shared = shared
 
     # -- parameters ---------------------------------------------------------------------------
     def sample(self, batch: int, height: int, width: int, device: torch.device | str = "cpu") -> dict:
@@ -152,21 +154,27 @@ class FastSimCLRViews(nn.Module):
     def forward(self, x: torch.Tensor, n_views: int | None = None) -> torch.Tensor:
         n = n_views or self.n_views
         xr = x.repeat(n, 1, 1, 1)
-        return self.apply(xr, self.sample(xr.shape[0], xr.shape[-2], xr.shape[-1], xr.device)).clamp(0, 1)
+        if not self.shared:
+            return self.apply(xr, self.sample(xr.shape[0], xr.shape[-2], xr.shape[-1], xr.device)).clamp(0, 1)
+        p = self.sample(n, xr.shape[-2], xr.shape[-1], xr.device)  # one draw per view, view-major rows
+        rows = torch.arange(n, device=xr.device).repeat_interleave(x.shape[0])
+        p = {k: (v if k == "order" else v[rows]) for k, v in p.items()}
+        return self.apply(xr, p).clamp(0, 1)
 
 
 VIEW_BACKENDS = ("kornia", "fast")
 
 
 def make_views(
-    n_views: int = 2, size: int = 32, scale: Sequence[float] = (0.08, 1.0), backend: str = "kornia"
+    n_views: int = 2, size: int = 32, scale: Sequence[float] = (0.08, 1.0), backend: str = "kornia", **options
 ) -> nn.Module:
     """SimCLR views by backend name: ``kornia`` (:class:`~lightning_modules.views.kornia.SimCLRViews`)
-    or ``fast`` (:class:`FastSimCLRViews`, same distribution, batched)."""
+    or ``fast`` (:class:`FastSimCLRViews`, same distribution, batched); ``options``: ``jitter``,
+    ``p_jitter``, ``p_gray``, ``shared`` (both backends)."""
     if backend == "kornia":
         from .kornia import SimCLRViews
 
-        return SimCLRViews(n_views, size, scale)
+        return SimCLRViews(n_views, size, scale, **options)
     if backend == "fast":
-        return FastSimCLRViews(n_views, size, scale)
+        return FastSimCLRViews(n_views, size, scale, **options)
     raise ValueError(f"unknown views backend '{backend}'; choose one of {list(VIEW_BACKENDS)}")

@@ -37,6 +37,8 @@ class SimCLRViews(nn.Module):
         scale: random-resized-crop area range.
         jitter: brightness, contrast, saturation, hue strengths of the colour jitter.
         p_jitter, p_gray: probabilities of colour jitter and grayscale (SimCLR: 0.8, 0.2).
+        shared: one parameter draw per view shared by the whole batch (torchvision transforms called
+            on a batch tensor, as Mao et al.'s reference code does) instead of one draw per image.
     """
 
     def __init__(
@@ -47,19 +49,22 @@ class SimCLRViews(nn.Module):
         jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
         p_jitter: float = 0.8,
         p_gray: float = 0.2,
+        shared: bool = False,
     ) -> None:
         super().__init__()
         if n_views < 1:
             raise ValueError(f"n_views must be >= 1, got {n_views}")
-        self.n_views = n_views
+        self.n_views, self.shared = n_views, shared
         self.aug = K.AugmentationSequential(
             K.RandomResizedCrop((size, size), scale=tuple(scale)),
             K.RandomHorizontalFlip(),
             K.ColorJitter(*jitter, p=p_jitter),
             K.RandomGrayscale(p=p_gray),
-            same_on_batch=False,
+            same_on_batch=shared,
         )
 
     def forward(self, x: torch.Tensor, n_views: int | None = None) -> torch.Tensor:
         n = n_views or self.n_views
+        if self.shared:  # one call (one draw) per view
+            return torch.cat([self.aug(x) for _ in range(n)]).clamp(0, 1)
         return self.aug(x.repeat(n, 1, 1, 1)).clamp(0, 1)
