@@ -7,10 +7,13 @@ folder entry is flushed too. ``save_last="link"`` swaps the ``last.ckpt`` symlin
 Temporary files of dead runs are removed when the next run starts, and are never picked up as
 checkpoints (their names do not end in ``.ckpt``).
 
-Resume with ``lightning fit ... --ckpt_path last``: Lightning picks the newest ``last*.ckpt`` in
+Resume with ``lightning fit ... --ckpt_path last``: the CLI picks ``last.ckpt`` in
 this callback's folder (the CLI gives every experiment a fixed one; see
 :mod:`lightning_modules.cli`), and the data loaders continue mid-epoch where the checkpoint was
 taken (:class:`~datamodules.device_loader.DeviceLoader` is stateful).
+
+One folder, one fit: a fit claims its folder with ``fit.lock`` (PID, host, command) and a second fit into
+a folder in use is refused naming the first; the lock of a killed run (its PID dead) is taken over.
 
 Under DDP every rank calls the save (Lightning gathers the state on all ranks), only global rank
 0 writes, and all ranks agree on the temporary name (rank 0's, broadcast), so strategies that
@@ -23,9 +26,13 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import shutil
+import socket
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -87,6 +94,81 @@ def check_writable(folder: str | os.PathLike) -> None:
         ) from None
 
 
+LOCK_NAME = "fit.lock"
+
+
+class FolderInUseError(RuntimeError):
+    """Another live fit writes checkpoints into the same folder."""
+
+
+def acquire_folder_lock(folder: str | os.PathLike) -> Path:
+    """Claim ``folder`` for this process: ``fit.lock`` holds its PID, host and command. A lock whose process
+    is gone (same host, PID dead: a killed run) is taken over; a live one is refused, naming it.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> lock = acquire_folder_lock(d)
+        >>> acquire_folder_lock(d) == lock  # this process again: allowed
+        True
+        >>> release_folder_lock(d); os.path.exists(lock)
+        False
+    """
+    lock = Path(folder) / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                other = {}
+            pid, host = int(other.get("pid", -1)), other.get("host")
+            if pid == me["pid"] and host == me["host"]:
+                return lock
+            if host == me["host"] and pid > 0 and not _pid_alive(pid) or not other:
+                lock.unlink(missing_ok=True)  # stale: its run was killed
+                continue
+            raise FolderInUseError(
+                f"checkpoint folder {folder} is in use by another fit (PID {pid} on {host}: "
+                f"{other.get('command', '?')}); wait for it, or give this run its own folder with "
+                f"--trainer.default_root_dir DIR (remove {lock} if that process is gone)"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return lock
+    raise FolderInUseError(f"checkpoint folder {folder}: cannot take its lock {lock}")
+
+
+def release_folder_lock(folder: str | os.PathLike) -> None:
+    """Remove ``fit.lock`` in ``folder`` when it is this process's."""
+    lock = Path(folder) / LOCK_NAME
+    try:
+        mine = json.loads(lock.read_text()).get("pid") == os.getpid()
+    except (OSError, ValueError):
+        return
+    if mine:
+        lock.unlink(missing_ok=True)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def checkpoint_bytes(trainer: pl.Trainer, weights_only: bool = False) -> int:
+    """About what a checkpoint of ``trainer`` takes on the disk: its weights (+ the optimizers' states)."""
+    n = sum(t.numel() * t.element_size() for t in trainer.lightning_module.state_dict().values())
+    if not weights_only:
+        for opt in trainer.optimizers:
+            for state in opt.state_dict()["state"].values():
+                n += sum(v.numel() * v.element_size() for v in state.values() if hasattr(v, "numel"))
+    return n
+
+
 class AtomicCheckpoint(ModelCheckpoint):
     """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose every write is temp file + ``os.replace``.
 
@@ -106,7 +188,18 @@ class AtomicCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero and stage == "fit" and self.dirpath is not None:
             check_writable(self.dirpath)
+            acquire_folder_lock(self.dirpath)
             remove_stale_temporaries(self.dirpath)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if trainer.is_global_zero and stage == "fit" and self.dirpath is not None:
+            release_folder_lock(self.dirpath)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if trainer.is_global_zero and self.dirpath is not None:
+            release_folder_lock(self.dirpath)  # a fit that failed frees its folder (a killed one: stale lock)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """With ``save_last``, ``last.ckpt`` holds the final state even when the last save trigger
@@ -126,7 +219,19 @@ class AtomicCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = trainer.strategy.broadcast(f"{filepath}.tmp-{os.getpid()}")
-        trainer.save_checkpoint(tmp, self.save_weights_only)  # collective; writes on rank 0 (+ barrier)
+        if self._link_same_step(trainer, filepath, tmp):
+            pass  # last.ckpt of the step just saved: a hard link, no second copy on the disk
+        else:
+            try:
+                trainer.save_checkpoint(tmp, self.save_weights_only)  # collective; writes on rank 0 (+ barrier)
+            except OSError as e:
+                if trainer.is_global_zero:
+                    _remove(tmp)
+                if e.errno == errno.ENOSPC:
+                    from lightning_modules.atomic import disk_full_error
+
+                    raise disk_full_error(Path(filepath), checkpoint_bytes(trainer, self.save_weights_only)) from None
+                raise
         if trainer.is_global_zero:
             if not os.path.lexists(tmp):
                 raise OSError(
@@ -151,6 +256,29 @@ class AtomicCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)
+
+    def _link_same_step(self, trainer: pl.Trainer, filepath: str, tmp: str) -> bool:
+        """``last.ckpt`` right after this step's epoch checkpoint: hard-link that file to ``tmp`` (the same
+        bytes, no second copy, so a disk with room for one checkpoint still gets ``last.ckpt``). False when
+        there is no such file or the file system has no hard links."""
+        prev = self._last_checkpoint_saved
+        if (
+            not trainer.is_global_zero
+            or trainer.world_size > 1
+            or Path(filepath).name != f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            or self._last_global_step_saved != trainer.global_step
+            or not prev
+            or os.path.abspath(prev) == os.path.abspath(filepath)
+            or not os.path.isfile(prev)
+        ):
+            return False
+        try:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            os.link(prev, tmp)
+        except OSError:
+            return False
+        return True
 
     @staticmethod
     def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:

@@ -30,7 +30,7 @@ Example:
     >>> path = Path(tempfile.mkdtemp()) / "adv.pt"
     >>> meta = make_adversarial_set(net, x, y, path, attack="pgd", eps=8 / 255, steps=5,
     ...                             source_model="linear-demo", seed=0)
-    >>> dm = AdversarialSetDataModule(str(path), expect={"attack": "pgd", "eps": 8 / 255})
+    >>> dm = AdversarialSetDataModule(str(path), expect={"attack": "pgd", "eps": 8 / 255}, image_shape=(3, 8, 8))
     >>> dm.setup("test"); xb, yb, ib = next(iter(dm.test_dataloader()))
     >>> xb.dtype, len(yb)
     (torch.float32, 16)
@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 import torch
 
-from .base import ArrayDataModule
+from .base import ArrayDataModule, _say_clamp
 from .files import DataFileError
 
 FORMAT = 1
@@ -110,6 +110,12 @@ def load_adversarial_set(path: str | Path, expect: Optional[dict] = None) -> dic
         )
     if not torch.isfinite(x).all() or (len(x) and (x.min() < 0 or x.max() > 1)):
         raise DataFileError(f"{path}: x_adv holds values outside [0, 1] or NaN/inf")
+    shape = meta.get("image_shape")
+    if shape is not None and list(x.shape[1:]) != list(shape):
+        raise DataFileError(
+            f"{path}: x_adv holds images of shape {list(x.shape[1:])} but the file records image_shape "
+            f"{list(shape)} (C, H, W): write the set again with the adversarial_sets tool"
+        )
     if "x_clean" in obj and (not isinstance(obj["x_clean"], torch.Tensor) or obj["x_clean"].shape != x.shape):
         raise DataFileError(f"{path}: x_clean does not match x_adv's shape {tuple(x.shape)}")
     check_metadata(meta, expect, path)
@@ -126,8 +132,9 @@ class AdversarialSetDataModule(ArrayDataModule):
         expect: metadata the file must hold, e.g. ``{attack: pgd, eps: 0.0313725, source_model: X}``;
             any difference is refused with an error listing the keys.
         images: ``adversarial`` (default) or ``clean`` (the stored clean images, for a baseline).
-        n_examples: the first N examples only.
+        n_examples: the first N examples only (None or more than the set holds: all, said in one line).
         batch_size / eval_batch_size: batch sizes.
+        image_shape: the (C, H, W) the model takes; a set of other images is refused naming the file.
     """
 
     num_classes = 10
@@ -142,8 +149,10 @@ class AdversarialSetDataModule(ArrayDataModule):
         batch_size: int = 500,
         eval_batch_size: Optional[int] = None,
         seed: int = 0,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
     ) -> None:
         super().__init__(str(Path(path).parent), batch_size, eval_batch_size, 0, n_examples, False, seed)
+        self.image_shape = tuple(int(v) for v in image_shape)
         if images not in ("adversarial", "clean"):
             raise ValueError(f"images must be 'adversarial' or 'clean', got '{images}'")
         self.path, self.expect, self.images = path, dict(expect or {}), images
@@ -151,6 +160,22 @@ class AdversarialSetDataModule(ArrayDataModule):
 
     def load_split(self, split: str):
         raise ValueError("AdversarialSetDataModule only has a test split")
+
+    def check_fits_the_model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Refuse, naming the file, images not ``image_shape`` (NHWC, one channel, 16x16) or labels outside
+        ``[0, num_classes)``."""
+        if tuple(x.shape[1:]) != self.image_shape:
+            c, h, w = self.image_shape
+            hint = " (channels last? store (N, C, H, W))" if x.ndim == 4 and x.shape[-1] == c else ""
+            raise DataFileError(
+                f"{self.path}: images of shape {tuple(x.shape[1:])}, expected (C, H, W) = {self.image_shape} "
+                f"({c} channels of {h}x{w}){hint}: write the set from {c}-channel {h}x{w} test images"
+            )
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise DataFileError(
+                f"{self.path}: labels from {int(y.min())} to {int(y.max())}, expected 0..{self.num_classes - 1} "
+                f"({self.num_classes} classes): the set was written for another data set"
+            )
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage == "fit":
@@ -163,8 +188,8 @@ class AdversarialSetDataModule(ArrayDataModule):
             raise DataFileError(f"{self.path}: no clean images stored (written with save_clean=False)")
         x = obj["x_adv"] if self.images == "adversarial" else obj["x_clean"]
         y = obj["y"]
+        self.check_fits_the_model(x, y)
         if self.n_examples is not None:
-            if self.n_examples > len(x):
-                raise DataFileError(f"n_examples={self.n_examples} but {self.path} holds {len(x)} examples")
+            _say_clamp("n_examples", self.n_examples, len(x), f"{self.path} (an adversarial set)")
             x, y = x[: self.n_examples], y[: self.n_examples]
         self.splits["test"] = (x.contiguous(), y)

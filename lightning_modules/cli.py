@@ -39,6 +39,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .cli_checks import given_model_flags, read_checkpoint, reconcile, report_error, resolve_ckpt_path, untrained_error
+from .parse_errors import one_line
 from .settings import upgrade_hparams
 
 BASE_CONFIG = Path(__file__).resolve().with_name("base.yaml")  # package data: found in any install
@@ -147,7 +148,9 @@ class ReversalCLI(LightningCLI):
 
             def error(message: str, *a, _orig=p.error, **k):
                 hint = legacy_hint(str(message))
-                return _orig(f"{message}\n{hint}" if hint else message, *a, **k)
+                if hint:
+                    return _orig(f"{message}\n{hint}", *a, **k)
+                return _orig(one_line(str(message), self._argv) or message, *a, **k)
 
             p.error = error
         super().parse_arguments(parser, args)

@@ -9,9 +9,9 @@ training attack); architecture settings that contradict the checkpoint fail nami
 and defaults do not count as given: the checkpoint's values replace them (so the experiment file that
 trained a model, with its command-line overrides, evaluates it).
 
-``--ckpt_path last`` resumes the newest ``last*.ckpt`` of the experiment's checkpoint folder and fails
-when there is none; ``--ckpt_path auto`` resumes it when there is one and starts a new run otherwise
-(for job scripts that are resubmitted).
+``--ckpt_path last`` resumes ``last.ckpt`` of the experiment's checkpoint folder (never another run's
+``last-v1.ckpt``) and fails when there is none; ``--ckpt_path auto`` resumes it when there is one and
+starts a new run otherwise (for job scripts that are resubmitted).
 """
 
 from __future__ import annotations
@@ -67,20 +67,27 @@ class CheckpointFileError(RuntimeError):
 
 # -- --ckpt_path ----------------------------------------------------------------------------------
 def resolve_ckpt_path(value: Optional[str], folders: Sequence[Path]) -> Optional[str]:
-    """``last`` -> the newest ``last*.ckpt`` in ``folders`` (an error when none), ``auto`` -> the same or
+    """``last`` -> the newest ``last.ckpt`` in ``folders`` (an error when none), ``auto`` -> the same or
     ``None`` (a new run, said in one line), a path -> itself (an error when it does not exist)."""
     if value is None or value in ("best", "hpc", "registry") or str(value).startswith("registry:"):
         return value
     if value in ("last", "auto"):
-        found = [p for d in folders if Path(d).is_dir() for p in Path(d).glob("last*.ckpt") if p.is_file()]
+        # last.ckpt only: last-v1.ckpt and the like are another run's, written beside it
+        found = [Path(d) / "last.ckpt" for d in folders if (Path(d) / "last.ckpt").is_file()]
         if found:
             return str(max(found, key=lambda p: p.stat().st_mtime))
         where = ", ".join(str(d) for d in folders) or "(no checkpoint callback configured)"
+        others = sorted(str(p) for d in folders if Path(d).is_dir() for p in Path(d).glob("last-*.ckpt"))
+        if others and value == "last":
+            raise CLIError(
+                f"--ckpt_path last: no last.ckpt in {where}, only {', '.join(others)} (another run's, written "
+                "into the same folder): give the file you mean with --ckpt_path FILE"
+            )
         if value == "auto":
             say(f"--ckpt_path auto: no last.ckpt in {where}; starting a new run")
             return None
         raise CLIError(
-            f"--ckpt_path last: no last*.ckpt in {where} (no earlier run of this experiment saved one "
+            f"--ckpt_path last: no last.ckpt in {where} (no earlier run of this experiment saved one "
             "there). Drop --ckpt_path to start a new run, give the checkpoint file, or use "
             "--ckpt_path auto to resume when one exists and start a new run otherwise"
         )

@@ -13,6 +13,8 @@ from datamodules import AdversarialSetDataModule, DataFileError
 from datamodules.adversarial import AdversarialSetMismatch, load_adversarial_set
 from lightning_modules.evaluation.adversarial_sets import make_adversarial_set
 
+S8 = (3, 8, 8)  # the images of linear_model_set
+
 
 def test_data_module_serves_the_stored_set(tmp_path, linear_model_set):
     net, x, y = linear_model_set
@@ -23,6 +25,7 @@ def test_data_module_serves_the_stored_set(tmp_path, linear_model_set):
         str(path),
         expect={"attack": "pgd", "eps": 0.03137254901960784, "steps": 5, "source_model": "linear", "seed": 3},
         eval_batch_size=6,
+        image_shape=S8,
     )
     dm.setup("test")
     batches = list(dm.test_dataloader())
@@ -31,7 +34,7 @@ def test_data_module_serves_the_stored_set(tmp_path, linear_model_set):
         torch.cat([b[2] for b in batches]), torch.arange(20)
     )
     assert dm.meta["source_model"] == "linear"
-    clean = AdversarialSetDataModule(str(path), images="clean", n_examples=5)
+    clean = AdversarialSetDataModule(str(path), images="clean", n_examples=5, image_shape=S8)
     clean.setup("test")
     assert torch.equal(next(iter(clean.test_dataloader()))[0], x[:5])
 
@@ -42,12 +45,14 @@ def test_metadata_mismatch_is_refused_listing_every_key(tmp_path, linear_model_s
     make_adversarial_set(net, x, y, path, attack="fgsm", eps=4 / 255, source_model="linear", seed=0)
     with pytest.raises(AdversarialSetMismatch) as e:
         AdversarialSetDataModule(
-            str(path), expect={"attack": "pgd", "eps": 8 / 255, "source_model": "linear", "threat": "L2"}
+            str(path),
+            expect={"attack": "pgd", "eps": 8 / 255, "source_model": "linear", "threat": "L2"},
+            image_shape=S8,
         ).setup("test")
     msg = str(e.value)
     assert "attack: expected 'pgd', file has 'fgsm'" in msg and "eps: expected" in msg
     assert "threat: expected 'L2', file has no such key" in msg and "source_model" not in msg
-    AdversarialSetDataModule(str(path), expect={"attack": "fgsm", "eps": 4 / 255}).setup("test")
+    AdversarialSetDataModule(str(path), expect={"attack": "fgsm", "eps": 4 / 255}, image_shape=S8).setup("test")
 
 
 def test_bad_files_and_requests(tmp_path, linear_model_set):
@@ -82,7 +87,40 @@ def test_bad_files_and_requests(tmp_path, linear_model_set):
     make_adversarial_set(net, x, y, good, attack="fgsm_rs", source_model="m", save_clean=False)
     with pytest.raises(ValueError, match="test set"):
         AdversarialSetDataModule(str(good)).setup("fit")
-    with pytest.raises(DataFileError, match="n_examples=50"):
-        AdversarialSetDataModule(str(good), n_examples=50).setup("test")
+    big = AdversarialSetDataModule(str(good), n_examples=50, image_shape=S8)  # more than it holds: all of it
+    big.setup("test")
+    assert len(big.splits["test"][1]) == 20
     with pytest.raises(DataFileError, match="no clean images"):
-        AdversarialSetDataModule(str(good), images="clean").setup("test")
+        AdversarialSetDataModule(str(good), images="clean", image_shape=S8).setup("test")
+
+
+@pytest.mark.parametrize(
+    "shape, labels, match",
+    [
+        (
+            (4, 32, 32, 3),
+            3,
+            r"bad\.pt: images of shape \(32, 32, 3\), expected .*\(channels last\? store \(N, C, H, W\)\)",
+        ),
+        (
+            (4, 1, 32, 32),
+            3,
+            r"bad\.pt: images of shape \(1, 32, 32\), expected \(C, H, W\) = \(3, 32, 32\) \(3 channels",
+        ),
+        ((4, 3, 16, 16), 3, r"bad\.pt: images of shape \(3, 16, 16\), expected .*\(3 channels of 32x32\)"),
+        ((4, 3, 32, 32), 103, r"bad\.pt: labels from 0 to 103, expected 0\.\.9 \(10 classes\)"),
+    ],
+    ids=["nhwc", "one_channel", "16x16", "label_103"],
+)
+def test_sets_that_do_not_fit_the_model_are_refused_naming_the_file(tmp_path, shape, labels, match):
+    bad = tmp_path / "bad.pt"
+    y = torch.tensor([0, 1, 2, labels])
+    meta = {"attack": "pgd", "eps": 0.1, "norm": "Linf", "source_model": "m", "seed": 0, "n": 4}
+    torch.save({"x_adv": torch.rand(*shape), "y": y, "idx": torch.arange(4), "meta": meta}, bad)
+    with pytest.raises(DataFileError, match=match):
+        AdversarialSetDataModule(str(bad)).setup("test")
+    meta["image_shape"] = [3, 32, 32]  # recorded, and the stored images differ: named too
+    if shape != (4, 3, 32, 32):
+        torch.save({"x_adv": torch.rand(*shape), "y": y, "idx": torch.arange(4), "meta": meta}, bad)
+        with pytest.raises(DataFileError, match=r"bad\.pt: x_adv holds images of shape .* records image_shape"):
+            load_adversarial_set(bad)

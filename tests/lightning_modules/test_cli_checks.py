@@ -44,7 +44,8 @@ def test_resolve_ckpt_path(tmp_path):
     old, new = tmp_path / "last.ckpt", tmp_path / "last-v1.ckpt"
     old.write_bytes(b"a"), new.write_bytes(b"b")
     os.utime(old, (time.time() - 100, time.time() - 100))
-    assert resolve_ckpt_path("last", [tmp_path]) == resolve_ckpt_path("auto", [tmp_path]) == str(new)
+    # last-v1.ckpt is another run's, written beside this one's: never resumed, however new
+    assert resolve_ckpt_path("last", [tmp_path]) == resolve_ckpt_path("auto", [tmp_path]) == str(old)
     with pytest.raises(CLIError, match="--ckpt_path nope.ckpt: no such file"):
         resolve_ckpt_path("nope.ckpt", [tmp_path])
 

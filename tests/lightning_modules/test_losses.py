@@ -70,7 +70,9 @@ def test_info_nce_groups_equal_separate_calls(positive):
     blocks = [torch.randn(n_views, b, 6) for _ in range(groups)]
     z = torch.cat(blocks, dim=1).reshape(n_views * b * groups, 6)  # view-major over the repeated batch
     together = info_nce(z, n_views, 0.3, reduction="none", positive=positive, groups=groups)
-    apart = torch.cat([info_nce(blk.reshape(-1, 6), n_views, 0.3, reduction="none", positive=positive) for blk in blocks])
+    apart = torch.cat(
+        [info_nce(blk.reshape(-1, 6), n_views, 0.3, reduction="none", positive=positive) for blk in blocks]
+    )
     assert torch.allclose(together, apart, atol=1e-6)
     with pytest.raises(ValueError, match="groups"):
         info_nce(z, n_views, groups=5)

@@ -1,0 +1,85 @@
+"""A full disk during a checkpoint write: the partial file is removed and the error says how much space the
+write needed and where; ``last.ckpt`` is written whenever an epoch checkpoint is (a hard link, no second copy)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from callbacks import AtomicCheckpoint
+from callbacks.checkpoint import checkpoint_bytes
+from datamodules import CIFAR10DataModule
+from lightning_modules.atomic import atomic_write
+from tests.callbacks.test_checkpoint import tiny_module
+from tests.conftest import write_cifar10
+
+
+def trainer_for(ckpt_dir: Path) -> pl.Trainer:
+    pl.seed_everything(0)
+    return pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[AtomicCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1)],
+    )
+
+
+def full_disk_for(monkeypatch, names: tuple[str, ...]) -> list[str]:
+    """Trainer.save_checkpoint writes half a file, then fails with ENOSPC, for targets starting with ``names``."""
+    real, calls = pl.Trainer.save_checkpoint, []
+
+    def save(self, filepath, weights_only=False, storage_options=None):
+        calls.append(os.path.basename(filepath))
+        if os.path.basename(filepath).startswith(names):
+            Path(filepath).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, filepath, weights_only, storage_options)
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", save)
+    return calls
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_cifar10(tmp_path / "data", n_train=16, n_test=8)
+
+
+def test_a_full_disk_removes_the_partial_file_and_says_what_it_needed(data, tmp_path, monkeypatch):
+    full_disk_for(monkeypatch, ("epoch=", "last"))
+    trainer, module = trainer_for(tmp_path / "ck"), tiny_module()
+    with pytest.raises(
+        OSError, match=r"no space left on the disk to write .*epoch=0-step=2\.ckpt: it needs about "
+    ) as e:
+        trainer.fit(module, CIFAR10DataModule(str(data), batch_size=8, strict_counts=False))
+    assert e.value.errno == errno.ENOSPC
+    assert f"free in {tmp_path / 'ck'}" in str(e.value) and "--trainer.default_root_dir" in str(e.value)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == []  # no .tmp-PID left filling the disk
+    weights = sum(p.numel() * p.element_size() for p in module.state_dict().values())
+    assert checkpoint_bytes(trainer) > weights == checkpoint_bytes(trainer, weights_only=True)  # + momentum
+
+
+def test_last_ckpt_needs_no_second_copy_of_the_epoch_checkpoint(data, tmp_path, monkeypatch):
+    calls = full_disk_for(monkeypatch, ("last",))  # room for one checkpoint only
+    trainer = trainer_for(tmp_path / "ck")
+    trainer.fit(tiny_module(), CIFAR10DataModule(str(data), batch_size=8, strict_counts=False))
+    epoch, last = tmp_path / "ck" / "epoch=0-step=2.ckpt", tmp_path / "ck" / "last.ckpt"
+    assert all(c.startswith("epoch=") for c in calls)  # last.ckpt was never written out a second time
+    assert os.path.samefile(epoch, last) and torch.load(last, weights_only=True)["global_step"] == 2
+
+
+def test_atomic_write_on_a_full_disk_removes_its_temporary_file(tmp_path):
+    def half_then_full(f):
+        f.write(b"x" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"to write .*report\.json: it needs more than 4\.0 KiB, .* free in "):
+        atomic_write(tmp_path / "report.json", half_then_full)
+    assert list(tmp_path.iterdir()) == []
