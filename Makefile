@@ -30,9 +30,12 @@ format:
 
 # CIFAR-10 in the standard python layout under $(DATA_DIR); offline, built from the shared JPEG pack.
 data: $(DATA_DIR)/cifar-10-batches-py/test_batch
+# DOWNLOAD=1 (online): torchvision's downloader fetches the official files instead.
+DOWNLOAD  ?=
 $(DATA_DIR)/cifar-10-batches-py/test_batch:
 	@if [ -f "$(PACK)" ]; then $(PY) $(dir $(PACK))cifar10_from_pack.py --out $(DATA_DIR) --pack $(PACK); \
-	else echo "CIFAR-10 missing at $(DATA_DIR)/cifar-10-batches-py and no pack at $(PACK): pass --data.init_args.download true (online) or copy the folder there"; exit 1; fi
+	elif [ "$(DOWNLOAD)" = 1 ]; then $(PY) -c "from torchvision.datasets import CIFAR10; CIFAR10('$(DATA_DIR)', download=True)"; \
+	else echo "error: CIFAR-10 missing at $(DATA_DIR)/cifar-10-batches-py and no pack at $(PACK): add DOWNLOAD=1 (online; e.g. make train-cifar10 DOWNLOAD=1), give PACK=path/to/cifar10-jpeg.npz, or copy the folder there" >&2; exit 1; fi
 
 # The main job. With a GPU: PreActResNet-18, PGD-10 AT + contrastive head (pgd_at.yaml). Without one: the CPU
 # profile (cpu.yaml: small CNN, fast AT + head, 4 epochs; ~10 min on 2 cores). Either way it then prints clean and

@@ -38,7 +38,15 @@ from typing import Optional
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from .cli_checks import given_model_flags, read_checkpoint, reconcile, report_error, resolve_ckpt_path, untrained_error
+from .cli_checks import (
+    given_model_flags,
+    not_lightning_checkpoint,
+    read_checkpoint,
+    reconcile,
+    report_error,
+    resolve_ckpt_path,
+    untrained_error,
+)
 from .parse_errors import one_line
 from .settings import upgrade_hparams
 
@@ -170,7 +178,9 @@ class ReversalCLI(LightningCLI):
         if not path or not Path(path).is_file():
             return
         try:
-            hparams = dict(read_checkpoint(path).get("hyper_parameters") or {})
+            ckpt = read_checkpoint(path)
+            not_lightning_checkpoint(path, ckpt)
+            hparams = dict(ckpt.get("hyper_parameters") or {})
         except pickle.UnpicklingError as e:
             if cfg.get("weights_only") is False:  # trusted by the user: let the Trainer load it in full
                 warnings.warn(f"{path}: hyperparameters not read ({e.__class__.__name__}); using the configured model")

@@ -115,6 +115,18 @@ def read_checkpoint(path: str) -> dict:
     ) from None
 
 
+def not_lightning_checkpoint(path: str, ckpt: object) -> None:
+    """Refuse, naming ``path``, a file that loads but is not a Lightning checkpoint (a bare state dict)."""
+    if isinstance(ckpt, dict) and "state_dict" in ckpt and "pytorch-lightning_version" in ckpt:
+        return
+    what = f"a bare state dict of {len(ckpt)} entries" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+    raise CheckpointFileError(
+        f"--ckpt_path {path}: {what}, not a Lightning checkpoint (no 'state_dict' / 'pytorch-lightning_version'). "
+        f"Give a checkpoint a `lightning fit` wrote, or use these weights as the backbone: "
+        f"--model.init_args.backbone_checkpoint {path} (without --ckpt_path; add --allow_untrained true outside fit)"
+    )
+
+
 def untrained_error(subcommand: str, folders: Sequence[Path]) -> CLIError:
     found = [str(p) for d in folders if Path(d).is_dir() for p in sorted(Path(d).glob("last*.ckpt"))]
     hint = f" (this experiment's: {found[0]})" if found else ""

@@ -204,3 +204,16 @@ def test_unknown_config_keys_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         run_cli(["fit", *tiny_args(data, tmp_path / "run"), "--data.init_args.batch_sise", "4"])
     assert info.value.code != 0 and "batch_sise" in capsys.readouterr().err
+
+
+def test_bare_state_dict_as_ckpt_path_is_named_with_the_fix(tmp_path, monkeypatch):
+    from lightning_modules.cli_checks import CheckpointFileError
+
+    monkeypatch.chdir(tmp_path)
+    data = write_cifar10(tmp_path / "data", n_train=8, n_test=4)
+    bare = tmp_path / "weights.pt"
+    torch.save(build_backbone("small_cnn", width=4).state_dict(), bare)
+    with pytest.raises(
+        CheckpointFileError, match=rf"--ckpt_path {bare}: a bare state dict .*backbone_checkpoint {bare}"
+    ):
+        run_cli(["test", *tiny_args(data, tmp_path / "run", "--ckpt_path", str(bare))])

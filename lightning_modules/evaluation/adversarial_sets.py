@@ -174,13 +174,24 @@ def make_adversarial_set(
     return meta
 
 
+def checkpoint_hparams(path: str) -> dict:
+    """The hyperparameters a Lightning checkpoint at ``path`` was trained with (``{}`` for a bare state dict),
+    read with ``weights_only=True``; so the source model is rebuilt at the width it was trained at."""
+    from ..cli_checks import read_checkpoint
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    ckpt = read_checkpoint(path)
+    return dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """The command line (see the module docstring): load a CIFAR test set and a source model, write the set."""
     p = argparse.ArgumentParser(description="Attack a CIFAR test set against a source model and store it in one file.")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
     p.add_argument("--out", required=True)
-    p.add_argument("--backbone", default="preact_resnet18")
+    p.add_argument("--backbone", default=None, help="default: the checkpoint's, else preact_resnet18")
     p.add_argument("--checkpoint", default=None, help="backbone weights (state dict or Lightning checkpoint)")
     p.add_argument("--robustbench-model", default=None, help="a RobustBench zoo model under --model-dir instead")
     p.add_argument("--model-dir", default="models")
@@ -202,8 +213,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if (a.checkpoint is None) == (a.robustbench_model is None):
         p.error("give exactly one of --checkpoint and --robustbench-model")
     nc = 10 if a.dataset == "cifar10" else 100
+    hp = checkpoint_hparams(a.checkpoint) if a.checkpoint else {}
+    if a.backbone and hp.get("backbone") not in (None, a.backbone):
+        p.error(f"--backbone {a.backbone} but {a.checkpoint} was trained as {hp['backbone']}: drop --backbone")
+    a.backbone = a.backbone or hp.get("backbone") or "preact_resnet18"
     module = ReversalModule(
         backbone=a.backbone,
+        backbone_kwargs=hp.get("backbone_kwargs") or {},
         num_classes=nc,
         normalization=a.dataset,
         backbone_checkpoint=a.checkpoint,

@@ -21,7 +21,8 @@ def test_unknown_nested_key_names_the_key_and_close_matches():
 
 
 def test_wrong_type_names_the_key_and_the_type():
-    msg = one_line(NESTED.format(inner="Parser key \"steps\":\n                  Expected a <class 'int'>. Got value: ten"), [])
+    inner = "Parser key \"steps\":\n                  Expected a <class 'int'>. Got value: ten"
+    msg = one_line(NESTED.format(inner=inner), [])
     assert msg.startswith("model.init_args.attack.steps: expected int, got 'ten'")
     assert msg.endswith("give an int")
     assert article("float") == "a float"

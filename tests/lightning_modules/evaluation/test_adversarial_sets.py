@@ -77,3 +77,23 @@ def test_cli_against_a_checkpoint(tiny_cifar10, tmp_path):
     )
     obj = load_adversarial_set(out, expect={"eps": 4 / 255, "attack": "pgd", "steps": 2, "n": 12})
     assert obj["meta"]["source_model"] == "small_cnn:w.pt" and obj["x_adv"].shape == (12, 3, 32, 32)
+
+
+def test_cli_rebuilds_the_checkpoints_width(tiny_cifar10, tmp_path):
+    """A Lightning checkpoint of a non-default width: the source model is built from its hyperparameters."""
+    import lightning.pytorch as pl
+
+    from lightning_modules import ReversalModule
+
+    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, head_hidden=16, head_dim=8)
+    ckpt = tmp_path / "w4.ckpt"
+    hp = {"backbone": "small_cnn", "backbone_kwargs": {"width": 4}, "head_hidden": 16, "head_dim": 8}
+    torch.save(
+        {"state_dict": m.state_dict(), "hyper_parameters": hp, "pytorch-lightning_version": pl.__version__}, ckpt
+    )
+    out = tmp_path / "adv.pt"
+    args = ["--data-dir", str(tiny_cifar10), "--out", str(out), "--checkpoint", str(ckpt)]
+    main([*args, "--steps", "1", "--n-examples", "8", "--device", "cpu"])
+    assert load_adversarial_set(out, expect={"n": 8})["x_adv"].shape == (8, 3, 32, 32)
+    with pytest.raises(SystemExit):
+        main([*args, "--backbone", "preact_resnet18", "--n-examples", "8"])
