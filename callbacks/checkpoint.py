@@ -219,19 +219,16 @@ class AtomicCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = trainer.strategy.broadcast(f"{filepath}.tmp-{os.getpid()}")
-        if self._link_same_step(trainer, filepath, tmp):
-            pass  # last.ckpt of the step just saved: a hard link, no second copy on the disk
-        else:
-            try:
-                trainer.save_checkpoint(tmp, self.save_weights_only)  # collective; writes on rank 0 (+ barrier)
-            except OSError as e:
-                if trainer.is_global_zero:
-                    _remove(tmp)
-                if e.errno == errno.ENOSPC:
-                    from lightning_modules.atomic import disk_full_error
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)  # collective; writes on rank 0 (+ barrier)
+        except OSError as e:
+            if trainer.is_global_zero:
+                _remove(tmp)
+            if e.errno == errno.ENOSPC:
+                from lightning_modules.atomic import disk_full_error
 
-                    raise disk_full_error(Path(filepath), checkpoint_bytes(trainer, self.save_weights_only)) from None
-                raise
+                raise disk_full_error(Path(filepath), checkpoint_bytes(trainer, self.save_weights_only)) from None
+            raise
         if trainer.is_global_zero:
             if not os.path.lexists(tmp):
                 raise OSError(
@@ -256,29 +253,6 @@ class AtomicCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)
-
-    def _link_same_step(self, trainer: pl.Trainer, filepath: str, tmp: str) -> bool:
-        """``last.ckpt`` right after this step's epoch checkpoint: hard-link that file to ``tmp`` (the same
-        bytes, no second copy, so a disk with room for one checkpoint still gets ``last.ckpt``). False when
-        there is no such file or the file system has no hard links."""
-        prev = self._last_checkpoint_saved
-        if (
-            not trainer.is_global_zero
-            or trainer.world_size > 1
-            or Path(filepath).name != f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-            or self._last_global_step_saved != trainer.global_step
-            or not prev
-            or os.path.abspath(prev) == os.path.abspath(filepath)
-            or not os.path.isfile(prev)
-        ):
-            return False
-        try:
-            if os.path.lexists(tmp):
-                os.remove(tmp)
-            os.link(prev, tmp)
-        except OSError:
-            return False
-        return True
 
     @staticmethod
     def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:

@@ -133,7 +133,7 @@ def test_resumed_run_draws_what_the_uninterrupted_run_draws(data, tmp_path):
 # -- --ckpt_path last / auto / untrained -----------------------------------------------------------
 def test_ckpt_path_last_without_a_checkpoint_fails_and_auto_starts_new(data, tmp_path, capsys):
     root = tmp_path / "run"
-    with pytest.raises(CLIError, match=r"--ckpt_path last: no last\*.ckpt in .*checkpoints/tiny.*--ckpt_path auto"):
+    with pytest.raises(CLIError, match=r"--ckpt_path last: no last\.ckpt in .*checkpoints/tiny.*--ckpt_path auto"):
         run_cli(["fit", *tiny_args(data, root, "--ckpt_path", "last")])
     cli = run_cli(["fit", *tiny_args(data, root, "--trainer.max_steps", "1", "--ckpt_path", "auto")])
     assert cli.trainer.global_step == 1 and "--ckpt_path auto: no last.ckpt in" in capsys.readouterr().err

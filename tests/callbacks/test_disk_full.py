@@ -1,5 +1,5 @@
 """A full disk during a checkpoint write: the partial file is removed and the error says how much space the
-write needed and where; ``last.ckpt`` is written whenever an epoch checkpoint is (a hard link, no second copy)."""
+write needed and where."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
-import torch
 
 from callbacks import AtomicCheckpoint
 from callbacks.checkpoint import checkpoint_bytes
@@ -64,15 +63,6 @@ def test_a_full_disk_removes_the_partial_file_and_says_what_it_needed(data, tmp_
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == []  # no .tmp-PID left filling the disk
     weights = sum(p.numel() * p.element_size() for p in module.state_dict().values())
     assert checkpoint_bytes(trainer) > weights == checkpoint_bytes(trainer, weights_only=True)  # + momentum
-
-
-def test_last_ckpt_needs_no_second_copy_of_the_epoch_checkpoint(data, tmp_path, monkeypatch):
-    calls = full_disk_for(monkeypatch, ("last",))  # room for one checkpoint only
-    trainer = trainer_for(tmp_path / "ck")
-    trainer.fit(tiny_module(), CIFAR10DataModule(str(data), batch_size=8, strict_counts=False))
-    epoch, last = tmp_path / "ck" / "epoch=0-step=2.ckpt", tmp_path / "ck" / "last.ckpt"
-    assert all(c.startswith("epoch=") for c in calls)  # last.ckpt was never written out a second time
-    assert os.path.samefile(epoch, last) and torch.load(last, weights_only=True)["global_step"] == 2
 
 
 def test_atomic_write_on_a_full_disk_removes_its_temporary_file(tmp_path):
