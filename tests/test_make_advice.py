@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make not i
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True)
 
 
 def test_missing_data_names_the_fix_that_works_through_make(tmp_path):
