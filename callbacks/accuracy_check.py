@@ -10,7 +10,7 @@ a fresh checkpoint, not an evaluation: no AutoAttack, no adaptive attack.
 Example:
     >>> from callbacks.accuracy_check import accuracy_line
     >>> accuracy_line(correct_clean=612, correct_pgd=331, n=1000, steps=20, eps=8 / 255)
-    'accuracy on 1000 test images: clean 61.2%, PGD-20 (L-inf 8/255) 33.1%'
+    'accuracy on 1000 test images: clean 61.2% [58.1-64.2], PGD-20 (L-inf 8/255) 33.1% [30.3-36.1] (Wilson 95%)'
 """
 
 from __future__ import annotations
@@ -21,12 +21,17 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.evaluation.config import eps_label
+from lightning_modules.evaluation.stats import wilson
 
 
 def accuracy_line(correct_clean: int, correct_pgd: int, n: int, steps: int, eps: float) -> str:
+    def pct(k: int) -> str:
+        lo, hi = wilson(k, n)
+        return f"{100 * k / n:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}]"
+
     return (
-        f"accuracy on {n} test images: clean {100 * correct_clean / n:.1f}%, "
-        f"PGD-{steps} (L-inf {eps_label(eps, 'Linf')}) {100 * correct_pgd / n:.1f}%"
+        f"accuracy on {n} test images: clean {pct(correct_clean)}, "
+        f"PGD-{steps} (L-inf {eps_label(eps, 'Linf')}) {pct(correct_pgd)} (Wilson 95%)"
     )
 
 

@@ -10,8 +10,11 @@ Example:
     >>> import torch
     >>> from callbacks.reversal_picture import accuracies, accuracy_text
     >>> y = torch.tensor([0, 1, 2, 3])
-    >>> print(accuracy_text(accuracies(y, y, torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 0, 3]))))
+    >>> acc = accuracies(y, y, torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 0, 3]))
+    >>> print(accuracy_text(acc))
     4 images: clean 100.0% | attacked, no reversal 25.0% | attacked + reversal 75.0%
+    >>> print(gain_text(acc))
+    reversal gain +50.0 points (paired 95% CI -1.9 to 73.6, McNemar p=0.5, n=4)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.evaluation.config import eps_label
+from lightning_modules.evaluation.stats import PairedCounts, mcnemar_exact, newcombe_paired, wilson
 from lightning_modules.pixels import module_inputs
 
 from .predictions import _gather_to_rank0, merge_predictions
@@ -36,14 +40,16 @@ MARK = {True: "\u2713", False: "\u2717"}  # check mark / ballot x (DejaVu Sans h
 def accuracies(
     y: torch.Tensor, pred_clean: torch.Tensor, pred_before: torch.Tensor, pred_after: torch.Tensor
 ) -> dict[str, float]:
-    """Fractions correct: ``clean``, ``before`` (attacked, no reversal), ``after`` (attacked + reversal); ``n``."""
-    return {
-        "n": len(y),
-        **{
-            k: (p == y).float().mean().item()
-            for k, p in (("clean", pred_clean), ("before", pred_before), ("after", pred_after))
-        },
-    }
+    """Fractions correct: ``clean``, ``before`` (attacked, no reversal), ``after`` (attacked + reversal); ``n``;
+    their Wilson 95% intervals (``ci_clean`` ...) and the reversal's paired gain (``gain``: after minus before)."""
+    out: dict = {"n": len(y)}
+    for k, p in (("clean", pred_clean), ("before", pred_before), ("after", pred_after)):
+        ok = p == y
+        out[k], out[f"ci_{k}"] = ok.float().mean().item(), list(wilson(int(ok.sum()), len(y)))
+    pc = PairedCounts.from_flags((pred_after == y).tolist(), (pred_before == y).tolist())
+    gain, lo, hi = newcombe_paired(pc)
+    out["gain"] = {"gain": gain, "lo": lo, "hi": hi, "p_mcnemar": mcnemar_exact(pc.only_a, pc.only_b)}
+    return out
 
 
 def accuracy_text(acc: dict[str, float]) -> str:
@@ -51,6 +57,15 @@ def accuracy_text(acc: dict[str, float]) -> str:
     return (
         f"{acc['n']} images: clean {acc['clean']:.1%} | attacked, no reversal {acc['before']:.1%} | "
         f"attacked + reversal {acc['after']:.1%}"
+    )
+
+
+def gain_text(acc: dict) -> str:
+    """The reversal's gain on the attacked images, with its paired interval and McNemar's p."""
+    g = acc["gain"]
+    return (
+        f"reversal gain {100 * g['gain']:+.1f} points (paired 95% CI {100 * g['lo']:.1f} to {100 * g['hi']:.1f}, "
+        f"McNemar p={g['p_mcnemar']:.2g}, n={acc['n']})"
     )
 
 
@@ -223,7 +238,7 @@ class ReversalPicture(pl.Callback):
                 )
         self._message = (
             f"reversal picture -> {self.output}\naccuracy on {accuracy_text(self.accuracies)} "
-            f"({attack_label(pl_module)})"
+            f"({attack_label(pl_module)}); {gain_text(self.accuracies)}"
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -8,6 +8,9 @@ Benchmarks (``--benches``, default all but ``trades``):
 - ``fgsm_rs``     Fast AT (FGSM with random start);
 - ``trades``      TRADES (10 steps);
 - ``reversal``    :meth:`ReversalModule.reverse` (40 steps x 4 views by default);
+- ``reversal_draws`` the evaluation's ``--draws`` reversals of one batch (its all-draws score): one call
+  over the batch repeated (each copy contrasting only with itself), beside one call per draw
+  (``per_draw_images_per_s``, ``speedup``); images/s counts image-draws;
 - ``autoattack``  pyautoattack's standard AutoAttack (always fp32) on ``--aa-n`` images.
 
 The training benchmarks run the real path: a Lightning ``Trainer.fit`` of :class:`ReversalModule`
@@ -54,12 +57,18 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from experiments.bench_cases import bench_autoattack, bench_reversal, bench_train, build_module  # noqa: E402
+from experiments.bench_cases import (  # noqa: E402
+    bench_autoattack,
+    bench_reversal,
+    bench_reversal_draws,
+    bench_train,
+    build_module,
+)
 from experiments.bench_timing import flops_per_image, forward_flops, matmul_tflops, peak_tflops  # noqa: E402
 
 TRAIN_BENCHES = ("pgd_at", "pgd_at_ssl", "fgsm_rs", "trades")
-ALL_BENCHES = TRAIN_BENCHES + ("reversal", "autoattack")
-DEFAULT_BENCHES = ("pgd_at", "pgd_at_ssl", "fgsm_rs", "reversal", "autoattack")
+ALL_BENCHES = TRAIN_BENCHES + ("reversal", "reversal_draws", "autoattack")
+DEFAULT_BENCHES = ("pgd_at", "pgd_at_ssl", "fgsm_rs", "reversal", "reversal_draws", "autoattack")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +116,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="PGD / TRADES steps of the training attack")
     p.add_argument("--rev-steps", type=int, default=None, help="reversal steps (40; 10 with --tiny)")
     p.add_argument("--rev-views", type=int, default=4)
+    p.add_argument("--draws", type=int, default=5, help="reversal draws per batch (reversal_draws)")
     p.add_argument("--ssl-weight", type=float, default=0.5, help="for pgd_at_ssl")
     p.add_argument("--aa-n", type=int, default=None, help="AutoAttack images (500; 8 with --tiny)")
     p.add_argument("--aa-batch-size", type=int, default=500)
@@ -217,6 +227,8 @@ def _run(args: argparse.Namespace) -> dict:
             r = bench_train(bench, args, device)
         elif bench == "reversal":
             r = bench_reversal(args, device)
+        elif bench == "reversal_draws":
+            r = bench_reversal_draws(args, device)
         else:
             r = bench_autoattack(args, device, f)
         fl = r.get("executed_flops_per_image") if bench == "autoattack" else flops_per_image(bench, f, args)

@@ -206,6 +206,28 @@ def bench_reversal(args: argparse.Namespace, device: torch.device) -> dict:
     return out
 
 
+def bench_reversal_draws(args: argparse.Namespace, device: torch.device) -> dict:
+    """The all-draws score's reversals of one batch: all ``--draws`` in one call, then one call per draw."""
+    from lightning_modules.attacks.adaptive import ReversalFns
+    from lightning_modules.evaluation.defense import Defense
+
+    module = build_module(args).to(device).eval()
+    module.setup("test")
+    x, y = test_images(args, args.rev_batch_size, device)
+    defense = Defense.from_fns(ReversalFns.from_module(module))
+    out: dict = {}
+    for name, d in (("one_call", defense), ("per_draw", defense.one_call_per_draw())):
+        timer = WindowTimer(device, args.seconds, args.windows, args.warmup)
+        while not timer.done:
+            d.correct_draws(x, y, args.draws)
+            timer.tick()
+        out[name] = summarize(timer, args.rev_batch_size * args.draws)
+    out = {**out["one_call"], "per_draw_images_per_s": out["per_draw"]["images_per_s"]}
+    out["speedup"] = out["images_per_s"] / out["per_draw_images_per_s"]
+    out["draws"] = args.draws
+    return out
+
+
 class _CountingModel(torch.nn.Module):
     """Logits of the classifier, counting model FLOPs as AutoAttack calls it."""
 

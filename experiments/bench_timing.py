@@ -171,6 +171,6 @@ def flops_per_image(bench: str, f: float, args: argparse.Namespace) -> float:
         return 2 * 3 * f
     if bench == "trades":
         return f + args.steps * 3 * f + 2 * 3 * f
-    if bench == "reversal":
+    if bench in ("reversal", "reversal_draws"):  # per image-draw
         return args.rev_steps * args.rev_views * 3 * f
     raise ValueError(bench)

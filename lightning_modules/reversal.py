@@ -198,12 +198,29 @@ def ssl_loss(
     temperature: float,
     reduction: str = "none",
     positive: str = "all",
+    groups: int = 1,
 ) -> torch.Tensor:
-    """InfoNCE of ``x`` under ``n_views`` random views: per image with ``reduction="none"``."""
-    _, feats = classifier(views(x, n_views))
+    """InfoNCE of ``x`` under ``n_views`` random views: per image with ``reduction="none"``.
+
+    ``groups``: ``x`` is that many contiguous equal blocks that do not see each other (each block's
+    negatives are its own images, :func:`~lightning_modules.losses.info_nce`; views that draw one
+    parameter set per call draw one per block): the loss each block would have alone."""
+    _, feats = classifier(grouped_views(views, x, n_views, groups))
     z = head(feats)
     with torch.autocast(z.device.type, enabled=False):  # the similarities in fp32 even under amp
-        return info_nce(z.float(), n_views, temperature, reduction, positive=positive)
+        return info_nce(z.float(), n_views, temperature, reduction, positive=positive, groups=groups)
+
+
+def grouped_views(views: nn.Module, x: torch.Tensor, n_views: int, groups: int = 1) -> torch.Tensor:
+    """``views(x, n_views)`` (view-major rows); for views shared by the batch (``views.shared``) and
+    ``groups > 1``, one draw per block of ``x`` instead of one for all, rows still view-major."""
+    if groups == 1 or not getattr(views, "shared", False):
+        return views(x, n_views)
+    if x.shape[0] % groups:
+        raise ValueError(f"{x.shape[0]} images do not split into {groups} equal groups")
+    b = x.shape[0] // groups
+    per_block = [views(block, n_views).view(n_views, b, *x.shape[1:]) for block in x.split(b)]
+    return torch.stack(per_block, 1).reshape(n_views * x.shape[0], *x.shape[1:])
 
 
 def reverse(
@@ -213,20 +230,25 @@ def reverse(
     cfg: ReversalConfig = ReversalConfig(),
     views: Optional[nn.Module] = None,
     temperature: float = 0.2,
+    groups: int = 1,
 ) -> torch.Tensor:
     """Return the reversed images ``x + delta`` (detached, in ``[0, 1]``, ``||delta||_{cfg.norm} <= cfg.eps``).
 
     ``views`` defaults to :class:`~lightning_modules.views.kornia.SimCLRViews` at the input size;
     pass a deterministic callable ``views(x, n_views)`` to make the reversal reproducible.
+    ``groups``: ``x`` is that many contiguous equal batches reversed independently in one call
+    (each contrasts only with itself: :func:`ssl_loss`), e.g. a batch repeated for several draws.
     """
-    if x.shape[0] < 2:
+    if x.shape[0] < 2 * groups:
         raise ValueError("the reversal needs a batch of at least 2 images (InfoNCE needs negatives)")
     views = views if views is not None else cfg.make_views(x.shape[-1]).to(x.device)
     t = cfg.temperature if cfg.temperature is not None else temperature
     was_training = classifier.training, head.training
     classifier.eval(), head.eval()
     try:
-        objective = lambda xr: ssl_loss(classifier, head, xr, views, cfg.n_views, t, positive=cfg.positive)  # noqa: E731
+        objective = lambda xr: ssl_loss(  # noqa: E731
+            classifier, head, xr, views, cfg.n_views, t, positive=cfg.positive, groups=groups
+        )
         with frozen_params(classifier, head):  # gradients w.r.t. the input only (matters when compiled)
             return projected_gradient(
                 objective,

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +52,7 @@ def report(tmp_path_factory):
 
 
 def test_every_figure_is_a_positive_number_with_a_ratio(report):
-    assert set(report["results"]) == {"pgd_at", "pgd_at_ssl", "fgsm_rs", "reversal", "autoattack"}
+    assert set(report["results"]) == {"pgd_at", "pgd_at_ssl", "fgsm_rs", "reversal", "reversal_draws", "autoattack"}
     assert report["complete"] is True  # the file is rewritten after every benchmark, False until the last
     assert report["forward_gflop_per_image"] > 0 and report["peak_tflops"] > 0
     assert "measured" in report["peak_source"]  # no datasheet figure on a CPU
@@ -70,6 +69,11 @@ def test_flop_conventions(report):
     assert res["pgd_at"]["flops_per_image"] == pytest.approx(33 * f)  # (10 + 1) x (forward + backward)
     assert res["fgsm_rs"]["flops_per_image"] == pytest.approx(6 * f)
     assert res["reversal"]["flops_per_image"] == pytest.approx(4 * 4 * 3 * f)
+    draws = res["reversal_draws"]  # per image-draw, both ways timed
+    assert draws["flops_per_image"] == res["reversal"]["flops_per_image"] and draws["draws"] == 5
+    assert draws["per_draw_images_per_s"] > 0 and draws["speedup"] == pytest.approx(
+        draws["images_per_s"] / draws["per_draw_images_per_s"]
+    )
     # executed (counted) FLOPs: the attack's backward skips weight gradients, so below the convention
     assert 20 * f < res["pgd_at"]["executed_flops_per_image"] < 33 * f
 
@@ -88,22 +92,21 @@ def test_preact_resnet18_forward_is_the_issues_1_11_gflop():
     assert f / 1e9 == pytest.approx(1.11, abs=0.005)
 
 
-def test_window_timer_times_windows_of_equal_steps():
-    from experiments.bench_timing import WindowTimer
+def test_window_timer_times_windows_of_equal_steps(monkeypatch):
+    from experiments import bench_timing
 
-    timer = WindowTimer(torch.device("cpu"), seconds=0.09, windows=3, warmup=2)
+    now = [0.0]  # a clock that advances 0.25 s per unit of work, however fast the machine is
+    monkeypatch.setattr(bench_timing.time, "perf_counter", lambda: now[0])
+    timer = bench_timing.WindowTimer(torch.device("cpu"), seconds=2.25, windows=3, warmup=2)
     ticks = 0
     while not timer.done:
-        time.sleep(0.01)
+        now[0] += 0.25
         timer.tick()
         ticks += 1
         assert ticks < 100
-    assert timer.per_window in (2, 3, 4)
+    assert timer.probe_s == 0.25 and timer.per_window == 3  # 2.25 s / 3 windows / 0.25 s per unit
     assert ticks == 2 + 1 + 3 * timer.per_window
-    secs = timer.result()
-    assert len(secs) == 3
-    for s in secs:
-        assert s == pytest.approx(0.01 * timer.per_window, rel=0.5)
+    assert timer.result() == [0.75, 0.75, 0.75]
 
 
 def test_progress_bar_metrics_cost_host_syncs():

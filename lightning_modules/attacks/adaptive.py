@@ -179,13 +179,16 @@ class ReversalFns:
     def model_fn(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.classifier, x)
 
-    def reverse(self, x: torch.Tensor) -> torch.Tensor:
-        return reverse(self.classifier, self.head, x, self.cfg, self._views(x), self.temperature)
+    def reverse(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        return reverse(self.classifier, self.head, x, self.cfg, self._views(x), self.temperature, groups)
 
-    def reverse_steps(self, x: torch.Tensor, steps: int) -> torch.Tensor:
-        return reverse(
-            self.classifier, self.head, x, dataclasses.replace(self.cfg, steps=steps), self._views(x), self.temperature
-        )
+    def reverse_steps(self, x: torch.Tensor, steps: int, groups: int = 1) -> torch.Tensor:
+        cfg = dataclasses.replace(self.cfg, steps=steps)
+        return reverse(self.classifier, self.head, x, cfg, self._views(x), self.temperature, groups)
+
+    def reverse_groups(self, x: torch.Tensor, groups: int, steps: Optional[int] = None) -> torch.Tensor:
+        """``groups`` contiguous equal batches of ``x`` reversed independently in one call (``steps``: fewer)."""
+        return self.reverse(x, groups) if steps is None else self.reverse_steps(x, steps, groups)
 
     def ssl(self, x: torch.Tensor) -> torch.Tensor:
         return ssl_loss(

@@ -49,6 +49,8 @@ class Row:
     label: str = ""
     kind: str = "non-adaptive"
     setting: Optional[int] = None  # the swept value (steps, EOT, reversal steps)
+    cascade: bool = False  # runs only on the examples still robust at its budget (EvalConfig.cascade)
+    stop_draws: bool = False  # "with": an example wrong on its first draw is not drawn again (EvalConfig.cascade)
 
 
 def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[str]], reversal_sweep: bool) -> list[Row]:
@@ -107,6 +109,7 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
                 continue
             for v in ATTACKS[name].variants(c):
                 r = attack_row("main", name, norm, eps, c, v, None)
+                r.cascade = c.cascade and rev and eps > 0 and "reverse_fn" in ATTACKS[name].needs
                 main[(norm, eps, name, r.key.split("|")[-1])] = r.key
                 rows.append(r)
     for eps in c.eps_sweep:
@@ -174,6 +177,8 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
         r = attack_row("sanity", "pgd", "Linf", 8 / 255, cs, {}, c.steps_sweep_n)
         r.columns = ("without",)
         rows.append(r)
+    for r in rows:
+        r.stop_draws = c.cascade and rev and "with" in r.columns
     return rows
 
 

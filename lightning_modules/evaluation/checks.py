@@ -179,8 +179,12 @@ def multi_draw(summary: dict, cfg: EvalConfig) -> list[Check]:
         _check(
             "randomized defense scored over several draws",
             cfg.draws >= 2,
-            f"{cfg.draws} draw(s) per reversed input; clean draw disagreement "
-            f"{(summary['clean'].get('with_disagreement') or 0):.2%}",
+            f"{cfg.draws} draw(s) per reversed input; "
+            + (
+                "an example wrong on its first draw is not drawn again (cascade)"
+                if summary["clean"].get("with_first") is not None
+                else f"clean draw disagreement {(summary['clean'].get('with_disagreement') or 0):.2%}"
+            ),
         )
     ]
 

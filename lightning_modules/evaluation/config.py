@@ -115,6 +115,15 @@ class EvalConfig:
         reversal_per_threat: each row's reversal gets the budget its threat model asks for
             (:meth:`~lightning_modules.reversal.ReversalConfig.for_threat`: an L2 reversal on L2 rows;
             ``budget_factor`` x the row's eps for the ``mao2021`` recipe); False: the reversal as configured.
+        cascade: AutoAttack's rule for the headline: a main-table row on the whole defense (attacks in
+            the order of ``attacks``: put cheap ones first) runs only on the examples still robust in
+            the worst case so far at its budget (clean and the rows before it, without or with the
+            reversal), as one batch of those examples, and scores the all-draws rule stopping after
+            an example's first wrong draw; rows on the classifier stay full. Such a row's n is its
+            subset. False: every row attacks every example.
+        draws_in_one_call: the draws (and the blocks of a batch composition) of a batch are one reversal
+            of the batch repeated, each copy contrasting only with itself (same distribution as separate
+            calls). False: one call per draw.
         seed: seeds every (row, batch).
         progress: print one line per row with the time left.
     """
@@ -160,6 +169,8 @@ class EvalConfig:
     standard_model: Optional[bool] = None
     zero_tolerance: float = 0.05
     noise_tolerance: Optional[float] = None
+    cascade: bool = False
+    draws_in_one_call: bool = True
     seed: int = 0
     progress: bool = True
 

@@ -7,6 +7,12 @@ example is robust only if every draw is correct. ``composition`` chooses the bat
 reversal: the attacked batch as it is (``batch``), each attacked image among clean batch-mates
 (``clean_mates``), or the reversal on small batches (``batch2``, ``batch16``).
 
+With ``reverse_groups_fn`` (built :meth:`Defense.from_fns`), the reversals of all draws (and of
+all blocks of a composition) of a batch run in one call: the batch repeated ``draws`` times, each
+copy contrasting only with itself (the same distribution as separate calls; fewer, larger kernels).
+``stop_after_wrong`` scores the all-draws rule the cheap way: after the first draw only the
+examples it classified correctly are reversed again (among themselves: a smaller batch).
+
 Example:
     >>> import torch
     >>> from lightning_modules.evaluation.defense import Defense
@@ -20,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Optional
 
 import torch
@@ -39,6 +46,8 @@ class Defense:
         ssl_fn: per-image contrastive loss (defense-aware attack).
         reverse_diff_fn: ``(x, steps, smooth, use_checkpoint) -> x_rev``, differentiable in ``x``.
         reverse_steps_fn: ``(x, steps) -> x_rev`` (reversal-steps sweep).
+        reverse_groups_fn: ``(x, groups, steps) -> x_rev``: ``groups`` contiguous equal batches of ``x``
+            reversed independently in one call (``steps`` None: the reversal's own).
         surrogate_fn: an independent model's logits (transfer attack); None: no transfer row.
     """
 
@@ -50,10 +59,12 @@ class Defense:
         *,
         reverse_diff_fn: Optional[Callable] = None,
         reverse_steps_fn: Optional[Callable] = None,
+        reverse_groups_fn: Optional[Callable] = None,
         surrogate_fn: Optional[Fn] = None,
     ) -> None:
         self.model_fn, self.reverse_fn, self.ssl_fn = model_fn, reverse_fn, ssl_fn
         self.reverse_diff_fn, self.reverse_steps_fn, self.surrogate_fn = reverse_diff_fn, reverse_steps_fn, surrogate_fn
+        self.reverse_groups_fn = reverse_groups_fn
 
     @classmethod
     def from_fns(cls, fns, surrogate_fn: Optional[Fn] = None) -> "Defense":
@@ -64,6 +75,7 @@ class Defense:
             fns.ssl,
             reverse_diff_fn=fns.reverse_diff,
             reverse_steps_fn=fns.reverse_steps,
+            reverse_groups_fn=fns.reverse_groups,
             surrogate_fn=surrogate_fn,
         )
         d.fns, d._per_threat = fns, {}
@@ -81,6 +93,15 @@ class Defense:
             f = fns.for_threat(norm, eps)
             self._per_threat[key] = self if f is fns else Defense.from_fns(f, self.surrogate_fn)
         return self._per_threat[key]
+
+    def one_call_per_draw(self) -> "Defense":
+        """This defense reversing one draw per call (no ``reverse_groups_fn``)."""
+        if self.reverse_groups_fn is None:
+            return self
+        if not hasattr(self, "_one_call"):
+            self._one_call = copy.copy(self)
+            self._one_call.reverse_groups_fn = None
+        return self._one_call
 
     def has(self, need: str) -> bool:
         return getattr(self, need) is not None
@@ -105,22 +126,41 @@ class Defense:
         """Logits of the defended model: one random draw of the reversal, then the classifier."""
         return logits_of(self.model_fn, self.reverse(x, reverse_fn, mates))
 
-    def _reversed(
-        self, x_adv: torch.Tensor, x_clean: torch.Tensor, composition: str, groups: int, rev: Fn
-    ) -> torch.Tensor:
+    def _plan(
+        self, x_adv: torch.Tensor, x_clean: Optional[torch.Tensor], composition: str, groups: int
+    ) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], torch.Tensor]]:
+        """The reversal inputs one draw of ``composition`` needs, and how their outputs make the batch."""
         if composition == "batch":
-            return rev(x_adv)
+            return [x_adv], lambda outs: outs[0]
         if composition.startswith("batch"):
-            return torch.cat([rev(x_adv[s:e]) for s, e in chunks(len(x_adv), int(composition[5:]))])
+            return [x_adv[s:e] for s, e in chunks(len(x_adv), int(composition[5:]))], torch.cat
         if composition == "clean_mates":
-            out = torch.empty_like(x_adv)
             pos = torch.arange(len(x_adv), device=x_adv.device)
-            for g in range(min(groups, len(x_adv))):
-                mine = pos % groups == g
-                mixed = torch.where(mine.view(-1, *[1] * (x_adv.ndim - 1)), x_adv, x_clean)
-                out[mine] = rev(mixed)[mine]
-            return out
+            mine = [pos % groups == g for g in range(min(groups, len(x_adv)))]
+            shape = (-1, *[1] * (x_adv.ndim - 1))
+            inputs = [torch.where(m.view(shape), x_adv, x_clean) for m in mine]
+
+            def assemble(outs: list[torch.Tensor]) -> torch.Tensor:
+                out = torch.empty_like(x_adv)
+                for m, o in zip(mine, outs):
+                    out[m] = o[m]
+                return out
+
+            return inputs, assemble
         raise ValueError(f"unknown composition '{composition}'")
+
+    def _run(self, inputs: list[torch.Tensor], rev: Optional[Fn], steps: Optional[int]) -> list[torch.Tensor]:
+        """Reverse every input: one call per input size with ``reverse_groups_fn``, else one call each."""
+        if rev is not None or self.reverse_groups_fn is None:
+            rev = rev or self.reverse_fn
+            return [rev(x) for x in inputs]
+        outs: list[Optional[torch.Tensor]] = [None] * len(inputs)
+        for size in dict.fromkeys(len(x) for x in inputs):
+            at = [i for i, x in enumerate(inputs) if len(x) == size]
+            xr = self.reverse_groups_fn(torch.cat([inputs[i] for i in at]), len(at), steps)
+            for i, o in zip(at, xr.split(size)):
+                outs[i] = o
+        return outs
 
     def correct_draws(
         self,
@@ -131,19 +171,43 @@ class Defense:
         x_clean: Optional[torch.Tensor] = None,
         groups: int = 8,
         reverse_fn: Optional[Fn] = None,
+        steps: Optional[int] = None,
+        stop_after_wrong: bool = False,
     ) -> torch.Tensor:
-        """Per example, how many of ``draws`` independent reversals classify ``x_adv`` correctly."""
-        rev = reverse_fn or self.reverse_fn
-        if rev is None:
+        """Per example, how many of ``draws`` independent reversals classify ``x_adv`` correctly.
+
+        ``steps``: the reversal with that many steps (needs ``reverse_steps_fn`` or ``reverse_groups_fn``);
+        ``reverse_fn``: another reversal, one call per draw. ``stop_after_wrong``: an example wrong on
+        the first draw is not drawn again (its count is 0: decided for the all-draws score); the others
+        are reversed ``draws - 1`` more times as a batch of their own (composition ``batch``)."""
+        if reverse_fn is None and steps is not None and self.reverse_groups_fn is None:
+            reverse_fn = lambda xa: self.reverse_steps_fn(xa, steps)  # noqa: E731
+        if reverse_fn is None and self.reverse_fn is None:
             raise ValueError("no reversal to score 'with'")
         if len(x_adv) < 2:
             raise ValueError("the reversal needs batches of at least 2 images")
         if composition == "clean_mates" and x_clean is None:
             raise ValueError("composition clean_mates needs the clean batch (x_clean)")
+        first = draws if not stop_after_wrong else 1
+        inputs, assemble = self._plan(x_adv, x_clean, composition, groups)
+        outs = self._run(inputs * first, reverse_fn, steps)
+        k = len(inputs)
         counts = torch.zeros(len(x_adv), dtype=torch.long, device=y.device)
-        for _ in range(draws):
-            xr = self._reversed(x_adv, x_clean, composition, groups, rev)
-            counts += (self.predict(xr) == y).long()
+        for d in range(first):
+            counts += (self.predict(assemble(outs[d * k : (d + 1) * k])) == y).long()
+        if first == draws:
+            return counts
+        alive = (counts == 1).nonzero().flatten()
+        if len(alive) == 0:
+            return counts
+        xa = x_adv[alive.to(x_adv.device)]
+        pad = len(alive) == 1  # a single survivor is reversed beside a decided batch-mate (it needs a negative)
+        if pad:
+            other = int((counts == 0).nonzero().flatten()[0])
+            xa = torch.cat([xa, x_adv[other : other + 1]])
+        rest = torch.stack([self.predict(o) for o in self._run([xa] * (draws - 1), reverse_fn, steps)])
+        ya = torch.cat([y[alive], y[alive][:1]]) if pad else y[alive]
+        counts[alive] += (rest == ya).long().sum(0)[: len(alive)]
         return counts
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import sys
 import time
 import zlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -108,19 +108,29 @@ class RobustEvaluator:
         torch.manual_seed(s)
         return s
 
-    def _select(self, row: Row, idx: torch.Tensor) -> Optional[torch.Tensor]:
-        """Positions of the batch the row runs on (at least two when the reversal runs on them)."""
-        if row.subset is None:
-            return torch.arange(len(idx))
-        sel = (idx < row.subset).nonzero().flatten()
+    def _select(self, row: Row, idx: torch.Tensor, earlier: Sequence[Row] = ()) -> Optional[torch.Tensor]:
+        """Positions of the batch the row runs on (at least two when the reversal runs on them); a
+        cascaded row keeps those still robust after ``earlier`` (:func:`~.summary.still_robust`)."""
+        sel = torch.arange(len(idx)) if row.subset is None else (idx < row.subset).nonzero().flatten()
+        if row.cascade and len(sel):
+            from .summary import still_robust
+
+            keep = torch.tensor(still_robust(self.store, earlier, row, idx[sel].tolist()), dtype=torch.bool)
+            if keep.sum() == 1 and len(sel) > 1:  # one survivor: a decided batch-mate joins it (a negative)
+                keep[int((~keep).nonzero()[0])] = True
+            sel = sel[keep]
         if len(sel) == 0 or (len(sel) == 1 and any(c != "without" for c in row.columns)):
             return None
         return sel
 
-    def _run_row(self, row: Row, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+    def _run_row(
+        self, row: Row, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, earlier: Sequence[Row] = ()
+    ) -> None:
         c, st = self.cfg, self.store
         d = self.defense.for_threat(row.norm, row.eps) if c.reversal_per_threat else self.defense
-        sel = self._select(row, idx)
+        if not c.draws_in_one_call:
+            d = d.one_call_per_draw()
+        sel = self._select(row, idx, earlier)
         if sel is None:
             return
         ids = idx[sel]
@@ -157,12 +167,17 @@ class RobustEvaluator:
                 st.add(f"{row.key}|without", ids, d.predict(x_adv) == ys)
             else:
                 comp = col.split("@", 1)[1] if "@" in col else "batch"
-                st.add(
-                    f"{row.key}|{col}",
-                    ids,
-                    d.correct_draws(x_adv, ys, c.draws, comp, xs, c.mates_groups, rev),
-                    draws=c.draws,
+                counts = d.correct_draws(
+                    x_adv,
+                    ys,
+                    c.draws,
+                    comp,
+                    xs,
+                    c.mates_groups,
+                    steps=row.reversal_steps,
+                    stop_after_wrong=row.stop_draws and col == "with",
                 )
+                st.add(f"{row.key}|{col}", ids, counts, draws=c.draws)
         st.seconds[f"{row.key}|{todo[0]}"] = st.seconds.get(f"{row.key}|{todo[0]}", 0.0) + time.perf_counter() - t0
 
     def evaluate_batch(
@@ -187,7 +202,7 @@ class RobustEvaluator:
                     "every finished row is saved; rerun the same command to resume"
                 )
             t0 = time.perf_counter()
-            self._run_row(row, x, y, idx)
+            self._run_row(row, x, y, idx, rows[:i])
             if self.on_row_done is not None:
                 self.on_row_done()
             self.log(self._progress(b, i, len(rows), row, time.perf_counter() - t0, time.perf_counter() - t_batch))

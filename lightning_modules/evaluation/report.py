@@ -49,10 +49,15 @@ def _gain(g: Optional[dict]) -> str:
     return f"{100 * g['gain']:+.1f} ({100 * g['lo']:.1f} to {100 * g['hi']:.1f}), p={g['p_mcnemar']:.2g}"
 
 
+def _mean(r: dict) -> str:
+    """The mean over draws, or (draws stopped after a wrong one) the first draw's accuracy."""
+    return f"first draw {_pct(r['with_first'])}" if r.get("with_first") is not None else _pct(r.get("with_mean"))
+
+
 def _cells(r: dict) -> str:
     return (
         f"{_pct(r.get('without'))}{_br(r.get('ci_without'))} | {_pct(r.get('with'))}{_br(r.get('ci_with'))} | "
-        f"{_pct(r.get('with_mean'))} | {_pct(r.get('with_disagreement'))} | {_pct(r.get('with_worst'))} | "
+        f"{_mean(r)} | {_pct(r.get('with_disagreement'))} | {_pct(r.get('with_worst'))} | "
         f"{_gain(r.get('gain'))} | {r.get('n', 0)} | {r.get('time_s', 0):.0f} s"
     )
 
@@ -98,6 +103,7 @@ def markdown_table(summary: dict) -> str:
     for t in threats:
         for r in (r for r in summary["rows"] if (r["threat"], r["eps"]) == t):
             sub = f" [idx < {r['subset']}]" if r.get("subset") else ""
+            sub += " (on the examples still robust)" if r.get("cascade") else ""
             lines.append(f"| {r['threat']} {r['eps_label']} | {r['label']}{sub} | {r['kind']} | {_cells(r)} |")
         w = worst.get(t)
         if w is not None:
@@ -127,7 +133,7 @@ def _sweep_table(title: str, rows: list[dict], setting: str) -> list[str]:
             r["eps_label"] if setting == "eps" else r["setting"],
             _pct(r.get("without")),
             _pct(r.get("with")),
-            _pct(r.get("with_mean")),
+            _mean(r),
             r["n"],
         ]
         for r in rows
@@ -217,6 +223,15 @@ def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path)
     return path
 
 
+def _errorbar(ax: Any, xs: Sequence[float], pts: Sequence[dict], col: str, style: str, label: str) -> None:
+    """One line of accuracies (%) with their Wilson 95% intervals as error bars."""
+    nan = float("nan")
+    ys = [100 * r[col] if r.get(col) is not None else nan for r in pts]
+    cis = [r.get(f"ci_{col}") or (nan, nan) for r in pts]
+    err = [[max(0.0, v - 100 * c[0]) for v, c in zip(ys, cis)], [max(0.0, 100 * c[1] - v) for v, c in zip(ys, cis)]]
+    ax.errorbar(xs, ys, yerr=err, fmt=style, marker="o", capsize=3, label=label)
+
+
 def plot_eps(summary: dict, path: Path) -> Optional[Path]:
     """Robust accuracy vs eps, one line per (attack, without/with reversal), Wilson 95% error bars."""
     rows = summary.get("sweeps", {}).get("eps", [])
@@ -231,23 +246,14 @@ def plot_eps(summary: dict, path: Path) -> Optional[Path]:
         kind = pts[0]["kind"]
         cols = (("without", "-"), ("with", "--")) if kind != "adaptive" else (("with", "--"),)
         for col, style in cols:
-            ys = [100 * r[col] if r[col] is not None else None for r in pts]
-            if any(v is not None for v in ys):
-                lab = f"{attack} ({kind}), {col} reversal"
-                nan = float("nan")
-                cis = [r.get(f"ci_{col}") or (nan, nan) for r in pts]
-                err = [
-                    [max(0.0, v - 100 * c[0]) if v is not None else nan for v, c in zip(ys, cis)],
-                    [max(0.0, 100 * c[1] - v) if v is not None else nan for v, c in zip(ys, cis)],
-                ]
-                yv = [v if v is not None else nan for v in ys]
-                ax.errorbar(xs, yv, yerr=err, fmt=style, marker="o", capsize=3, label=lab)
+            if any(r[col] is not None for r in pts):
+                _errorbar(ax, xs, pts, col, style, f"{attack} ({kind}), {col} reversal")
     xlabel = f"eps ({norm}" + (", x/255)" if linf else ")")
     return _finish(fig, ax, xlabel, "accuracy (%)", "Robust accuracy vs eps", path)
 
 
 def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
-    """Accuracy vs reversal steps for clean inputs and each attacked input."""
+    """Accuracy vs reversal steps for clean inputs and each attacked input, Wilson 95% error bars."""
     rows = summary.get("sweeps", {}).get("reversal_steps", [])
     if not rows:
         return None
@@ -256,12 +262,8 @@ def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
         pts = sorted(
             (r for r in rows if r["attack"] == attack and r.get("with") is not None), key=lambda r: r["setting"]
         )
-        ax.plot(
-            [r["setting"] for r in pts],
-            [100 * r["with"] for r in pts],
-            marker="o",
-            label=attack if attack == "clean" else f"{attack} ({pts[0]['kind'] if pts else ''})",
-        )
+        label = attack if attack == "clean" else f"{attack} ({pts[0]['kind'] if pts else ''})"
+        _errorbar(ax, [r["setting"] for r in pts], pts, "with", "-", label)
     return _finish(fig, ax, "reversal steps", "accuracy after reversal (%)", "Accuracy vs reversal steps", path)
 
 
@@ -299,6 +301,7 @@ def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
         put(f"{t}/{name}_acc", r["without"])
         put(f"{t}/{name}_acc_reversed", r["with"])
         put(f"{t}/{name}_acc_reversed_mean", r.get("with_mean"))
+        put(f"{t}/{name}_acc_reversed_first", r.get("with_first"))
         put(f"{t}/{name}_n", r.get("n"))
         for side, suffix in (("without", "acc"), ("with", "acc_reversed")):
             ci = r.get(f"ci_{side}") or (None, None)

@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .config import EvalConfig, eps_label
 from .registry import ATTACKS
@@ -48,7 +48,10 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
     for col in dict.fromkeys(("without", "with", *row.columns)):
         k = f"{row.key}|{col}"
         out[col] = st.accuracy([k], common)[0] if k in st.rows else None
-        if col == "with" and k in st.rows:
+        if col == "with" and k in st.rows and getattr(row, "stop_draws", False):
+            # drawn again only when right on the first draw: the first draw's accuracy is exact, the mean is not
+            out["with_first"] = sum(st.rows[k][i] > 0 for i in common) / len(common) if common else None
+        elif col == "with" and k in st.rows:
             stats = st.draw_stats(k, common)
             out["with_mean"], out["with_disagreement"] = stats["mean"], stats["disagreement"]
     withs = [k for k in keys if _is_with(k.rsplit("|", 1)[1])]
@@ -65,18 +68,62 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
     return out
 
 
+def _at_budget(rows: Sequence[Any], norm: str, eps: float) -> list:
+    """The rows that count in the worst case at ``(norm, eps)`` (main, steps and EOT sweeps, the eps sweep)."""
+    return [
+        r
+        for r in rows
+        if (r.group in TOP_GROUPS or r.group == "eps-sweep") and r.norm == norm and abs(r.eps - eps) < 1e-12
+    ]
+
+
+def _side_keys(st: ResultStore, rows: Sequence[Any], side: str) -> list[str]:
+    return [
+        f"{r.key}|{c}"
+        for r in rows
+        for c in r.columns
+        if (c == side or c.startswith(side + "@")) and f"{r.key}|{c}" in st.rows
+    ]
+
+
+def still_robust(st: ResultStore, earlier: Sequence[Any], row: Any, ids: Sequence[int]) -> list[bool]:
+    """Per example of ``ids``: not yet broken, without or with the reversal, by clean and the ``earlier``
+    rows at ``row``'s budget (what a cascaded row attacks). A row that lacks an example says nothing of it.
+
+    >>> from lightning_modules.evaluation.catalog import Row
+    >>> s = ResultStore({"m": 1})
+    >>> s.add("clean|without", [0, 1, 2], [1, 1, 0]); s.add("clean|with", [0, 1, 2], [2, 0, 0], draws=2)
+    >>> still_robust(s, [Row("clean", "clean", "clean", columns=("without", "with"))], Row("a", "main", "a"), [0, 1, 2])
+    [True, True, False]
+    """
+    clean = [r for r in earlier if r.group == "clean"]
+    mine = clean + _at_budget(earlier, row.norm, row.eps)
+    out = []
+    for i in ids:
+        out.append(
+            any(
+                all(st.robust(k, i) for k in _side_keys(st, mine, side) if i in st.rows[k])
+                for side in ("without", "with")
+                if any(c == side or c.startswith(side + "@") for c in row.columns)
+            )
+        )
+    return out
+
+
 def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[dict[str, Any]]:
     """Per example, robust only if clean and every row at ``(norm, eps)`` (each column, each draw) got it right.
 
     The examples counted are those that clean and every main row have (with ``adaptive_n``, the first
     ``adaptive_n``: every attack on the defense ran on them); rows meant for a smaller subset (Square,
-    the sweeps) count on the examples they have."""
-    mine = [r for r in rows if r.group in TOP_GROUPS and r.norm == norm and abs(r.eps - eps) < 1e-12]
-    mine += [r for r in rows if r.group == "eps-sweep" and r.norm == norm and abs(r.eps - eps) < 1e-12]
+    the sweeps) count on the examples they have. A cascaded row (``Row.cascade``) lacks the examples
+    already broken before it: those are decided; an example robust on every row it has but missing
+    from a cascaded row is not finished (a stopped evaluation) and is left out."""
+    mine = _at_budget(rows, norm, eps)
     if not mine:
         return None
     clean = next(r for r in rows if r.group == "clean")
-    full = [clean] + [r for r in mine if r.group == "main" and not ATTACKS[r.attack].partial]
+    full = [clean] + [r for r in mine if r.group == "main" and not ATTACKS[r.attack].partial and not r.cascade]
+    cascaded = [r for r in mine if r.cascade]
     entry: dict[str, Any] = {"threat": norm, "eps": eps, "eps_label": eps_label(eps, norm)}
     flags: dict[str, dict] = {}
     for side in ("without", "with"):
@@ -85,13 +132,18 @@ def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[d
             entry[side] = None
             continue
         ids = st.common(base)
-        keys = [
-            f"{r.key}|{c}"
-            for r in [clean] + mine
-            for c in r.columns
-            if (c == side or c.startswith(side + "@")) and f"{r.key}|{c}" in st.rows
-        ]
-        flags[side] = {i: all(st.robust(k, i) for k in keys if i in st.rows[k]) for i in ids}
+        for r in cascaded:
+            if r.subset is not None:
+                ids = {i for i in ids if i < r.subset}
+        keys = _side_keys(st, [clean] + mine, side)
+        asked = [f"{r.key}|{side}" for r in cascaded]
+        flags[side] = {}
+        for i in ids:
+            ok = all(st.robust(k, i) for k in keys if i in st.rows[k])
+            if ok and any(i not in st.rows.get(k, {}) for k in asked):
+                continue  # robust so far, yet a cascaded row has not run on it: unfinished
+            flags[side][i] = ok
+        ids = set(flags[side])
         ok = sum(flags[side].values())
         entry[side] = ok / len(ids) if ids else None
         entry[f"n_{side}"] = len(ids)
@@ -171,6 +223,7 @@ def summarize(st: ResultStore, rows: list, cfg: EvalConfig, skipped: Optional[di
                     "key": r.key,
                     "params": r.params,
                     "subset": r.subset,
+                    "cascade": r.cascade,
                     **column_stats(st, r),
                 }
             )

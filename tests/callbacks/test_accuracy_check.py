@@ -48,6 +48,8 @@ def test_counts_equal_a_manual_loop_with_the_same_seed(capsys, one_thread):
 
 
 def test_line_and_bad_settings():
-    assert accuracy_line(1, 0, 3, 20, 8 / 255) == "accuracy on 3 test images: clean 33.3%, PGD-20 (L-inf 8/255) 0.0%"
+    assert accuracy_line(1, 0, 3, 20, 8 / 255) == (
+        "accuracy on 3 test images: clean 33.3% [6.1-79.2], PGD-20 (L-inf 8/255) 0.0% [0.0-56.1] (Wilson 95%)"
+    )
     with pytest.raises(ValueError, match="steps must be >= 1"):
         AccuracyCheck(steps=0)

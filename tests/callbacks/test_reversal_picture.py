@@ -30,7 +30,15 @@ def test_figure_size_labels_and_accuracies(tmp_path):
     # the title's accuracies are on a larger set than the 4 images shown: 8 images, computed by hand
     y8 = torch.arange(8)
     acc = accuracies(y8, y8.clone(), torch.tensor([0, 9, 9, 9, 9, 9, 9, 9]), torch.tensor([0, 1, 2, 9, 9, 5, 6, 9]))
-    assert acc == {"n": 8, "clean": 1.0, "before": 1 / 8, "after": 5 / 8}
+    assert {k: acc[k] for k in ("n", "clean", "before", "after")} == {
+        "n": 8,
+        "clean": 1.0,
+        "before": 1 / 8,
+        "after": 5 / 8,
+    }
+    # the paired gain: 4 images right only after the reversal, none only before -> +50 points, exact p = 2 / 2**4
+    assert acc["gain"]["gain"] == 0.5 and acc["gain"]["p_mcnemar"] == pytest.approx(0.125)
+    assert acc["gain"]["lo"] < 0.5 < acc["gain"]["hi"] and acc["ci_after"][0] < 5 / 8 < acc["ci_after"][1]
     fig = reversal_figure(
         x,
         x_adv,

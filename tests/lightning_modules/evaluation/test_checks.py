@@ -157,3 +157,24 @@ def test_headline_carries_intervals_and_the_paired_gain():
     assert m["eval/Linf_8_255/reversal_gain_lo"] > 0
     assert any(k.endswith("_n") and v == N for k, v in m.items() if "robust" not in k)
     assert any(k.endswith("_acc_reversed_lo") and v < 0.7 for k, v in m.items())
+
+
+def test_reversal_steps_plot_draws_wilson_error_bars(tmp_path: Path):
+    from lightning_modules.evaluation import report
+
+    calls = []
+
+    class Ax:
+        def errorbar(self, xs, ys, yerr, **kw):
+            calls.append((list(xs), list(ys), yerr))
+
+    pts = [
+        {"setting": 0, "with": 0.25, "ci_with": [0.1, 0.5]},
+        {"setting": 40, "with": 0.5, "ci_with": [0.3, 0.7]},
+    ]
+    report._errorbar(Ax(), [0, 40], pts, "with", "-", "clean")
+    xs, ys, (lo, hi) = calls[0]
+    assert xs == [0, 40] and ys == [25.0, 50.0]
+    assert lo == pytest.approx([15.0, 20.0]) and hi == pytest.approx([25.0, 20.0])
+    summary = {"sweeps": {"reversal_steps": [{**p, "attack": "clean", "kind": "non-adaptive"} for p in pts]}}
+    assert report.plot_reversal_steps(summary, tmp_path / "steps.png").is_file()
