@@ -40,7 +40,9 @@ $(DATA_DIR)/cifar-10-batches-py/test_batch:
 # The main job. With a GPU: PreActResNet-18, PGD-10 AT + contrastive head (pgd_at.yaml). Without one: the CPU
 # profile (cpu.yaml: small CNN, fast AT + head, 4 epochs; ~10 min on 2 cores). Either way it then prints clean and
 # PGD-20 accuracy on the first 1,000 test images (check.yaml) and draws the reversal picture (reverse.yaml).
-# TRAIN_DEVICE=cpu|gpu forces a profile; ARGS go to the fit.
+# TRAIN_DEVICE=cpu|gpu forces a profile; ARGS go to the fit (the check and the picture then load the checkpoint
+# that fit wrote, also under ARGS='--trainer.default_root_dir DIR'). A rerun after a finished run refuses its
+# folder: ARGS='--ckpt_path last' resumes that run, ARGS='--trainer.default_root_dir DIR' starts one elsewhere.
 TRAIN_DEVICE ?=
 train-cifar10: data
 	@dev="$(TRAIN_DEVICE)"; [ -n "$$dev" ] || dev=$$($(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')"); \
@@ -50,7 +52,12 @@ train-cifar10: data
 	  echo "[main] No GPU: the CPU profile (experiments/cifar10/cpu.yaml): small CNN, fast AT + contrastive head, 4 epochs"; \
 	  echo "[main] of 50,000 images; about 10 minutes on 2 cores, then the accuracy check and the reversal picture (~1 min)."; \
 	fi; \
-	ckpt=logs/checkpoints/cifar10/$$exp/last.ckpt; \
+	root=logs; prev=; for a in $(ARGS); do \
+	  case "$$prev" in --trainer.default_root_dir) root=$$a;; esac; \
+	  case "$$a" in --trainer.default_root_dir=*) root=$${a#*=};; esac; prev=$$a; \
+	done; \
+	ckpt=$$root/checkpoints/cifar10/$$exp/last.ckpt; \
+	SSL_REVERSAL_MAKE="make train-cifar10" \
 	$(CLI) fit --config experiments/cifar10/$$exp.yaml --data.init_args.data_dir $(DATA_DIR) $(ARGS) && \
 	$(CLI) test --config experiments/cifar10/check.yaml --ckpt_path $$ckpt --data.init_args.data_dir $(DATA_DIR) && \
 	$(CLI) predict --config experiments/cifar10/reverse.yaml --ckpt_path $$ckpt --data.init_args.data_dir $(DATA_DIR) \

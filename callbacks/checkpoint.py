@@ -12,8 +12,12 @@ this callback's folder (the CLI gives every experiment a fixed one; see
 :mod:`lightning_modules.cli`), and the data loaders continue mid-epoch where the checkpoint was
 taken (:class:`~datamodules.device_loader.DeviceLoader` is stateful).
 
-One folder, one fit: a fit claims its folder with ``fit.lock`` (PID, host, command) and a second fit into
-a folder in use is refused naming the first; the lock of a killed run (its PID dead) is taken over.
+One folder, one run: a fit claims its folder with ``fit.lock`` (PID, host, command) and a second fit into
+a folder in use is refused naming the first; the lock of a killed run (its PID dead) is taken over. A new
+fit (no ``--ckpt_path``) into a folder that already holds checkpoints (``*.ckpt``, an earlier run's) is
+refused before training, naming them: resume that run with ``--ckpt_path last``, or start elsewhere.
+``last.ckpt`` is written whenever an epoch (or step) checkpoint is: when its write fails (a full disk),
+the checkpoint of the same step is removed too, so ``--ckpt_path last`` always resumes the newest.
 
 Under DDP every rank calls the save (Lightning gathers the state on all ranks), only global rank
 0 writes, and all ranks agree on the temporary name (rank 0's, broadcast), so strategies that
@@ -141,6 +145,43 @@ def acquire_folder_lock(folder: str | os.PathLike) -> Path:
     raise FolderInUseError(f"checkpoint folder {folder}: cannot take its lock {lock}")
 
 
+class FolderHoldsRunError(RuntimeError):
+    """A new fit into a checkpoint folder that already holds an earlier run's checkpoints."""
+
+
+def earlier_run_error(folder: str | os.PathLike) -> Optional[FolderHoldsRunError]:
+    """The refusal for a new fit (nothing to resume) into ``folder`` when it holds checkpoints, else None.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> earlier_run_error(d) is None
+        True
+        >>> _ = (d / "last.ckpt").write_bytes(b"")
+        >>> "holds an earlier run's checkpoints (last.ckpt)" in str(earlier_run_error(d))
+        True
+        >>> os.environ["SSL_REVERSAL_MAKE"] = "make train-cifar10"  # run by make: the fixes as make arguments
+        >>> "resume that run with make train-cifar10 ARGS='--ckpt_path last'" in str(earlier_run_error(d))
+        True
+        >>> del os.environ["SSL_REVERSAL_MAKE"]
+    """
+    folder = Path(folder)
+    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not found:
+        return None
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    via = os.environ.get("SSL_REVERSAL_MAKE")  # the make target that runs this fit (its flags go in ARGS)
+
+    def flags(f: str) -> str:
+        return f"{via} ARGS='{f}'" if via else f
+
+    return FolderHoldsRunError(
+        f"checkpoint folder {folder} already holds an earlier run's checkpoints ({shown}) and a new fit there "
+        f"would mix the two runs: resume that run with {flags('--ckpt_path last')}, give this run its own folder "
+        f"with {flags('--trainer.default_root_dir DIR')}, or remove {folder} to start over"
+    )
+
+
 def release_folder_lock(folder: str | os.PathLike) -> None:
     """Remove ``fit.lock`` in ``folder`` when it is this process's."""
     lock = Path(folder) / LOCK_NAME
@@ -191,6 +232,25 @@ class AtomicCheckpoint(ModelCheckpoint):
             acquire_folder_lock(self.dirpath)
             remove_stale_temporaries(self.dirpath)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if not trainer.strategy.restore_checkpoint_after_setup:  # trainer.ckpt_path is known by now
+            self._refuse_another_run(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.strategy.restore_checkpoint_after_setup:  # sharded strategies restore after on_fit_start
+            self._refuse_another_run(trainer)
+
+    def _refuse_another_run(self, trainer: pl.Trainer) -> None:
+        """A fit with nothing to resume refuses a folder holding checkpoints (all ranks, rank 0 looks)."""
+        if self.dirpath is None or trainer.ckpt_path or trainer.fast_dev_run:  # fast_dev_run saves nothing
+            return
+        error = str(earlier_run_error(self.dirpath) or "") if trainer.is_global_zero else ""
+        error = trainer.strategy.broadcast(error)
+        if error:
+            raise FolderHoldsRunError(error)
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
         if trainer.is_global_zero and stage == "fit" and self.dirpath is not None:
@@ -206,6 +266,8 @@ class AtomicCheckpoint(ModelCheckpoint):
         (``every_n_train_steps``, say) fell before the end of training. Not with weight averaging
         (EMA): its ``on_train_end`` has already put the average into the model, which a resumed run
         would then take for the raw weights."""
+        if trainer.fast_dev_run:  # a smoke test saves nothing (Lightning's would still write last.ckpt here)
+            return
         averaging = any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks)
         if self.save_last and not averaging and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
@@ -216,6 +278,23 @@ class AtomicCheckpoint(ModelCheckpoint):
                 self._save_last_checkpoint(trainer, candidates)
             return
         super().on_train_end(trainer, pl_module)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        """Lightning's, but when ``last.ckpt`` cannot be written, the checkpoint this step just wrote (an
+        epoch's) is removed too: no checkpoint is ever newer than ``last.ckpt``."""
+        step_file = self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else None
+        try:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+        except OSError as e:
+            if not step_file or os.path.abspath(step_file) == os.path.abspath(self.last_model_path or ""):
+                raise
+            if trainer.is_global_zero:
+                _remove(step_file)
+            raise OSError(
+                e.errno,
+                f"{e.strerror or e}; {os.path.basename(step_file)} of the same step was removed too, so that "
+                "--ckpt_path last resumes the newest checkpoint",
+            ) from e
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = trainer.strategy.broadcast(f"{filepath}.tmp-{os.getpid()}")

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -190,6 +191,9 @@ def train(run: Run, budget: float) -> dict:
         raise RuntimeError("no data: the setup stage failed")
     epochs = plan_epochs(run, budget)
     root = a.work / "logs"
+    # every run trains afresh: an earlier run's checkpoints in the scratch folder would make the fit refuse
+    # the folder, and then be taken for this run's
+    shutil.rmtree(root / "checkpoints", ignore_errors=True)
     max_time = max(5, int(budget - 30)) if not a.tiny else 5  # the rest: start-up and the last checkpoint
     cmd = [
         sys.executable,

@@ -20,7 +20,7 @@ def test_a_regular_install_finds_its_base_config(tmp_path):
         shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     site = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
-    r = subprocess.run([*pip, str(src)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*pip, str(src)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (site / "lightning_modules" / "base.yaml").is_file()
     for sub in ("attacks", "evaluation", "nn", "views"):  # the sub-packages ship too
@@ -28,6 +28,6 @@ def test_a_regular_install_finds_its_base_config(tmp_path):
     # imported from the install (not the repository), the CLI reads the base file inside the install
     code = "import lightning_modules.cli as c; print(c.BASE_CONFIG, c.BASE_CONFIG.is_file())"
     env = {**os.environ, "PYTHONPATH": str(site)}
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == [str(site / "lightning_modules" / "base.yaml"), "True"]
