@@ -211,7 +211,8 @@ def summarize(st: ResultStore, rows: list, cfg: EvalConfig, skipped: Optional[di
     clean_row = next(r for r in rows if r.group == "clean")
     table = []
     for r in rows:
-        if r.group == "main" and any(f"{r.key}|{c}" in st.rows for c in r.columns):
+        if r.group == "main" and (r.cascade or any(f"{r.key}|{c}" in st.rows for c in r.columns)):
+            # a cascaded row that found nothing still robust stays in the table with n = 0
             table.append(
                 {
                     "threat": r.norm,
