@@ -91,6 +91,15 @@ def adaptive_strength(summary: dict, cfg: EvalConfig) -> list[Check]:
     for norm, eps in cfg.threat_models.items():
         mine = [r for r in summary["rows"] if r["threat"] == norm and r["eps"] == eps and r.get("with") is not None]
         lab = f"{norm} {mine[0]['eps_label']}" if mine else norm
+        if any(r.get("cascade") for r in mine):  # their accuracy is on the still-robust only: not comparable
+            out.append(
+                _check(
+                    f"{lab}: adaptive attacks at least as strong as non-adaptive (with reversal)",
+                    None,
+                    "not comparable under the cascade (rows on the defense ran on the still-robust examples only)",
+                )
+            )
+            mine = [r for r in mine if not r.get("cascade")]
         wb = [r for r in mine if r["kind"] == "adaptive" and r["attack"] != "transfer"]
         na = [r for r in mine if r["kind"] == "non-adaptive"]
         if wb and na:

@@ -123,7 +123,7 @@ def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[d
         return None
     clean = next(r for r in rows if r.group == "clean")
     full = [clean] + [r for r in mine if r.group == "main" and not ATTACKS[r.attack].partial and not r.cascade]
-    cascaded = [r for r in mine if r.cascade]
+    cascaded = [r for r in mine if r.cascade and not ATTACKS[r.attack].partial]  # partial rows never narrow it
     entry: dict[str, Any] = {"threat": norm, "eps": eps, "eps_label": eps_label(eps, norm)}
     flags: dict[str, dict] = {}
     for side in ("without", "with"):
