@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.evaluation.config import eps_label
-from lightning_modules.evaluation.stats import PairedCounts, mcnemar_exact, newcombe_paired, wilson
+from lightning_modules.evaluation.stats import PairedCounts, paired_gain, wilson
 from lightning_modules.pixels import module_inputs
 
 from .predictions import _gather_to_rank0, merge_predictions
@@ -47,8 +47,7 @@ def accuracies(
         ok = p == y
         out[k], out[f"ci_{k}"] = ok.float().mean().item(), list(wilson(int(ok.sum()), len(y)))
     pc = PairedCounts.from_flags((pred_after == y).tolist(), (pred_before == y).tolist())
-    gain, lo, hi = newcombe_paired(pc)
-    out["gain"] = {"gain": gain, "lo": lo, "hi": hi, "p_mcnemar": mcnemar_exact(pc.only_a, pc.only_b)}
+    out["gain"] = paired_gain(pc)
     return out
 
 

@@ -122,6 +122,17 @@ def min_detectable_difference(c: PairedCounts, z_alpha: float = Z95, z_power: fl
     return (z_alpha + z_power) * math.sqrt(disc / n)
 
 
+def paired_gain(c: PairedCounts) -> dict:
+    """``a - b`` as the reports store it: the gain, Newcombe's 95% interval, n and McNemar's exact p.
+
+    >>> g = paired_gain(PairedCounts(2, 1, 3, 10))
+    >>> round(g["gain"], 4), g["n"], round(g["p_mcnemar"], 3)
+    (-0.125, 16, 0.625)
+    """
+    gain, lo, hi = newcombe_paired(c)
+    return {"gain": gain, "lo": lo, "hi": hi, "n": c.n, "p_mcnemar": mcnemar_exact(c.only_a, c.only_b)}
+
+
 def gain_verdict(c: PairedCounts, alpha: float = 0.05) -> str:
     """One-line verdict on ``a - b`` in points, with interval, McNemar p and a power note.
 

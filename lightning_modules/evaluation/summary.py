@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 from .config import EvalConfig, eps_label
 from .registry import ATTACKS
-from .stats import PairedCounts, gain_verdict, mcnemar_exact, newcombe_paired, wilson
+from .stats import PairedCounts, gain_verdict, paired_gain, wilson
 from .store import ResultStore, jsonable
 
 TOP_GROUPS = ("main", "steps-sweep", "eot-sweep")  # rows at a threat model's budget: all count in its worst case
@@ -63,8 +63,7 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
     if a in st.rows and b in st.rows and common:
         ids = sorted(common)
         pc = PairedCounts.from_flags([st.robust(a, i) for i in ids], [st.robust(b, i) for i in ids])
-        gain, lo, hi = newcombe_paired(pc)
-        out["gain"] = {"gain": gain, "lo": lo, "hi": hi, "n": pc.n, "p_mcnemar": mcnemar_exact(pc.only_a, pc.only_b)}
+        out["gain"] = paired_gain(pc)
     return out
 
 
@@ -153,8 +152,7 @@ def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[d
     if flags.get("with") and flags.get("without"):
         ids = sorted(set(flags["with"]) & set(flags["without"]))
         pc = PairedCounts.from_flags([flags["with"][i] for i in ids], [flags["without"][i] for i in ids])
-        gain, lo, hi = newcombe_paired(pc)
-        entry["gain"] = {"gain": gain, "lo": lo, "hi": hi, "n": pc.n, "p_mcnemar": mcnemar_exact(pc.only_a, pc.only_b)}
+        entry["gain"] = paired_gain(pc)
         entry["gain"]["verdict"] = gain_verdict(pc)
     entry["attacks"] = sorted({r.attack for r in mine})
     return entry
