@@ -97,16 +97,9 @@ def still_robust(st: ResultStore, earlier: Sequence[Any], row: Any, ids: Sequenc
     """
     clean = [r for r in earlier if r.group == "clean"]
     mine = clean + _at_budget(earlier, row.norm, row.eps)
-    out = []
-    for i in ids:
-        out.append(
-            any(
-                all(st.robust(k, i) for k in _side_keys(st, mine, side) if i in st.rows[k])
-                for side in ("without", "with")
-                if any(c == side or c.startswith(side + "@") for c in row.columns)
-            )
-        )
-    return out
+    sides = [s for s in ("without", "with") if any(c == s or c.startswith(s + "@") for c in row.columns)]
+    keys = {s: _side_keys(st, mine, s) for s in sides}  # once per row, not once per example
+    return [any(all(st.robust(k, i) for k in keys[s] if i in st.rows[k]) for s in sides) for i in ids]
 
 
 def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[dict[str, Any]]:
