@@ -47,8 +47,8 @@ def data(n: int = 48):
     return x, y
 
 
-def evaluate(cascade: bool):
-    cfg = EvalConfig(
+def evaluate(cascade: bool, **changes):
+    settings = dict(
         threat_models={"Linf": "8/255"},
         attacks=["pgd", "bpda_eot", "transfer"],
         steps=12,
@@ -61,9 +61,9 @@ def evaluate(cascade: bool):
         eot_sweep=[],
         reversal_steps_sweep=[],
         sanity_checks=False,
-        cascade=cascade,
         progress=False,
     )
+    cfg = EvalConfig(**{**settings, **changes, "cascade": cascade})
     ev = RobustEvaluator(Defense(linear(W), shift, surrogate_fn=linear(W2)), cfg)
     x, y = data()
     return ev, ev.evaluate(x, y, batch_size=12)
@@ -100,26 +100,8 @@ def test_an_unfinished_cascaded_row_leaves_its_robust_examples_out():
 
 
 def test_a_partial_row_does_not_narrow_the_cascaded_headline():
-    cfg = EvalConfig(
-        threat_models={"Linf": "8/255"},
-        attacks=["pgd", "bpda_eot", "square"],
-        steps=12,
-        eot=1,
-        draws=2,
-        judge_draws=1,
-        square_queries=5,
-        square_n=12,
-        composition=[],
-        eps_sweep=[],
-        attack_steps_sweep=[],
-        eot_sweep=[],
-        reversal_steps_sweep=[],
-        sanity_checks=True,
-        cascade=True,
-        progress=False,
-    )
-    x, y = data()
-    s = RobustEvaluator(Defense(linear(W), shift), cfg).evaluate(x, y, batch_size=12)
+    changes = dict(attacks=["pgd", "bpda_eot", "square"], draws=2, composition=[], sanity_checks=True)
+    _, s = evaluate(True, square_queries=5, square_n=12, **changes)
     square = next(r for r in s["rows"] if r["attack"] == "square")
     assert square["cascade"] and square["n"] <= 12
     assert s["worst_case"][0]["n"] == 48  # Square's 12-image subset does not narrow the headline
