@@ -101,6 +101,12 @@ def run_meta(
                     "data_dir": str(getattr(dm, "data_dir", "")),
                     "dataloader_idx": dataloader_idx,
                     "n_examples": getattr(dm, "n_examples", None),
+                    # a shuffled test order (positions are per-example keys); the first N: no entry
+                    **(
+                        {"test_order": "shuffled", "test_seed": dm.seed}
+                        if getattr(dm, "test_order", "first") == "shuffled"
+                        else {}
+                    ),
                     "eval_batch_size": getattr(dm, "eval_batch_size", None),
                 },
                 "world_size": trainer.world_size,

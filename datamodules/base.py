@@ -32,6 +32,9 @@ def _say_clamp(name: str, asked: int, have: int, split: str) -> None:
         say(f"{name}={asked} is more than the {have} examples of the {split} split: using all {have}")
 
 
+TEST_ORDERS = ("first", "shuffled")
+
+
 class ArrayDataModule(pl.LightningDataModule):
     """Base class: train / validation / test splits as device-resident uint8 tensors.
 
@@ -46,7 +49,11 @@ class ArrayDataModule(pl.LightningDataModule):
         train_subset: train on the first N examples of the training split only (quick runs; clamped
             the same way).
         augment: random crop (reflect pad 4) + horizontal flip on training batches.
-        seed: seeds the validation hold-out and the per-epoch shuffles.
+        seed: seeds the validation hold-out, the per-epoch shuffles and a shuffled test order.
+        test_order: ``first`` (the split's own order: RobustBench's "first N") or ``shuffled`` (a
+            permutation seeded by ``seed`` before the first ``n_examples`` are taken, as Mao et al.
+            shuffle the test set before batching: a random subset, other batch-mates). The evaluation's
+            per-example indices are positions in this order.
     """
 
     num_classes: int = 10
@@ -63,8 +70,12 @@ class ArrayDataModule(pl.LightningDataModule):
         augment: bool = True,
         seed: int = 0,
         train_subset: Optional[int] = None,
+        test_order: str = "first",
     ) -> None:
         super().__init__()
+        if test_order not in TEST_ORDERS:
+            raise ValueError(f"unknown test_order '{test_order}'; choose one of {list(TEST_ORDERS)}")
+        self.test_order = test_order
         if train_subset is not None and train_subset < 1:
             raise ValueError(f"train_subset must be >= 1 or null, got {train_subset}")
         self.train_subset = train_subset
@@ -106,6 +117,9 @@ class ArrayDataModule(pl.LightningDataModule):
         needs_test = stage in (None, "test", "predict", "validate") or (stage == "fit" and not self.val_size)
         if needs_test and "test" not in self.splits:
             x, y = _as_tensors(*self.load_split("test"))
+            if self.test_order == "shuffled":
+                perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+                x, y = x[perm], y[perm]
             if self.n_examples is not None:
                 _say_clamp("n_examples", self.n_examples, len(x), "test")
                 x, y = x[: self.n_examples], y[: self.n_examples]

@@ -112,7 +112,8 @@ class BaseModule(TrainSteps, EvalSteps, ResumeHooks, pl.LightningModule):
         self.head = ContrastiveHead(self.classifier.feature_dim, head_hidden, head_dim)
         if not self.freeze_backbone and not self.head_in_loss():
             self.head.requires_grad_(False)  # unused by the training loss; DDP refuses parameters without gradients
-        self.views = make_views(self.ssl_cfg.n_views, image_size, self.ssl_cfg.view_scale, self.ssl_cfg.views)
+        sc = self.ssl_cfg
+        self.views = make_views(sc.n_views, image_size, sc.view_scale, sc.views, **sc.view_options())
         self._reversal_views: dict[tuple, nn.Module] = {}
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)  # model summary: FLOPs
         nc = self.classifier.num_classes
@@ -183,7 +184,7 @@ class BaseModule(TrainSteps, EvalSteps, ResumeHooks, pl.LightningModule):
         v = self.views(x, n)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             _, feats = self.classifier(v)
-        return info_nce(self.head(feats), n, self.ssl_cfg.temperature)
+        return info_nce(self.head(feats), n, self.ssl_cfg.temperature, positive=self.ssl_cfg.positive)
 
     def attack(
         self, x: torch.Tensor, y: torch.Tensor, steps: Optional[int] = None, eps: Optional[float] = None, **kw: Any

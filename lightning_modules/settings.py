@@ -105,6 +105,10 @@ class SSLConfig:
         view_scale: random-resized-crop area range of the views.
         views: their implementation, ``kornia`` or ``fast`` (same distribution, batched, no host syncs;
             see :mod:`lightning_modules.views.fast`).
+        recipe: the views' colour jitter, grayscale and per-image or batch-shared draw, and InfoNCE's
+            positives, as in that reversal recipe (:data:`~lightning_modules.reversal.RECIPES`):
+            ``package`` (per image, jitter 0.4/0.4/0.4/0.1 with p 0.8) or ``mao2021`` (one draw per view
+            for the batch, jitter 0.8/0.8/0.8/0.2 always, first positive), as Mao et al. train their head.
     """
 
     weight: float = 1.0
@@ -113,8 +117,23 @@ class SSLConfig:
     temperature: float = 0.2
     view_scale: Sequence[float] = field(default_factory=lambda: (0.08, 1.0))
     views: str = "kornia"
+    recipe: str = "package"
+
+    def view_options(self) -> dict:
+        """The views' options of ``recipe`` (:func:`~lightning_modules.views.fast.make_views`)."""
+        from .reversal import RECIPES
+
+        r = RECIPES[self.recipe]
+        return dict(jitter=tuple(r["jitter"]), p_jitter=r["p_jitter"], p_gray=r["p_gray"], shared=r["shared_views"])
+
+    @property
+    def positive(self) -> str:
+        from .reversal import RECIPES
+
+        return RECIPES[self.recipe]["positive"]
 
     def __post_init__(self) -> None:
+        from .reversal import RECIPES
         from .views.fast import VIEW_BACKENDS
 
         _check(
@@ -129,6 +148,8 @@ class SSLConfig:
         )
         if self.views not in VIEW_BACKENDS:
             raise ValueError(f"unknown ssl.views '{self.views}'; choose one of {list(VIEW_BACKENDS)}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown ssl.recipe '{self.recipe}'; choose one of {list(RECIPES)}")
         self.view_scale = tuple(float(s) for s in self.view_scale)
 
 

@@ -25,7 +25,9 @@ def test_eval_mao2021_profile_runs_end_to_end(tmp_path: Path):
     assert args["reversal"] == {"recipe": "mao2021"} and args["config"]["draws"] == 1
     args["output_dir"] = str(tmp_path / "eval")
     args["reversal"] = {"recipe": "mao2021", "steps": 2}
-    args["config"].update(steps=2, apgd_steps=2, attacks=["pgd", "apgd-ce"], progress=False)
+    assert args["config"]["attacks"] == ["pgd", "apgd_fab"]  # their "AutoAttack": APGD-CE + FAB, 2 restarts
+    assert profile["data"]["init_args"]["test_order"] == "shuffled"
+    args["config"].update(steps=2, progress=False)
     cli = run_cli(
         ["test", *tiny_args(data, root, "--ckpt_path", str(ckpt), callbacks="    - " + json.dumps(cb) + "\n")]
     )
@@ -35,4 +37,4 @@ def test_eval_mao2021_profile_runs_end_to_end(tmp_path: Path):
     l2 = ev.evaluator.defense.for_threat("L2", 0.5).fns.cfg
     assert l2.norm == "L2" and abs(l2.eps - 1.0) < 1e-9
     rows = json.loads((tmp_path / "eval" / "robustness.json").read_text())
-    assert "L2" in json.dumps(rows) and "Linf" in json.dumps(rows)
+    assert "L2" in json.dumps(rows) and "Linf" in json.dumps(rows) and "APGD-CE + FAB" in json.dumps(rows)

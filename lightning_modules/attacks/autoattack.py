@@ -38,6 +38,8 @@ import torch.nn as nn
 from .core import check_batch, logits_of
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: pyautoattack's attacks beyond the standard four: untargeted FAB and APGD on the DLR loss
+OTHER_ATTACKS = ("fab", "apgd-dlr")
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -113,17 +115,20 @@ def autoattack(
     state_path: Optional[str | Path] = None,
     verbose: bool = False,
     attacks: Sequence[str] = STANDARD_ATTACKS,
+    restarts: Optional[int] = None,
 ) -> torch.Tensor:
     """Standard AutoAttack (pyautoattack ``version="standard"``) on ``model`` (logits or
     ``(logits, features)``; put it in eval mode), run as ``speed`` says (default: the whole input in
     one batch). Returns ``x_adv``: the adversarial example where one was found, else ``x`` itself;
     correctness is ``model(x_adv).argmax(1) == y``. ``attacks``: a subset of the standard four, run with
-    their standard settings, for quick checks; report only the whole set."""
+    their standard settings, for quick checks; report only the whole set. With attacks of
+    :data:`OTHER_ATTACKS` (e.g. Mao et al.'s ``("apgd-ce", "fab")``, untargeted FAB) or ``restarts``
+    (random restarts of APGD and FAB; standard: 1) it is a custom ensemble, not AutoAttack."""
     speed = speed or AutoAttackSpeed()
     if speed.compile:
         model = torch.compile(model, dynamic=True)
     net = _Logits(model, speed.channels_last)
-    return _run_standard(net, x, y, eps, norm, seed, speed.batch_size or len(x), state_path, verbose, attacks)
+    return _run_standard(net, x, y, eps, norm, seed, speed.batch_size or len(x), state_path, verbose, attacks, restarts)
 
 
 def plain_autoattack(
@@ -164,13 +169,17 @@ def _run_standard(
     state_path: Optional[str | Path],
     verbose: bool,
     attacks: Sequence[str],
+    restarts: Optional[int] = None,
 ) -> torch.Tensor:
     from pyautoattack import AutoAttack
 
     norm = check_batch(x, y, eps, norm)
     attacks = list(attacks)
-    if not attacks or any(a not in STANDARD_ATTACKS for a in attacks):
-        raise ValueError(f"AutoAttack attacks must be a subset of {list(STANDARD_ATTACKS)}, got {attacks}")
+    known = STANDARD_ATTACKS + OTHER_ATTACKS
+    if not attacks or any(a not in known for a in attacks):
+        raise ValueError(f"AutoAttack attacks must be a subset of {list(known)}, got {attacks}")
+    if restarts is not None and int(restarts) < 1:
+        raise ValueError(f"AutoAttack restarts must be >= 1, got {restarts}")
 
     logger = logging.getLogger("auto-attack")
     level = logger.level
@@ -179,6 +188,8 @@ def _run_standard(
     try:
         adversary = AutoAttack(net, norm=norm, eps=float(eps), seed=seed, version="standard", device=x.device)
         adversary.attacks_to_run = attacks  # a subset keeps the standard settings (restarts, targets, queries)
+        if restarts is not None:  # after the standard version's settings (which set 1)
+            adversary.apgd.n_restarts = adversary.fab.n_restarts = int(restarts)
         adversary.verbose = verbose
         x_adv, _ = adversary.run_standard_evaluation(
             x.detach().float().contiguous(),

@@ -91,6 +91,7 @@ class Attack:
     variants: Callable[[EvalConfig], list[dict]] = lambda c: [{}]
     subset: Callable[[EvalConfig], Optional[int]] = lambda c: None  # runs on idx < subset
     partial: bool = False  # meant for a smaller subset: does not narrow the headline
+    whole: bool = False  # kept on every example under the cascade (a cheap reference row of the table)
 
     @property
     def adaptive(self) -> bool:
@@ -115,6 +116,15 @@ def _apgd_classifier(j: Job) -> torch.Tensor:
 
 def _autoattack(j: Job) -> torch.Tensor:
     return autoattack.autoattack(j.defense.model_fn, j.x, j.y, j.eps, j.norm, seed=j.seed)
+
+
+MAO_RESTARTS = 2  # Mao et al.'s APGD-CE + FAB: 2 restarts each (their PGD: 1)
+
+
+def _apgd_fab(j: Job) -> torch.Tensor:
+    return autoattack.autoattack(
+        j.defense.model_fn, j.x, j.y, j.eps, j.norm, seed=j.seed, attacks=("apgd-ce", "fab"), restarts=MAO_RESTARTS
+    )
 
 
 def _defense_aware(j: Job) -> torch.Tensor:
@@ -227,6 +237,7 @@ ATTACKS: dict[str, Attack] = {
             _pgd("ce"),
             lambda c, v: f"PGD-{c.steps} (CE)",
             lambda c, v: f"pgd{c.steps}x{c.restarts}-{_a(c)}",
+            whole=True,
         ),
         Attack(
             "cw",
@@ -249,6 +260,14 @@ ATTACKS: dict[str, Attack] = {
             _autoattack,
             lambda c, v: "AutoAttack standard (pyautoattack)",
             lambda c, v: "autoattack-standard",
+            whole=True,
+        ),
+        Attack(  # Mao et al.'s "AutoAttack" (cifar10_defense_rebAA.py): not the standard ensemble
+            "apgd_fab",
+            "non-adaptive",
+            _apgd_fab,
+            lambda c, v: f"APGD-CE + FAB (untargeted), {MAO_RESTARTS} restarts (pyautoattack)",
+            lambda c, v: f"apgd-ce+fab-x{MAO_RESTARTS}",
         ),
         Attack(
             "defense_aware",

@@ -2,6 +2,7 @@
 below 1 fail."""
 
 import pytest
+import torch
 
 from datamodules import CIFAR10DataModule
 from tests.conftest import write_cifar10
@@ -32,3 +33,22 @@ def test_sizes_below_one_fail(kw, match):
 
 def test_eval_batch_size_defaults_to_batch_size():
     assert CIFAR10DataModule("data", batch_size=7).eval_batch_size == 7
+
+
+def test_shuffled_test_order_is_a_seeded_permutation_before_the_first_n(tmp_path):
+    data = write_cifar10(tmp_path / "data", n_train=16, n_test=40)
+
+    def test_split(**kw):
+        dm = CIFAR10DataModule(data_dir=str(data), batch_size=8, strict_counts=False, **kw)
+        dm.setup("test")
+        return dm.splits["test"]
+
+    x0, y0 = test_split()
+    xs, ys = test_split(test_order="shuffled", n_examples=10, seed=3)
+    again, _ = test_split(test_order="shuffled", n_examples=10, seed=3)
+    other, _ = test_split(test_order="shuffled", n_examples=10, seed=4)
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:10]
+    assert torch.equal(xs, x0[perm]) and torch.equal(ys, y0[perm]) and torch.equal(xs, again)
+    assert not torch.equal(xs, x0[:10]) and not torch.equal(xs, other)
+    with pytest.raises(ValueError, match="unknown test_order 'random'"):
+        CIFAR10DataModule(data_dir=str(data), test_order="random")

@@ -58,6 +58,22 @@ def test_shared_views_give_identical_images_the_same_view(backend):
     assert not torch.allclose(w, w[:, :1].expand_as(w), atol=1e-3)  # per-image draws differ
 
 
+@pytest.mark.parametrize("views", ["kornia", "fast"])
+def test_head_training_views_follow_the_ssl_recipe(views):
+    """``ssl.recipe: mao2021`` trains the head on the reference views (one draw per view for the batch)."""
+    from lightning_modules import ReversalModule
+
+    x = torch.rand(1, 3, 32, 32).expand(6, 3, 32, 32).contiguous()
+    for recipe, shared in (("package", False), ("mao2021", True)):
+        m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, ssl={"recipe": recipe, "views": views})
+        torch.manual_seed(0)
+        v = m.views(x, 2).view(2, 6, 3, 32, 32)
+        assert torch.allclose(v, v[:, :1].expand_as(v), atol=1e-6) == shared
+        assert (m.ssl_cfg.positive, m.ssl_cfg.view_options()["p_jitter"]) == (
+            ("first", 1.0) if shared else ("all", 0.8)
+        )
+
+
 def test_l2_reversal_stays_in_the_l2_ball_and_lowers_the_loss():
     net, head = small_net()
     x = torch.rand(8, 3, 32, 32)

@@ -155,3 +155,29 @@ def test_a_subset_of_attacks_keeps_the_standard_settings(monkeypatch):
     assert torch.equal(sub, apgd(net, x, y, eps=0.005, steps=100, restarts=1, loss="ce", seed=0))
     with pytest.raises(ValueError, match="subset of"):
         autoattack(net, x, y, eps=0.005, attacks=("apgd-ce", "pgd"))
+
+
+def test_mao2021_ensemble_is_apgd_ce_and_untargeted_fab_with_two_restarts(monkeypatch):
+    """Their "AutoAttack" (APGD-CE + FAB, 2 restarts each) equals pyautoattack set up that way by hand."""
+    import pyautoattack
+
+    made = []
+
+    class Recording(pyautoattack.AutoAttack):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", Recording)
+    net, x, y = linear_model(2)
+    ours = autoattack(net, x, y, eps=0.006, seed=0, attacks=("apgd-ce", "fab"), restarts=2)
+    (aa,) = made
+    assert aa.attacks_to_run == ["apgd-ce", "fab"] and (aa.apgd.n_restarts, aa.fab.n_restarts) == (2, 2)
+    assert aa.fab.targeted is False  # untargeted FAB ran
+    ref = pyautoattack.AutoAttack(net, norm="Linf", eps=0.006, seed=0, version="standard")
+    ref.attacks_to_run, ref.apgd.n_restarts, ref.fab.n_restarts, ref.verbose = ["apgd-ce", "fab"], 2, 2, False
+    expected, _ = ref.run_standard_evaluation(x, y, batch_size=len(x))
+    assert torch.equal(ours, expected)
+    assert (net(ours).argmax(1) != y).any()  # it broke something: a real comparison
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        autoattack(net, x, y, eps=0.006, attacks=("fab",), restarts=0)
