@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
 
 from lightning_modules.attacks.core import pgd
+from lightning_modules.evaluation.stats import wilson
 from lightning_modules.reversal import RECIPES, ReversalConfig, reverse
 
 #: One setting of the recipe switched back to the package's value (the budget: the package's fixed 16/255).
@@ -29,19 +29,6 @@ ABLATIONS = {
     "positive": dict(positive="all"),
     "budget": dict(budget_factor=0.0),
 }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of ``k`` successes in ``n``.
-
-    >>> [round(v, 3) for v in wilson(5, 10)]
-    [0.237, 0.763]
-    """
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
 
 
 def cell(correct: torch.Tensor) -> str:
@@ -62,7 +49,7 @@ def load(ckpt: str):
     return m.eval()
 
 
-def test_images(data_dir: str, n: int, strict: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def first_test_images(data_dir: str, n: int, strict: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     from datamodules import CIFAR10DataModule
 
     dm = CIFAR10DataModule(data_dir=data_dir, n_examples=n, strict_counts=strict)
@@ -117,7 +104,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--not-strict", action="store_true", help="accept a test split of another size (tests)")
     a = ap.parse_args(argv)
     m = load(a.ckpt)
-    x, y = test_images(a.data_dir, a.n, strict=not a.not_strict)
+    x, y = first_test_images(a.data_dir, a.n, strict=not a.not_strict)
     torch.manual_seed(a.seed)
     x_adv = torch.cat(
         [
