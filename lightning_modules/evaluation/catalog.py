@@ -50,10 +50,16 @@ class Row:
     kind: str = "non-adaptive"
     setting: Optional[int] = None  # the swept value (steps, EOT, reversal steps)
     cascade: bool = False  # runs only on the examples still robust at its budget (EvalConfig.cascade)
-    stop_draws: bool = False  # "with": an example wrong on its first draw is not drawn again (EvalConfig.cascade)
+    stop_draws: bool = False  # "with" columns: an example wrong on its first draw is not drawn again (cascade)
 
 
-def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[str]], reversal_sweep: bool) -> list[Row]:
+def build_catalog(
+    c: EvalConfig,
+    rev: bool,
+    missing: Callable[[str], Optional[str]],
+    reversal_sweep: bool,
+    reversal_steps: Optional[int] = None,
+) -> list[Row]:
     """Every row of the evaluation, in the order they run.
 
     Args:
@@ -61,6 +67,7 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
         rev: the model has a reversal ("with" columns and attacks on the defense).
         missing: why an attack cannot run on this model (None: it can); such attacks get no rows.
         reversal_sweep: run the reversal-steps sweep.
+        reversal_steps: the reversal's own steps (its sweep's row at that value copies the main rows').
     """
     rows: list[Row] = []
 
@@ -109,7 +116,7 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
                 continue
             for v in ATTACKS[name].variants(c):
                 r = attack_row("main", name, norm, eps, c, v, None)
-                r.cascade = c.cascade and rev and eps > 0 and "reverse_fn" in ATTACKS[name].needs
+                r.cascade = c.cascade and rev and eps > 0 and not ATTACKS[name].whole
                 main[(norm, eps, name, r.key.split("|")[-1])] = r.key
                 rows.append(r)
     for eps in c.eps_sweep:
@@ -149,6 +156,7 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
                     setting=v,
                 )
                 r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
+                r.cascade = c.cascade and rev and not ATTACKS[name].whole  # on the main rows' survivors
                 rows.append(r)
     if reversal_sweep:
         for k in c.reversal_steps_sweep:
@@ -162,6 +170,7 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
                     reversal_steps=k,
                     label="clean",
                     setting=k,
+                    reuse="clean" if k == reversal_steps else None,
                 )
             )
             for name in c.reversal_sweep_attacks:
@@ -171,6 +180,7 @@ def build_catalog(c: EvalConfig, rev: bool, missing: Callable[[str], Optional[st
                 r.key, r.columns = key("rev-sweep", k, norm0, eps0, ATTACKS[name].ident(c, {})), ("with",)
                 if name == "pgd":  # crafted once on the classifier: seeded as the main PGD row
                     r.seed_key = key("main", norm0, eps0, ATTACKS["pgd"].ident(c, {}))
+                    r.reuse = r.seed_key if k == reversal_steps else None
                 rows.append(r)
     if c.sanity_checks and c.standard_model:
         cs = dataclasses.replace(c, steps=20)

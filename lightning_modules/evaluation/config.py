@@ -115,12 +115,13 @@ class EvalConfig:
         reversal_per_threat: each row's reversal gets the budget its threat model asks for
             (:meth:`~lightning_modules.reversal.ReversalConfig.for_threat`: an L2 reversal on L2 rows;
             ``budget_factor`` x the row's eps for the ``mao2021`` recipe); False: the reversal as configured.
-        cascade: AutoAttack's rule for the headline: a main-table row on the whole defense (attacks in
-            the order of ``attacks``: put cheap ones first) runs only on the examples still robust in
-            the worst case so far at its budget (clean and the rows before it, without or with the
+        cascade: AutoAttack's rule for the headline: a main-table row at a threat model's budget
+            (attacks in the order of ``attacks``: put cheap ones first) runs only on the examples still
+            robust in the worst case so far (clean and the main rows before it, without or with the
             reversal), as one batch of those examples, and scores the all-draws rule stopping after
-            an example's first wrong draw; rows on the classifier stay full. Such a row's n is its
-            subset. False: every row attacks every example.
+            an example's first wrong draw; PGD and AutoAttack on the classifier stay whole (the table's
+            references), and the steps / EOT sweeps of an attack on the defense run on the examples
+            the main rows left robust. Such a row's n is its subset. False: every row attacks every example.
         draws_in_one_call: the draws (and the blocks of a batch composition) of a batch are one reversal
             of the batch repeated, each copy contrasting only with itself (same distribution as separate
             calls). False: one call per draw.

@@ -11,7 +11,8 @@ With ``reverse_groups_fn`` (built :meth:`Defense.from_fns`), the reversals of al
 all blocks of a composition) of a batch run in one call: the batch repeated ``draws`` times, each
 copy contrasting only with itself (the same distribution as separate calls; fewer, larger kernels).
 ``stop_after_wrong`` scores the all-draws rule the cheap way: after the first draw only the
-examples it classified correctly are reversed again (among themselves: a smaller batch).
+examples it classified correctly are reversed again (among themselves, in the same composition: a
+smaller batch).
 
 Example:
     >>> import torch
@@ -179,7 +180,7 @@ class Defense:
         ``steps``: the reversal with that many steps (needs ``reverse_steps_fn`` or ``reverse_groups_fn``);
         ``reverse_fn``: another reversal, one call per draw. ``stop_after_wrong``: an example wrong on
         the first draw is not drawn again (its count is 0: decided for the all-draws score); the others
-        are reversed ``draws - 1`` more times as a batch of their own (composition ``batch``)."""
+        are reversed ``draws - 1`` more times as a batch of their own, in the same ``composition``."""
         if reverse_fn is None and steps is not None and self.reverse_groups_fn is None:
             reverse_fn = lambda xa: self.reverse_steps_fn(xa, steps)  # noqa: E731
         if reverse_fn is None and self.reverse_fn is None:
@@ -200,14 +201,15 @@ class Defense:
         alive = (counts == 1).nonzero().flatten()
         if len(alive) == 0:
             return counts
-        xa = x_adv[alive.to(x_adv.device)]
-        pad = len(alive) == 1  # a single survivor is reversed beside a decided batch-mate (it needs a negative)
-        if pad:
-            other = int((counts == 0).nonzero().flatten()[0])
-            xa = torch.cat([xa, x_adv[other : other + 1]])
-        rest = torch.stack([self.predict(o) for o in self._run([xa] * (draws - 1), reverse_fn, steps)])
-        ya = torch.cat([y[alive], y[alive][:1]]) if pad else y[alive]
-        counts[alive] += (rest == ya).long().sum(0)[: len(alive)]
+        keep = alive
+        if len(alive) == 1:  # a single survivor is reversed beside a decided batch-mate (it needs a negative)
+            keep = torch.cat([alive, (counts == 0).nonzero().flatten()[:1]])
+        at = keep.to(x_adv.device)
+        inputs, assemble = self._plan(x_adv[at], None if x_clean is None else x_clean[at], composition, groups)
+        outs, k = self._run(inputs * (draws - 1), reverse_fn, steps), len(inputs)
+        ya = y[keep]
+        for d in range(draws - 1):
+            counts[alive] += (self.predict(assemble(outs[d * k : (d + 1) * k])) == ya).long()[: len(alive)]
         return counts
 
 

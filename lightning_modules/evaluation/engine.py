@@ -98,8 +98,13 @@ class RobustEvaluator:
     # -- the rows -------------------------------------------------------------------------------
     def catalog(self) -> list[Row]:
         """Every row of the evaluation, in the order they run (:func:`~.catalog.build_catalog`)."""
+        fns = getattr(self.defense, "fns", None)
         return build_catalog(
-            self.cfg, self.defense.reverse_fn is not None, self.missing, "reversal_steps_sweep" not in self.skipped
+            self.cfg,
+            self.defense.reverse_fn is not None,
+            self.missing,
+            "reversal_steps_sweep" not in self.skipped,
+            fns.cfg.steps if fns is not None else None,
         )
 
     # -- one batch ------------------------------------------------------------------------------
@@ -175,7 +180,7 @@ class RobustEvaluator:
                     xs,
                     c.mates_groups,
                     steps=row.reversal_steps,
-                    stop_after_wrong=row.stop_draws and col == "with",
+                    stop_after_wrong=row.stop_draws,
                 )
                 st.add(f"{row.key}|{col}", ids, counts, draws=c.draws)
         st.seconds[f"{row.key}|{todo[0]}"] = st.seconds.get(f"{row.key}|{todo[0]}", 0.0) + time.perf_counter() - t0

@@ -87,7 +87,8 @@ def _side_keys(st: ResultStore, rows: Sequence[Any], side: str) -> list[str]:
 
 def still_robust(st: ResultStore, earlier: Sequence[Any], row: Any, ids: Sequence[int]) -> list[bool]:
     """Per example of ``ids``: not yet broken, without or with the reversal, by clean and the ``earlier``
-    rows at ``row``'s budget (what a cascaded row attacks). A row that lacks an example says nothing of it.
+    main rows at ``row``'s budget (what a cascaded row attacks: the sweeps' rows of one attack therefore
+    all run on the same examples). A row that lacks an example says nothing of it.
 
     >>> from lightning_modules.evaluation.catalog import Row
     >>> s = ResultStore({"m": 1})
@@ -96,7 +97,7 @@ def still_robust(st: ResultStore, earlier: Sequence[Any], row: Any, ids: Sequenc
     [True, True, False]
     """
     clean = [r for r in earlier if r.group == "clean"]
-    mine = clean + _at_budget(earlier, row.norm, row.eps)
+    mine = clean + [r for r in _at_budget(earlier, row.norm, row.eps) if r.group == "main"]
     sides = [s for s in ("without", "with") if any(c == s or c.startswith(s + "@") for c in row.columns)]
     keys = {s: _side_keys(st, mine, s) for s in sides}  # once per row, not once per example
     return [any(all(st.robust(k, i) for k in keys[s] if i in st.rows[k]) for s in sides) for i in ids]
@@ -109,13 +110,14 @@ def worst_case(st: ResultStore, rows: list, norm: str, eps: float) -> Optional[d
     ``adaptive_n``: every attack on the defense ran on them); rows meant for a smaller subset (Square,
     the sweeps) count on the examples they have. A cascaded row (``Row.cascade``) lacks the examples
     already broken before it: those are decided; an example robust on every row it has but missing
-    from a cascaded row is not finished (a stopped evaluation) and is left out."""
+    from a cascaded main row is not finished (a stopped evaluation) and is left out."""
     mine = _at_budget(rows, norm, eps)
     if not mine:
         return None
     clean = next(r for r in rows if r.group == "clean")
     full = [clean] + [r for r in mine if r.group == "main" and not ATTACKS[r.attack].partial and not r.cascade]
-    cascaded = [r for r in mine if r.cascade and not ATTACKS[r.attack].partial]  # partial rows never narrow it
+    # partial rows and the sweeps (on their own subsets) never narrow it
+    cascaded = [r for r in mine if r.cascade and r.group == "main" and not ATTACKS[r.attack].partial]
     entry: dict[str, Any] = {"threat": norm, "eps": eps, "eps_label": eps_label(eps, norm)}
     flags: dict[str, dict] = {}
     for side in ("without", "with"):

@@ -116,3 +116,22 @@ def test_stop_after_wrong_reverses_a_lone_survivor_beside_a_mate():
     y = torch.ones(4, dtype=torch.long)  # only the first is right
     assert Defense(linear, rev).correct_draws(x, y, 3, stop_after_wrong=True).tolist() == [3, 0, 0, 0]
     assert sizes == [4, 2, 2]
+
+
+def test_stop_after_wrong_draws_the_survivors_again_in_the_same_composition():
+    seen = []
+
+    def rev(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return x
+
+    x = torch.cat([torch.full((4, 3, 4, 4), 0.9), torch.full((2, 3, 4, 4), 0.1)])  # the first 4 right
+    y, clean = torch.ones(6, dtype=torch.long), torch.full((6, 3, 4, 4), 0.5)
+    d = Defense(linear, rev)
+    assert d.correct_draws(x, y, 3, "batch2", stop_after_wrong=True).tolist() == [3, 3, 3, 3, 0, 0]
+    assert [len(v) for v in seen] == [2, 2, 2] + [2, 2] * 2  # the survivors in blocks of 2 again
+    seen.clear()
+    assert d.correct_draws(x, y, 3, "clean_mates", clean, groups=2, stop_after_wrong=True).tolist() == [3] * 4 + [0] * 2
+    later = seen[2:]  # each survivor among the clean images of the other survivors
+    assert [len(v) for v in later] == [4] * 4
+    assert all(int((v == 0.5).all(dim=(1, 2, 3)).sum()) == 2 for v in later)

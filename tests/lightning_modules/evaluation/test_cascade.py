@@ -107,3 +107,24 @@ def test_a_partial_row_does_not_narrow_the_cascaded_headline():
     assert s["worst_case"][0]["n"] == 48  # Square's 12-image subset does not narrow the headline
     check = next(c for c in s["sanity"] if "adaptive attacks at least as strong" in c["name"])
     assert check["passed"] is None and "cascade" in check["detail"]  # conditional accuracies are not compared
+
+
+def test_sweeps_of_an_attack_on_the_defense_run_on_the_main_rows_survivors():
+    changes = dict(attack_steps_sweep=[6], steps_sweep_attacks=["pgd", "bpda_eot"], eot_sweep=[2], steps_sweep_n=36)
+    changes["attacks"] = ["pgd", "cw", "bpda_eot"]
+    _, full = evaluate(False, **changes)
+    ev, cheap = evaluate(True, **changes)
+    f, c = full["worst_case"][0], cheap["worst_case"][0]
+    assert (c["without"], c["with"], c["n"]) == (f["without"], f["with"], f["n"]) and f["n"] == 48
+    cw = next(r for r in cheap["rows"] if r["attack"] == "cw")  # on the classifier, not a reference row
+    assert cw["cascade"] and cw["n"] < 48
+    rows = [r for r in ev.catalog() if r.group in ("steps-sweep", "eot-sweep")]
+    pgd_rows = [r for r in rows if r.attack == "pgd"]
+    assert pgd_rows and not any(r.cascade for r in pgd_rows)  # PGD on the classifier: whole
+    assert all(len(ev.store.rows[f"{r.key}|without"]) == 36 for r in pgd_rows)
+    mine = [r for r in rows if r.attack == "bpda_eot"]
+    assert len(mine) == 4 and all(r.cascade for r in mine)  # steps 6, 12 and EOT 1, 2
+    ids = {tuple(sorted(ev.store.rows[f"{r.key}|with"])) for r in mine}
+    assert len(ids) == 1  # one set of examples for every setting: their accuracies compare
+    main = next(r for r in ev.catalog() if r.group == "main" and r.attack == "bpda_eot")
+    assert set(next(iter(ids))) <= set(ev.store.rows[f"{main.key}|with"]) and len(next(iter(ids))) < 36

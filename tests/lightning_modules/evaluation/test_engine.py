@@ -171,3 +171,22 @@ def test_headline_is_on_the_examples_every_attack_on_the_defense_ran_on():
     rows = {r["attack"]: r for r in s["rows"]}
     assert rows["pgd"]["n"] == 8 and rows["bpda_eot"]["n"] == 6 and rows["square"]["n"] == 2
     assert s["worst_case"][0]["n"] == 6  # not 8: the attacks on the defense ran on the first 6 only
+
+
+def test_reversal_sweep_at_the_reversals_own_steps_copies_the_main_rows():
+    fns = toy_fns(steps=3)
+    x, y = toy_data(8)
+    cfg = EvalConfig(
+        threat_models={"Linf": "8/255"}, attacks=["pgd"], steps=3, draws=2, **{**QUIET, "reversal_steps_sweep": [1, 3]}
+    )
+    ev = RobustEvaluator.for_reversal(fns, cfg)
+    ev.evaluate(x, y, batch_size=8)
+    sweep = {(r.setting, r.attack): r for r in ev.catalog() if r.group == "rev-sweep"}
+    assert sweep[(3, "clean")].reuse == "clean" and sweep[(1, "clean")].reuse is None
+    main_pgd = next(r for r in ev.catalog() if r.group == "main" and r.attack == "pgd")
+    assert sweep[(3, "pgd")].reuse == main_pgd.key and sweep[(1, "pgd")].reuse is None
+    for (k, name), r in sweep.items():
+        src = "clean" if name == "clean" else main_pgd.key
+        same = ev.store.rows[f"{r.key}|with"] == ev.store.rows[f"{src}|with"]
+        assert same or k != 3  # the copy; the 1-step row is its own
+    assert ev.store.seconds.get(f"{sweep[(3, 'clean')].key}|with", 0.0) == 0.0  # not reversed again
