@@ -147,9 +147,10 @@ def test_eval_yaml_end_to_end_report_resume_and_refusals(tmp_path: Path, capsys,
     assert "worst case per example" in printed
     assert [r["attack"] for r in s["rows"]] == ["pgd", "apgd-ce", "bpda_eot", "apgd_ce_bpda", "transfer"]
     assert all("with@batch2" in r for r in s["rows"]) and s["clean"]["n"] == 8
-    # eval.yaml's cascade: rows on the classifier on every image, rows on the defense on the still-robust only
-    assert all(r["n"] == 8 and not r["cascade"] for r in s["rows"][:2])
-    assert all(r["cascade"] and r["n"] <= 8 for r in s["rows"][2:]) and s["worst_case"][0]["n"] == 8
+    # eval.yaml's cascade: the reference row (PGD on the classifier) on every image, the others
+    # (APGD-CE on the classifier, the rows on the defense) on the still-robust only
+    assert s["rows"][0]["n"] == 8 and not s["rows"][0]["cascade"]
+    assert all(r["cascade"] and r["n"] <= 8 for r in s["rows"][1:]) and s["worst_case"][0]["n"] == 8
     assert s["meta"]["weights_sha1"] == model_fingerprint(model)  # the checkpoint's weights were evaluated
     assert s["meta"]["reversal"]["steps"] == 1 and s["meta"]["checkpoint"] == str(ckpt)
     assert s["meta"]["data"]["eval_batch_size"] == 4 and s["meta"]["world_size"] == 1
