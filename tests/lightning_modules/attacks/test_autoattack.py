@@ -135,9 +135,8 @@ def test_compiled_autoattack_gives_the_same_verdicts():
         assert torch.equal(net(plain).argmax(1) == y, net(compiled).argmax(1) == y)
 
 
-def test_a_subset_of_attacks_keeps_the_standard_settings(monkeypatch):
-    """``attacks=("apgd-ce",)`` runs APGD-CE as standard AutoAttack does (1 restart, 100 steps), not
-    pyautoattack's "custom" defaults (5 restarts); the result equals APGD-CE-100 alone."""
+def record_autoattacks(monkeypatch) -> list:
+    """The pyautoattack ``AutoAttack`` objects built from now on, in order."""
     import pyautoattack
 
     made = []
@@ -148,6 +147,13 @@ def test_a_subset_of_attacks_keeps_the_standard_settings(monkeypatch):
             made.append(self)
 
     monkeypatch.setattr(pyautoattack, "AutoAttack", Recording)
+    return made
+
+
+def test_a_subset_of_attacks_keeps_the_standard_settings(monkeypatch):
+    """``attacks=("apgd-ce",)`` runs APGD-CE as standard AutoAttack does (1 restart, 100 steps), not
+    pyautoattack's "custom" defaults (5 restarts); the result equals APGD-CE-100 alone."""
+    made = record_autoattacks(monkeypatch)
     net, x, y = linear_model(1)
     sub = autoattack(net, x, y, eps=0.005, attacks=("apgd-ce",))
     (aa,) = made
@@ -161,14 +167,7 @@ def test_mao2021_ensemble_is_apgd_ce_and_untargeted_fab_with_two_restarts(monkey
     """Their "AutoAttack" (APGD-CE + FAB, 2 restarts each) equals pyautoattack set up that way by hand."""
     import pyautoattack
 
-    made = []
-
-    class Recording(pyautoattack.AutoAttack):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            made.append(self)
-
-    monkeypatch.setattr(pyautoattack, "AutoAttack", Recording)
+    made = record_autoattacks(monkeypatch)
     net, x, y = linear_model(2)
     ours = autoattack(net, x, y, eps=0.006, seed=0, attacks=("apgd-ce", "fab"), restarts=2)
     (aa,) = made
