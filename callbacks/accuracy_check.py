@@ -20,8 +20,8 @@ from typing import Optional
 import lightning.pytorch as pl
 import torch
 
-from lightning_modules.evaluation.config import eps_label
 from lightning_modules.evaluation.stats import wilson
+from lightning_modules.util import eps_label
 
 
 def accuracy_line(correct_clean: int, correct_pgd: int, n: int, steps: int, eps: float) -> str:

@@ -26,9 +26,9 @@ from typing import Any, Optional, Sequence
 import lightning.pytorch as pl
 import torch
 
-from lightning_modules.evaluation.config import eps_label
 from lightning_modules.evaluation.stats import PairedCounts, paired_gain, wilson
 from lightning_modules.pixels import module_inputs
+from lightning_modules.util import eps_label
 
 from .predictions import _gather_to_rank0, merge_predictions
 

@@ -27,7 +27,7 @@ def _as_tensors(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> t
 
 def _say_clamp(name: str, asked: int, have: int, split: str) -> None:
     if asked > have:
-        from lightning_modules.cli_checks import say
+        from lightning_modules.util import say
 
         say(f"{name}={asked} is more than the {have} examples of the {split} split: using all {have}")
 

@@ -28,6 +28,8 @@ from typing import Any, Optional, Sequence
 import torch
 import yaml
 
+from .util import say
+
 # settings that change the weights' shapes: given values must equal the checkpoint's
 ARCH_KEYS = (
     "backbone",
@@ -44,17 +46,6 @@ ARCH_KEYS = (
 RESUME_FIXED_KEYS = ("optim",)
 # the weights come from --ckpt_path, so a file given for them would be loaded and then replaced
 WEIGHT_FILE_KEYS = ("backbone_checkpoint",)
-
-
-def say(message: str) -> None:
-    """One line on stderr from the first process only (rank from the launcher's environment, so it
-    works before the Trainer exists); plain ``print`` so no logging setup can swallow it."""
-    if (
-        os.environ.get("LOCAL_RANK", "0") == "0"
-        and os.environ.get("NODE_RANK", "0") == "0"
-        and os.environ.get("RANK", "0") == "0"
-    ):
-        print(message, file=sys.stderr, flush=True)
 
 
 class CLIError(ValueError):

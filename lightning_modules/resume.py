@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cli_checks import say
+from .util import say
 
 
 def make_optimizer(params: list, o: Any) -> torch.optim.Optimizer:

@@ -20,8 +20,9 @@ run by ``callbacks.SmoothingCertification``; its ``certify`` and ``predict`` rea
 """
 
 from ..atomic import atomic_write_text
+from ..util import eps_label, parse_eps
 from .catalog import Row, build_catalog
-from .config import EvalConfig, eps_label, legacy_hint, parse_eps
+from .config import EvalConfig, legacy_hint
 from .defense import Defense
 from .engine import EvaluationStopped, RobustEvaluator
 from .registry import ATTACKS, Attack, Job

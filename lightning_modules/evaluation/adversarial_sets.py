@@ -46,7 +46,7 @@ from ..atomic import atomic_torch_save
 from ..attacks import autoattack
 from ..attacks.core import check_eps, fgsm_rs, logits_of, pgd, trades_attack
 from ..pixels import to_unit
-from .config import parse_eps
+from ..util import parse_eps
 
 
 def _attack_fns() -> dict[str, Callable[..., torch.Tensor]]:

@@ -1,9 +1,7 @@
-"""What the robustness evaluation runs: :class:`EvalConfig`, budgets and their labels.
+"""What the robustness evaluation runs: :class:`EvalConfig` (budgets read by ``util.parse_eps``).
 
 Example:
-    >>> from lightning_modules.evaluation.config import EvalConfig, eps_label, parse_eps
-    >>> parse_eps("8/255") == 8 / 255, eps_label(8 / 255), eps_label(0.5, "L2")
-    (True, '8/255', '0.5')
+    >>> from lightning_modules.evaluation.config import EvalConfig
     >>> cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "apgd_ce_bpda"], draws=3)
     >>> cfg.threat_models, cfg.draws
     ({'Linf': 0.03137254901960784}, 3)
@@ -12,10 +10,10 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Optional, Sequence, Union
 
 from ..attacks.core import ThreatModel, check_eps
+from ..util import parse_eps
 
 # Settings of the earlier flat configuration and where they live now (named in error messages).
 RENAMED = {
@@ -40,31 +38,6 @@ FULL_ATTACKS = [
     "square",
     "transfer",
 ]
-
-
-def parse_eps(value: Union[float, int, str]) -> float:
-    """``0.0314``, ``"8/255"`` or ``"0.5"`` -> float (the one parser of budgets in the package)."""
-    if isinstance(value, str):
-        v = value.strip()
-        try:
-            if "/" in v:
-                num, den = v.split("/", 1)
-                return float(num) / float(den)
-            return float(v)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"cannot read the budget '{value}': give a number (0.5) or a fraction (8/255)") from None
-    return float(value)
-
-
-def eps_label(eps: float, norm: str = "Linf") -> str:
-    """``8/255`` for L-inf budgets that are (close to) multiples of 1/255, else ``0.5``."""
-    k = eps * 255
-    if ThreatModel(norm) is ThreatModel.Linf and abs(k - round(k)) < 1e-3 and eps > 0:
-        return f"{int(round(k))}/255"
-    if eps == 0:
-        return "0"
-    frac = Fraction(eps).limit_denominator(1000)
-    return f"{eps:.4g}" if abs(float(frac) - eps) > 1e-9 or frac.denominator == 1 else f"{eps:g}"
 
 
 @dataclass
@@ -279,4 +252,4 @@ def legacy_hint(message: str) -> Optional[str]:
     return None
 
 
-__all__ = ["EvalConfig", "parse_eps", "eps_label", "legacy_hint", "FULL_ATTACKS", "RENAMED"]
+__all__ = ["EvalConfig", "legacy_hint", "FULL_ATTACKS", "RENAMED"]

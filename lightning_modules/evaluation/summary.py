@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
-from .config import EvalConfig, eps_label
+from ..util import eps_label
+from .config import EvalConfig
 from .registry import ATTACKS
 from .stats import PairedCounts, gain_verdict, paired_gain, wilson
 from .store import ResultStore, jsonable
