@@ -17,7 +17,7 @@ install:
 
 # The test suite and every docstring example (doctests) of the package.
 test:
-	.venv/bin/python -m pytest -q --doctest-modules lightning_modules datamodules callbacks tests
+	.venv/bin/python -m pytest -q --doctest-modules lightning_modules datamodules callbacks scripts tests
 
 # Style: ruff's lint rules and its formatter (settings in pyproject.toml); `make format` applies both.
 lint:
@@ -119,21 +119,21 @@ bench-gpu:
 	$(BENCH_GPU) --precision bf16 --channels-last --views fast --ema 0.998 --compile \
 		--benches pgd_at,pgd_at_ssl,fgsm_rs,reversal --json $(BENCH_OUT)/gpu-bf16-compile.json
 
-# One prepared GPU run (experiments/gpu_run.py): setup (wheels + pack), bench, fast-recipe training with
+# One prepared GPU run (scripts/gpu_run.py): setup (wheels + pack), bench, fast-recipe training with
 # max_time, bf16 weight shards, image grid, evaluation (clean / PGD-20 / AutoAttack, with the reversal),
 # the adaptive attack; each stage with a time budget, everything in OUT (<= 8 files) after every stage.
 # `make device-wheels` first (here): wheels in .whl/, the pack in shared_pack/ (name both in the device
 # call's carry). `make gpu-run DEVICE=cpu TINY=1`: the same end to end on the CPU in under a minute.
-# `make gpu-results OUT=folder` folds a returned folder into the README's results block.
+# `make gpu-results OUT=folder` folds a returned folder into the results block of docs/results.md.
 DEVICE  ?= cuda
 TINY    ?=
 OUT     ?= results/gpu_run$(if $(TINY),_tiny)
 GPU_PY  ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 device-wheels:
-	$(PY) experiments/device_wheels.py --pack $(PACK)
+	$(PY) scripts/device_wheels.py --pack $(PACK)
 
 gpu-run:
-	$(GPU_PY) experiments/gpu_run.py --device $(DEVICE) --out $(OUT) $(if $(TINY),--tiny) $(ARGS)
+	$(GPU_PY) scripts/gpu_run.py --device $(DEVICE) --out $(OUT) $(if $(TINY),--tiny) $(ARGS)
 
 gpu-results:
-	$(PY) experiments/gpu_results.py --out $(OUT) $(ARGS)
+	$(PY) scripts/gpu_results.py --out $(OUT) $(ARGS)

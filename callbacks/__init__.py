@@ -13,18 +13,6 @@ from .robust_eval import RobustEvaluation
 from .smoothing_report import SmoothingCertification
 from .train_progress import TrainProgress
 
-__all__ = [
-    "AccuracyCheck",
-    "AtomicCheckpoint",
-    "CorruptionReport",
-    "DeviceEMA",
-    "ImageGrid",
-    "PredictionWriter",
-    "ReversalPicture",
-    "RobustEvaluation",
-    "SmoothingCertification",
-    "TrainProgress",
-    "merge_predictions",
-    "reversal_figure",
-    "reversal_grid",
-]
+__all__ = ["AccuracyCheck", "AtomicCheckpoint", "CorruptionReport", "DeviceEMA", "ImageGrid", "PredictionWriter"]
+__all__ += ["ReversalPicture", "RobustEvaluation", "SmoothingCertification", "TrainProgress", "merge_predictions"]
+__all__ += ["reversal_figure", "reversal_grid"]

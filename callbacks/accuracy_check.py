@@ -1,11 +1,9 @@
 """Clean and PGD accuracy of the classifier after training, in one printed line.
 
-:class:`AccuracyCheck` runs during ``lightning test``: for every test batch the classifier's clean
-prediction and its prediction under PGD (``steps`` steps, the model's eps, fp32, one restart), summed
-over batches and processes, printed at the end and logged as ``test/pgd<steps>_acc`` (the module's
-``test_step`` logs ``test/clean_acc``). It replaces the module's quick test check. No reversal here:
-the reversal's numbers come from the reversal picture and from ``make eval-cifar10``. A first look at
-a fresh checkpoint, not an evaluation: no AutoAttack, no adaptive attack.
+:class:`AccuracyCheck` (``lightning test``, in place of the module's quick check) counts the clean and
+PGD predictions (``steps`` steps, the model's eps, one restart) over all batches and processes and logs
+``test/pgd<steps>_acc``. No reversal (that is ``make eval-cifar10``); a first look at a checkpoint, not
+an evaluation: no AutoAttack, no adaptive attack.
 
 Example:
     >>> from callbacks.accuracy_check import accuracy_line

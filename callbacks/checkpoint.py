@@ -1,27 +1,17 @@
-"""Checkpoints written atomically: to a temporary file in the same folder, then renamed.
+"""Checkpoints written atomically: to ``NAME.tmp-PID`` in the same folder, ``fsync``, then ``os.replace``.
 
-A run killed at any moment (SIGKILL, node failure, out of memory) leaves every ``.ckpt`` either
-as it was or complete, never truncated: the bytes go to ``NAME.tmp-PID`` in the same folder,
-are flushed to disk (``fsync``) and then ``os.replace`` puts them in place in one step; the
-folder entry is flushed too. ``save_last="link"`` swaps the ``last.ckpt`` symlink the same way.
-Temporary files of dead runs are removed when the next run starts, and are never picked up as
-checkpoints (their names do not end in ``.ckpt``).
+A run killed at any moment leaves every ``.ckpt`` as it was or complete, never truncated (the folder
+entry is flushed too; ``save_last="link"`` swaps the ``last.ckpt`` symlink the same way). Temporary
+files of dead runs are removed when the next run starts and never taken for checkpoints (no ``.ckpt``).
+Resume with ``--ckpt_path last`` (the CLI gives every experiment a fixed folder); the loaders continue
+mid-epoch (:class:`~datamodules.device_loader.DeviceLoader` is stateful).
 
-Resume with ``lightning fit ... --ckpt_path last``: the CLI picks ``last.ckpt`` in
-this callback's folder (the CLI gives every experiment a fixed one; see
-:mod:`lightning_modules.cli`), and the data loaders continue mid-epoch where the checkpoint was
-taken (:class:`~datamodules.device_loader.DeviceLoader` is stateful).
-
-One folder, one run: a fit claims its folder with ``fit.lock`` (PID, host, command) and a second fit into
-a folder in use is refused naming the first; the lock of a killed run (its PID dead) is taken over. A new
-fit (no ``--ckpt_path``) into a folder that already holds checkpoints (``*.ckpt``, an earlier run's) is
-refused before training, naming them: resume that run with ``--ckpt_path last``, or start elsewhere.
-``last.ckpt`` is written whenever an epoch (or step) checkpoint is: when its write fails (a full disk),
-the checkpoint of the same step is removed too, so ``--ckpt_path last`` always resumes the newest.
-
-Under DDP every rank calls the save (Lightning gathers the state on all ranks), only global rank
-0 writes, and all ranks agree on the temporary name (rank 0's, broadcast), so strategies that
-write one file per rank into a checkpoint folder also land in the same temporary place.
+One folder, one run: a fit claims its folder with ``fit.lock`` (PID, host, command) and refuses a folder
+in use, naming the holder; a killed run's lock (PID dead) is taken over. A new fit (no ``--ckpt_path``)
+into a folder holding checkpoints is refused before training, naming them. When ``last.ckpt`` cannot
+be written (a full disk), the same step's checkpoint is removed too, so ``last`` always is the newest.
+Under DDP every rank calls the save, only global rank 0 writes, and all ranks use rank 0's temporary
+name (broadcast), so strategies writing one file per rank land in the same place.
 
 Example:
     >>> from callbacks import AtomicCheckpoint
@@ -30,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -43,21 +34,19 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
+from lightning_modules.util import atomic_write_text, disk_full_error
+
 _TMP = re.compile(r"\.tmp-(\d+)$")
 
 
 def _fsync_dir(path: str | os.PathLike) -> None:
     """Flush a folder entry (a rename) to disk; a no-op where folders cannot be opened."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -72,11 +61,8 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete ``*.tmp-PID`` files in ``folder`` whose writer process is gone; returns them."""
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for p in folder.iterdir():
+    folder, removed = Path(folder), []
+    for p in folder.iterdir() if folder.is_dir() else ():
         m = _TMP.search(p.name)
         if m and p.is_file() and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
@@ -213,11 +199,9 @@ def checkpoint_bytes(trainer: pl.Trainer, weights_only: bool = False) -> int:
 class AtomicCheckpoint(ModelCheckpoint):
     """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose every write is temp file + ``os.replace``.
 
-    Takes the same arguments; bookkeeping (``last_model_path``, ``best_model_path``, top-k
-    removal, ``save_last`` / ``"link"``) is Lightning's. One default differs: ``save_on_train_epoch_end``
-    is True (Lightning's None saves after validation only when validation runs every k > 1 epochs, and a
-    limit such as ``max_time`` stopping mid-epoch then leaves ``last.ckpt`` behind; with weight averaging
-    no final save in :meth:`on_train_end` covers for it). Pass None for Lightning's choice.
+    Same arguments and bookkeeping, except ``save_on_train_epoch_end`` defaults to True (None, Lightning's
+    choice, saves after validation only when it runs every k > 1 epochs, so ``max_time`` stopping
+    mid-epoch leaves ``last.ckpt`` behind, which with weight averaging no final save covers for).
     """
 
     run_config: Optional[str] = None  # the run's config (set by the CLI), written beside its checkpoints
@@ -262,10 +246,9 @@ class AtomicCheckpoint(ModelCheckpoint):
             release_folder_lock(self.dirpath)  # a fit that failed frees its folder (a killed one: stale lock)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """With ``save_last``, ``last.ckpt`` holds the final state even when the last save trigger
-        (``every_n_train_steps``, say) fell before the end of training. Not with weight averaging
-        (EMA): its ``on_train_end`` has already put the average into the model, which a resumed run
-        would then take for the raw weights."""
+        """With ``save_last``, ``last.ckpt`` holds the final state even when the last save trigger fell
+        before the end. Not with weight averaging (EMA): its ``on_train_end`` has already put the average
+        into the model, which a resumed run would take for the raw weights."""
         if trainer.fast_dev_run:  # a smoke test saves nothing (Lightning's would still write last.ckpt here)
             return
         averaging = any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks)
@@ -304,8 +287,6 @@ class AtomicCheckpoint(ModelCheckpoint):
             if trainer.is_global_zero:
                 _remove(tmp)
             if e.errno == errno.ENOSPC:
-                from lightning_modules.atomic import disk_full_error
-
                 raise disk_full_error(Path(filepath), checkpoint_bytes(trainer, self.save_weights_only)) from None
             raise
         if trainer.is_global_zero:
@@ -322,8 +303,6 @@ class AtomicCheckpoint(ModelCheckpoint):
             os.replace(tmp, filepath)
             _fsync_dir(os.path.dirname(os.path.abspath(filepath)))
             if self.run_config is not None:
-                from lightning_modules.atomic import atomic_write_text
-
                 atomic_write_text(Path(filepath).parent / "config.yaml", self.run_config)
                 self.run_config = None  # once per run
         trainer.strategy.barrier("atomic_checkpoint")

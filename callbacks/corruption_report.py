@@ -1,20 +1,11 @@
 """Accuracy per corruption and severity (and after the reversal) during ``lightning test`` on a
-corruption data module, written as JSON, Markdown and a heat map.
+corruption data module (several test loaders named in ``test_set_names``, e.g. ``"fog/3"``).
 
-With a data module that has several test loaders named in ``test_set_names`` (``"fog/3"``, as
-:class:`~datamodules.corruption_sets.CIFAR10CDataModule` does), :class:`CorruptionReport` runs
-its own forward passes on every test batch (``pl_module.model_fn`` on ``pl_module._prep(x)``) and,
-with ``reversal: true``, on ``pl_module.reverse(x)`` as well, then at the end of the test epoch
-writes to ``output_dir``:
-
-- ``corruption_report.json``: per set ``n``, ``acc`` (and ``acc_reversed``), the corruption x
-  severity tables, means per corruption, per severity and overall;
-- ``corruption_report.md``: the same tables in Markdown (printed too);
-- ``corruption_heatmap.png``: corruption x severity heat map(s), with and without the reversal;
-
-and, when the logger is W&B, logs the table (``wandb.Table``) and the heat map.
-Per-example results are kept by ``idx``, so the repeats a distributed sampler pads with are
-counted once.
+:class:`CorruptionReport` classifies every test batch itself (``pl_module.model_fn``), with
+``reversal: true`` also ``pl_module.reverse(x)``, and at the end of the test writes to ``output_dir``
+``corruption_report.json`` (per set ``n``, ``acc``, ``acc_reversed``; the corruption x severity tables
+and their means), ``corruption_report.md`` (printed too) and ``corruption_heatmap.png``, and logs the
+table and heat map to W&B. Results are kept by ``idx``, so a distributed sampler's repeats count once.
 
 Example (config)::
 
@@ -34,8 +25,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 
-from lightning_modules.atomic import atomic_write_text
-from lightning_modules.pixels import module_inputs
+from lightning_modules.util import atomic_write_text, module_inputs
 
 from .predictions import merge_predictions
 
@@ -64,22 +54,13 @@ def summarize(accs: dict[str, float]) -> dict[str, Any]:
 def markdown_table(summary: dict[str, Any], title: str) -> str:
     from lightning_modules.evaluation.report import md_table
 
-    sevs = list(summary["mean_per_severity"])
+    per_c, per_s = summary["mean_per_corruption"], summary["mean_per_severity"]
+    sevs = list(per_s)
     rows = [
-        [
-            c,
-            *(f"{100 * row[s]:.2f}" if s in row else "" for s in sevs),
-            f"{100 * summary['mean_per_corruption'][c]:.2f}",
-        ]
+        [c, *(f"{100 * row[s]:.2f}" if s in row else "" for s in sevs), f"{100 * per_c[c]:.2f}"]
         for c, row in summary["table"].items()
     ]
-    rows.append(
-        [
-            "**mean**",
-            *(f"{100 * summary['mean_per_severity'][s]:.2f}" for s in sevs),
-            f"**{100 * summary['mean']:.2f}**",
-        ]
-    )
+    rows.append(["**mean**", *(f"{100 * per_s[s]:.2f}" for s in sevs), f"**{100 * summary['mean']:.2f}**"])
     table = md_table(["corruption", *(f"sev {s}" for s in sevs), "mean"], rows, "l" + "r" * (len(sevs) + 1))
     return "\n".join([f"### {title}", "", *table]) + "\n"
 
@@ -93,12 +74,8 @@ def heatmap(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     items = list(summaries.items())
     first = items[0][1]
     corr, sevs = list(first["table"]), list(first["mean_per_severity"])
-    fig, axes = pyplot().subplots(
-        1,
-        len(items),
-        figsize=(1.2 + 1.1 * len(sevs) * len(items) + 1.6 * len(items), 0.8 + 0.38 * len(corr)),
-        squeeze=False,
-    )
+    size = (1.2 + 1.1 * len(sevs) * len(items) + 1.6 * len(items), 0.8 + 0.38 * len(corr))
+    fig, axes = pyplot().subplots(1, len(items), figsize=size, squeeze=False)
     for ax, (title, s) in zip(axes[0], items):
         m = np.array([[100 * s["table"][c].get(v, float("nan")) for v in sevs] for c in corr])
         im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis", aspect="auto")
@@ -106,18 +83,9 @@ def heatmap(summaries: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_yticks(range(len(corr)), corr if ax is axes[0][0] else [""] * len(corr))
         ax.set_xlabel("severity")
         ax.set_title(f"{title} (mean {100 * s['mean']:.1f}%)", fontsize=9)
-        for i in range(len(corr)):
-            for j in range(len(sevs)):
-                if not math.isnan(m[i, j]):
-                    ax.text(
-                        j,
-                        i,
-                        f"{m[i, j]:.0f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if m[i, j] < 50 else "black",
-                    )
+        for (i, j), v in np.ndenumerate(m):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 50 else "black")
     fig.colorbar(im, ax=axes[0].tolist(), label="accuracy (%)", shrink=0.8)
     save_figure(fig, path)
 
@@ -131,32 +99,18 @@ class CorruptionReport(pl.Callback):
         print_table: print the Markdown tables at the end of the test.
     """
 
-    # The module's quick PGD check in ``test_step`` is skipped while this callback runs (it is not
-    # part of a corruption evaluation; see ReversalModule.test_step).
-    replaces_test_attacks = True
+    replaces_test_attacks = True  # ReversalModule.test_step then skips its quick PGD check
 
     def __init__(self, output_dir: Optional[str] = None, reversal: bool = False, print_table: bool = True) -> None:
-        self.output_dir = output_dir
-        self.reversal = reversal
-        self.print_table = print_table
+        self.output_dir, self.reversal, self.print_table = output_dir, reversal, print_table
         self._res: dict[int, dict[str, list[torch.Tensor]]] = {}
         self._last: dict[int, torch.Tensor] = {}
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._res = {}
-        self._last: dict[int, torch.Tensor] = {}
+        self._res, self._last = {}, {}
 
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        x, y, idx = batch[0], batch[1], batch[2]
-        x = module_inputs(pl_module, x)
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y, idx = module_inputs(pl_module, batch[0]), batch[1], batch[2]
         was = pl_module.training
         pl_module.eval()
         try:
@@ -209,19 +163,15 @@ class CorruptionReport(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._res:
             return
-        n_loaders = max(self._res) + 1
-        names = self._names(trainer, n_loaders)
+        names = self._names(trainer, max(self._res) + 1)
         sets: dict[str, dict[str, float]] = {}
-        acc, acc_rev = {}, {}
-        for i in sorted(self._res):
-            r = self._res[i]
+        for i, r in sorted(self._res.items()):
             n, a = self._gather(trainer, pl_module, "correct", r)
             sets[names[i]] = {"n": n, "acc": a}
-            acc[names[i]] = a
             if self.reversal and r["correct_rev"]:
-                _, ar = self._gather(trainer, pl_module, "correct_rev", r)
-                sets[names[i]]["acc_reversed"] = ar
-                acc_rev[names[i]] = ar
+                sets[names[i]]["acc_reversed"] = self._gather(trainer, pl_module, "correct_rev", r)[1]
+        acc = {k: v["acc"] for k, v in sets.items()}
+        acc_rev = {k: v["acc_reversed"] for k, v in sets.items() if "acc_reversed" in v}
         summary = summarize(acc)
         report: dict[str, Any] = {"sets": sets, "no_reversal": summary}
         if acc_rev:
@@ -235,34 +185,24 @@ class CorruptionReport(pl.Callback):
                 }
         pl_module.log("test/corruption_mean_acc", summary["mean"], sync_dist=False, rank_zero_only=True)
         if acc_rev:
-            pl_module.log(
-                "test/corruption_mean_acc_reversed", report["reversal"]["mean"], sync_dist=False, rank_zero_only=True
-            )
+            mean_rev = report["reversal"]["mean"]
+            pl_module.log("test/corruption_mean_acc_reversed", mean_rev, sync_dist=False, rank_zero_only=True)
         if not trainer.is_global_zero:
             return
-        out = (
-            Path(self.output_dir)
-            if self.output_dir
-            else Path(trainer.log_dir or trainer.default_root_dir) / "corruptions"
-        )
+        out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "corruptions")
         out.mkdir(parents=True, exist_ok=True)
-        md = markdown_table(summary, "accuracy (%) without reversal")
+        md, panels = markdown_table(summary, "accuracy (%) without reversal"), {"no reversal": summary}
         if acc_rev:
             md += "\n" + markdown_table(report["reversal"], "accuracy (%) after reversal")
-        atomic_write_text(out / "corruption_report.json", json.dumps(report, indent=2))
-        atomic_write_text(out / "corruption_report.md", md)
-        panels = {"no reversal": summary}
-        if acc_rev:
             panels["after reversal"] = report["reversal"]
-        heatmap(panels, out / "corruption_heatmap.png")
-        self.paths = {
-            "json": out / "corruption_report.json",
-            "md": out / "corruption_report.md",
-            "png": out / "corruption_heatmap.png",
-        }
+        js, md_path, png = out / "corruption_report.json", out / "corruption_report.md", out / "corruption_heatmap.png"
+        atomic_write_text(js, json.dumps(report, indent=2))
+        atomic_write_text(md_path, md)
+        heatmap(panels, png)
+        self.paths = {"json": js, "md": md_path, "png": png}
         if self.print_table:
             print(md)
-        self._log_wandb(trainer, sets, out / "corruption_heatmap.png")
+        self._log_wandb(trainer, sets, png)
 
     @staticmethod
     def _log_wandb(trainer: pl.Trainer, sets: dict[str, dict[str, float]], png: Path) -> None:

@@ -1,16 +1,12 @@
 """EMA of the weights without host synchronization: Lightning's ``EMAWeightAveraging``, updated on the device.
 
 Lightning 2.6's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` updates through
-``torch.optim.swa_utils.AveragedModel.update_parameters``, which tests ``n_averaged == 0`` and
-``n_averaged > 0`` on a device tensor: 2 host syncs every step (counted with
-``experiments/bench.py --ema``), which stall the GPU queue once per step. :class:`DeviceEMA`
-keeps everything else of that callback (evaluation with the averaged weights, the averaged
-weights at the end of training, checkpoint format and resuming) and replaces only the per-step
-update by one ``torch._foreach_lerp_`` over the floating-point parameters and buffers, deciding
-"first update" from a host-side flag. Integer buffers (BatchNorm's ``num_batches_tracked``)
-are copied from the model instead of averaged. Until the first update (``update_starting_at_step``)
-validation, checkpoints and the end of training use the live weights (Lightning's callback would
-use the initial weights it copied at setup).
+``AveragedModel.update_parameters``, which tests ``n_averaged`` on a device tensor: 2 host syncs per
+step (``experiments/bench.py --ema``) that stall the GPU queue. :class:`DeviceEMA` keeps the rest of
+that callback (evaluation with the average, the average at the end, checkpoints, resuming) and replaces
+the per-step update by one ``torch._foreach_lerp_`` over the float parameters and buffers, with a
+host-side "first update" flag; integer buffers (``num_batches_tracked``) are copied. Until the first
+update the live weights are used (Lightning's callback would use the initial weights copied at setup).
 
 Example (YAML):
     trainer:
@@ -62,8 +58,7 @@ class DeviceEMA(EMAWeightAveraging):
     @torch.no_grad()
     def _update(self, pl_module: pl.LightningModule) -> None:
         (fa, fm), (oa, om) = self._groups(pl_module)
-        first = not self._updated_once
-        if first:
+        if not self._updated_once:
             torch._foreach_copy_(fa, [m.to(a.device) for a, m in zip(fa, fm)])
         else:
             torch._foreach_lerp_(fa, [m.to(a.device) for a, m in zip(fa, fm)], 1.0 - self.decay)
@@ -88,8 +83,7 @@ class DeviceEMA(EMAWeightAveraging):
             self._update(pl_module)
             self._latest_update_epoch = trainer.current_epoch
 
-    # Before the first update the "average" is the deep copy taken at setup, i.e. the initial weights:
-    # Lightning's callback would still evaluate, save and finish with those; here the live weights stay.
+    # before the first update the "average" is the initial weights: the live ones stay (module doc)
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._updated_once:
             super().on_validation_epoch_start(trainer, pl_module)

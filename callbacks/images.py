@@ -23,9 +23,8 @@ def reversal_grid(x: torch.Tensor, x_adv: torch.Tensor, x_rev: torch.Tensor) -> 
 
 
 class ImageGrid(pl.Callback):
-    """After the first validation epoch and every ``every_n_epochs`` epochs: attack and reverse the
-    first ``n_images`` of the first validation batch and log :func:`reversal_grid` to W&B
-    (``log_image``), or save it as PNG under the run's log dir when the logger is not W&B."""
+    """After the first validation epoch and every ``every_n_epochs``: :func:`reversal_grid` of the first
+    ``n_images`` of the first validation batch, to W&B, else as PNG under the run's log dir."""
 
     def __init__(self, n_images: int = 16, every_n_epochs: int = 5) -> None:
         self.n_images, self.every_n_epochs = n_images, every_n_epochs
@@ -48,10 +47,9 @@ class ImageGrid(pl.Callback):
             x_adv = pl_module.attack(x, y)
             x_rev = pl_module.reverse(x_adv)
         grid = reversal_grid(x, x_adv, x_rev)
-        key = "images/x__x_adv__x_rev__diffs"
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
-                logger.log_image(key=key, images=[grid], step=trainer.global_step)
+                logger.log_image(key="images/x__x_adv__x_rev__diffs", images=[grid], step=trainer.global_step)
                 return
         out = Path(trainer.log_dir or trainer.default_root_dir) / "images"
         out.mkdir(parents=True, exist_ok=True)

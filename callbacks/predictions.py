@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_modules.atomic import atomic_torch_save
+from lightning_modules.util import atomic_torch_save
 
 
 def merge_predictions(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -36,16 +36,11 @@ def _gather_to_rank0(part: Optional[dict[str, torch.Tensor]], trainer: pl.Traine
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Saves ``output_dir/predictions.pt``: ``idx, y, pred_clean, pred_before, pred_after`` and,
-    with ``save_images``, ``x_input`` and ``x_reversed``, in data-set order. Under DDP the ranks'
-    parts are gathered on rank 0 (``torch.distributed.gather_object``), merged by ``idx`` (repeats
-    from padded shards dropped) and written there once. The file is written atomically and only
-    when the whole epoch succeeded: a failing ``predict`` leaves an existing file untouched.
-    Prints accuracy before and after the reversal.
-
-    An existing ``predictions.pt`` is not replaced unless ``overwrite`` (the CLI's
-    ``--overwrite true``): the run refuses before it starts. The run's config (``run_config``, set
-    by the CLI) is written beside the predictions as ``config.yaml``."""
+    """Saves ``output_dir/predictions.pt``: ``idx, y, pred_clean, pred_before, pred_after`` (and with
+    ``save_images`` ``x_input``, ``x_reversed``) in data-set order, gathered on rank 0 under DDP and merged
+    by ``idx``; written atomically once the whole epoch succeeded, with the run's config (``run_config``,
+    set by the CLI) beside it as ``config.yaml``; prints the accuracies. An existing file is kept unless
+    ``overwrite`` (``--overwrite true``): the run refuses to start."""
 
     def __init__(
         self, output_dir: str = "results/predictions", save_images: bool = True, overwrite: bool = False
@@ -74,7 +69,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(merged, self.output_dir / "predictions.pt")
         if self.run_config is not None:
-            from lightning_modules.atomic import atomic_write_text
+            from lightning_modules.util import atomic_write_text
 
             atomic_write_text(self.output_dir / "config.yaml", self.run_config)
         y = merged["y"]

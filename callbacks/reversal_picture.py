@@ -1,10 +1,8 @@
 """The reversal in one picture: clean, attacked and reversed images, both changes, the predicted labels.
 
-:class:`ReversalPicture` runs during ``lightning predict`` (``experiments/cifar10/reverse.yaml``,
-``make reverse-cifar10 CKPT=...``): it takes the first images of the first batch as ``predict_step``
-attacked and reversed them, counts the accuracy on every predicted image, and writes
-:func:`reversal_figure` as one PNG (atomically), logs it to W&B (``reversal/picture``) when the logger
-is W&B, and prints the accuracies. :func:`reversal_figure` is a pure function of tensors.
+:class:`ReversalPicture` runs during ``lightning predict`` (``make reverse-cifar10 CKPT=...``): the
+first images of the first batch as ``predict_step`` attacked and reversed them, drawn by the pure
+function :func:`reversal_figure`, with the accuracies on every predicted image.
 
 Example:
     >>> import torch
@@ -27,8 +25,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_modules.evaluation.stats import PairedCounts, paired_gain, wilson
-from lightning_modules.pixels import module_inputs
-from lightning_modules.util import eps_label
+from lightning_modules.util import eps_label, module_inputs
 
 from .predictions import _gather_to_rank0, merge_predictions
 
@@ -85,11 +82,10 @@ def reversal_figure(
     attack: str = "attacked",
     idx: Optional[torch.Tensor] = None,
 ) -> Any:
-    """A matplotlib figure with one column per image (``x``: ``(n, 3, H, W)`` in ``[0, 1]``) and five rows:
-    the clean image, the attacked one, the reversed one (each with its predicted label, green and a check
-    mark when right, red and a cross when wrong), ``|x_adv - x|`` and ``|x_rev - x_adv|``. The two
-    differences share one scale, given in the title: multiplied so the largest difference shown is white.
-    The title holds ``accuracies`` (:func:`accuracies`, on every predicted image, not only those shown)."""
+    """A matplotlib figure, one column per image (``x``: ``(n, 3, H, W)`` in ``[0, 1]``), five rows: clean,
+    attacked, reversed (each with its predicted label, green check mark when right, red cross when wrong),
+    ``|x_adv - x|`` and ``|x_rev - x_adv|`` on one scale that makes the largest difference white. The
+    title holds ``accuracies`` (:func:`accuracies`, on every predicted image, not only those shown)."""
     from lightning_modules.evaluation.report import pyplot
 
     x, x_adv, x_rev = (t.detach().float().cpu().clamp(0, 1) for t in (x, x_adv, x_rev))
@@ -117,18 +113,9 @@ def reversal_figure(
                 number = f"#{int(idx[i])} " if idx is not None else ""
                 ax.set_title(f"{number}true: {_name(class_names, int(y[i]))}", fontsize=9, fontweight="bold")
             if preds is not None:
-                ok = bool(preds[i] == y[i])
-                ax.text(
-                    0.5,
-                    -0.05,
-                    f"{_name(class_names, int(preds[i]))} {MARK[ok]}",
-                    transform=ax.transAxes,
-                    ha="center",
-                    va="top",
-                    fontsize=9,
-                    color=RIGHT if ok else WRONG,
-                    fontweight="bold",
-                )
+                ok, text = bool(preds[i] == y[i]), _name(class_names, int(preds[i]))
+                style = dict(transform=ax.transAxes, ha="center", va="top", fontsize=9, fontweight="bold")
+                ax.text(0.5, -0.05, f"{text} {MARK[ok]}", color=RIGHT if ok else WRONG, **style)
             if i == 0:
                 ax.set_ylabel(label, fontsize=9)
     width, height = fig.get_size_inches()
@@ -156,10 +143,9 @@ def attack_label(pl_module: Any) -> str:
 
 class ReversalPicture(pl.Callback):
     """During ``predict``: the first ``n_images`` of the first batch as :func:`reversal_figure` in ``output``
-    (PNG, written atomically when the epoch succeeded), logged to W&B under ``log_key`` when a logger is
-    W&B; the accuracies on every predicted image go into the title and to stdout. Class names come from
-    the DataModule's ``class_names`` (numbers without). An existing ``output`` is not replaced unless
-    ``overwrite`` (the CLI's ``--overwrite true``): the run refuses before it starts."""
+    (PNG, written atomically when the epoch succeeded; W&B: ``log_key``); the accuracies on every predicted
+    image go into the title and to stdout. Class names: the DataModule's ``class_names`` (else numbers).
+    An existing ``output`` is kept unless ``overwrite`` (``--overwrite true``): the run refuses to start."""
 
     def __init__(
         self,
@@ -192,14 +178,8 @@ class ReversalPicture(pl.Callback):
         self._parts.append({k: outputs[k].detach().cpu() for k in PRED_KEYS})
         if self._shown is None:
             k = min(self.n_images, len(outputs["y"]))
-            x = batch[0][:k]
-            x = module_inputs(pl_module, x)
-            shown = {
-                "x": x,
-                "x_adv": outputs["x_input"][:k],
-                "x_rev": outputs["x_reversed"][:k],
-                **{key: outputs[key][:k] for key in PRED_KEYS},
-            }
+            shown = {"x": module_inputs(pl_module, batch[0][:k]), "x_adv": outputs["x_input"][:k]}
+            shown.update(x_rev=outputs["x_reversed"][:k], **{key: outputs[key][:k] for key in PRED_KEYS})
             self._shown = {
                 key: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for key, v in shown.items()
             }
@@ -212,29 +192,15 @@ class ReversalPicture(pl.Callback):
         self.accuracies = accuracies(merged["y"], merged["pred_clean"], merged["pred_before"], merged["pred_after"])
         s = self._shown
         names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
-        fig = reversal_figure(
-            s["x"],
-            s["x_adv"],
-            s["x_rev"],
-            s["y"],
-            s["pred_clean"],
-            s["pred_before"],
-            s["pred_after"],
-            names,
-            self.accuracies,
-            attack=attack_label(pl_module),
-            idx=s["idx"],
-        )
+        tensors = [s[k] for k in ("x", "x_adv", "x_rev", "y", "pred_clean", "pred_before", "pred_after")]
+        fig = reversal_figure(*tensors, names, self.accuracies, attack=attack_label(pl_module), idx=s["idx"])
         from lightning_modules.evaluation.report import save_figure
 
         save_figure(fig, self.output)
+        caption = [f"accuracy on {accuracy_text(self.accuracies)}"]
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
-                logger.log_image(
-                    key=self.log_key,
-                    images=[str(self.output)],
-                    caption=[f"accuracy on {accuracy_text(self.accuracies)}"],
-                )
+                logger.log_image(key=self.log_key, images=[str(self.output)], caption=caption)
         self._message = (
             f"reversal picture -> {self.output}\naccuracy on {accuracy_text(self.accuracies)} "
             f"({attack_label(pl_module)}); {gain_text(self.accuracies)}"

@@ -20,12 +20,11 @@ Example (config; ``experiments/cifar10/eval.yaml`` holds the full list)::
         - class_path: callbacks.RobustEvaluation
           init_args:
             output_dir: results/eval/cifar10
-            config: {threat_models: {Linf: 8/255}, draws: 5, attacks: [pgd, apgd_ce_bpda]}
+            config: {threat_models: {Linf: 8/255}, attacks: [pgd, apgd_ce_bpda], scoring: {draws: 5}}
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,11 +32,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_modules.attacks.adaptive import ReversalFns
 from lightning_modules.attacks.core import frozen_params, logits_of, pgd
+from lightning_modules.defense import DefendedModel
 from lightning_modules.evaluation import EvalConfig, ResultStore, RobustEvaluator
+from lightning_modules.evaluation.registry import validate
 from lightning_modules.evaluation.report import flat_metrics
-from lightning_modules.pixels import module_inputs
+from lightning_modules.util import module_inputs
 
 from .images import reversal_grid
 from .run_records import model_fingerprint, publish, run_meta
@@ -66,13 +66,14 @@ def load_surrogate(path: str, pl_module: pl.LightningModule) -> tuple[torch.nn.M
 class RobustEvaluation(pl.Callback):
     """Robust accuracy without and with the reversal, attacks on the whole defense, sanity checks.
 
+    The reversal is the model's (``model.init_args.reversal``: a config file's or a flag's settings win
+    over a checkpoint's).
+
     Args:
-        config: what runs (:class:`~lightning_modules.evaluation.EvalConfig`); ``standard_model: null``
+        config: what runs (:class:`~lightning_modules.evaluation.EvalConfig`); ``checks: {standard_model: null}``
             means true for a model trained with ``training: standard`` on its own backbone.
         output_dir: where the per-example store and the report go (also copied to the run's log dir).
         resume: reuse results stored in ``output_dir`` by an earlier run of the same evaluation.
-        reversal: overrides of the model's reversal settings (``{steps: 20}``...; the model's own
-            settings come from the checkpoint, so change them here).
         transfer_from: a checkpoint of an independently trained model: the transfer attack's surrogate
             (loaded with ``weights_only=True``). Without one the transfer row is absent, and the report says why.
         n_images: images in the clean / attacked / reversed grid.
@@ -87,14 +88,13 @@ class RobustEvaluation(pl.Callback):
         config: Optional[EvalConfig] = None,
         output_dir: str = "results/eval",
         resume: bool = True,
-        reversal: Optional[dict[str, Any]] = None,
         transfer_from: Optional[str] = None,
         n_images: int = 16,
         print_report: bool = True,
         dataloader_idx: int = 0,
     ) -> None:
-        self.config = config or EvalConfig()
-        self.output_dir, self.resume, self.reversal = Path(output_dir), resume, dict(reversal or {})
+        self.config = validate(config or EvalConfig())
+        self.output_dir, self.resume = Path(output_dir), resume
         self.transfer_from = transfer_from
         if transfer_from is not None and not Path(transfer_from).is_file():
             raise FileNotFoundError(f"transfer_from: no checkpoint at {transfer_from}")
@@ -106,7 +106,7 @@ class RobustEvaluation(pl.Callback):
 
     # -- setup ----------------------------------------------------------------------------------
     def _config(self, pl_module: pl.LightningModule) -> EvalConfig:
-        if self.config.standard_model is not None:
+        if self.config.checks.standard_model is not None:
             return self.config
         h, attack = getattr(pl_module, "hparams", {}), getattr(pl_module, "attack_cfg", None)
         standard = (
@@ -116,7 +116,7 @@ class RobustEvaluation(pl.Callback):
             and not h.get("robustbench_model")
             and not h.get("freeze_backbone")
         )
-        return dataclasses.replace(self.config, standard_model=bool(standard))
+        return self.config.replace("checks.standard_model", bool(standard))
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for attr in ("classifier", "head", "reversal_cfg"):
@@ -125,10 +125,11 @@ class RobustEvaluation(pl.Callback):
                     f"RobustEvaluation needs a model with .classifier, .head and .reversal_cfg "
                     f"(a ReversalModule); {type(pl_module).__name__} has no .{attr}"
                 )
-        fns = ReversalFns.from_module(pl_module, **self.reversal)
         cfg = self._config(pl_module)
         surrogate, sha = (None, None) if self.transfer_from is None else load_surrogate(self.transfer_from, pl_module)
-        meta = run_meta(trainer, pl_module, fns, cfg, sha, self.dataloader_idx)
+        sur_fn = (lambda x: logits_of(surrogate.classifier, x)) if surrogate is not None else None
+        defended = DefendedModel.from_module(pl_module, surrogate_fn=sur_fn)
+        meta = run_meta(trainer, pl_module, defended, cfg, sha, self.dataloader_idx)
         store = ResultStore(meta)
         if self.resume:
             for f in sorted(self.output_dir.glob("per_example*.json")):
@@ -144,10 +145,9 @@ class RobustEvaluation(pl.Callback):
         except (AttributeError, IndexError, TypeError, ValueError, OverflowError):
             pass
         part = self.output_dir / f"per_example.rank{trainer.global_rank}.json"
-        self.evaluator = RobustEvaluator.for_reversal(
-            fns,
+        self.evaluator = RobustEvaluator(
+            defended,
             cfg,
-            surrogate_fn=(lambda x: logits_of(surrogate.classifier, x)) if surrogate is not None else None,
             store=store,
             should_stop=lambda: bool(getattr(trainer, "received_sigterm", False)),
             on_row_done=lambda: store.save(part),
@@ -219,7 +219,7 @@ class RobustEvaluation(pl.Callback):
     def _grid(self, pl_module: pl.LightningModule) -> Optional[torch.Tensor]:
         """Clean / PGD (first threat model, on the classifier) / reversed, and the differences."""
         ev = self.evaluator
-        if self._grid_batch is None or ev is None or ev.defense.reverse_fn is None:
+        if self._grid_batch is None or ev is None or not ev.defense.has("reverse"):
             return None
         x, y = self._grid_batch
         norm, eps = ev.cfg.main
@@ -227,9 +227,9 @@ class RobustEvaluation(pl.Callback):
         pl_module.eval()
         try:
             with torch.inference_mode(False), torch.enable_grad(), frozen_params(pl_module):
-                torch.manual_seed(ev.cfg.seed)
-                x_adv = pgd(ev.defense.model_fn, x, y, eps, ev.cfg.step_size * eps, ev.cfg.steps, norm)
-                x_rev = ev.defense.reverse_fn(x_adv)
+                torch.manual_seed(ev.cfg.scoring.seed)
+                x_adv = pgd(ev.defense.model_fn, x, y, eps, ev.cfg.attack.step_size * eps, ev.cfg.attack.steps, norm)
+                x_rev = ev.defense.reverse(x_adv)
         finally:
             pl_module.train(was)
         return reversal_grid(x, x_adv, x_rev)

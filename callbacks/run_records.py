@@ -32,13 +32,14 @@ import lightning.pytorch as pl
 import torch
 from torchvision.utils import save_image
 
-from lightning_modules.atomic import atomic_write
-from lightning_modules.attacks.adaptive import ReversalFns
+from lightning_modules.defense import DefendedModel
 from lightning_modules.evaluation import EvalConfig
 from lightning_modules.evaluation.report import failed_checks, flat_metrics, markdown_report, write_report
+from lightning_modules.util import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
-NOT_RESULTS = ("progress", "sanity_checks", "zero_tolerance", "noise_tolerance")  # settings that change no result
+# settings that change no result
+NOT_RESULTS = ("progress", "checks.sanity_checks", "checks.zero_tolerance", "checks.noise_tolerance")
 GRID = "reversal_grid.png"
 
 
@@ -63,12 +64,8 @@ def versions() -> dict[str, Optional[str]]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     try:
-        out["commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or None
-        )
+        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        out["commit"] = git.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         out["commit"] = None
     return out
@@ -77,7 +74,7 @@ def versions() -> dict[str, Optional[str]]:
 def run_meta(
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
-    fns: ReversalFns,
+    fns: DefendedModel,
     cfg: EvalConfig,
     surrogate_sha: Optional[str],
     dataloader_idx: int,
@@ -86,35 +83,20 @@ def run_meta(
     or merged under the same ``meta``."""
     dm = getattr(trainer, "datamodule", None)
     h = pl_module.hparams
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RESULTS}
-    return json.loads(
-        json.dumps(
-            {
-                "model": type(pl_module).__name__ + f" ({h.get('robustbench_model') or h.get('backbone')})",
-                "weights_sha1": model_fingerprint(pl_module),
-                "reversal": dataclasses.asdict(fns.cfg),
-                "temperature": fns.temperature,
-                "evaluation": settings,
-                "transfer_from_sha1": surrogate_sha,
-                "data": {
-                    "class": type(dm).__name__ if dm is not None else None,
-                    "data_dir": str(getattr(dm, "data_dir", "")),
-                    "dataloader_idx": dataloader_idx,
-                    "n_examples": getattr(dm, "n_examples", None),
-                    # a shuffled test order (positions are per-example keys); the first N: no entry
-                    **(
-                        {"test_order": "shuffled", "test_seed": dm.seed}
-                        if getattr(dm, "test_order", "first") == "shuffled"
-                        else {}
-                    ),
-                    "eval_batch_size": getattr(dm, "eval_batch_size", None),
-                },
-                "world_size": trainer.world_size,
-                "versions": versions(),
-            },
-            default=str,
-        )
-    )
+    settings = dataclasses.asdict(cfg)
+    for path in NOT_RESULTS:
+        group, _, name = path.rpartition(".")
+        (settings[group] if group else settings).pop(name)
+    data = {"class": type(dm).__name__ if dm is not None else None, "data_dir": str(getattr(dm, "data_dir", ""))}
+    data.update(dataloader_idx=dataloader_idx, n_examples=getattr(dm, "n_examples", None))
+    if getattr(dm, "test_order", "first") == "shuffled":  # positions are per-example keys; the first N: no entry
+        data.update(test_order="shuffled", test_seed=dm.seed)
+    data["eval_batch_size"] = getattr(dm, "eval_batch_size", None)
+    meta = {"model": type(pl_module).__name__ + f" ({h.get('robustbench_model') or h.get('backbone')})"}
+    meta.update(weights_sha1=model_fingerprint(pl_module), reversal=dataclasses.asdict(fns.cfg))
+    meta.update(temperature=fns.temperature, evaluation=settings, transfer_from_sha1=surrogate_sha, data=data)
+    meta.update(world_size=trainer.world_size, versions=versions())
+    return json.loads(json.dumps(meta, default=str))
 
 
 def log_run_dir(trainer: pl.Trainer) -> Optional[Path]:
@@ -152,9 +134,8 @@ def publish(
     print_report: bool = True,
 ) -> dict[str, Path]:
     """The report (:func:`~lightning_modules.evaluation.report.write_report`) in ``output_dir`` and the
-    run's own folder, then the grid from ``make_grid`` (run after the report files are written) beside
-    it; the Markdown report and any failed sanity check printed; everything logged to W&B. Returns the
-    paths in ``output_dir``."""
+    run's own folder, then the grid of ``make_grid`` (called after those files are written); the report
+    and any failed sanity check printed; all logged to W&B. Returns the paths in ``output_dir``."""
     dirs = report_dirs(output_dir, trainer)
     paths = write_report(summary, dirs[0])
     for d in dirs[1:]:
@@ -182,49 +163,16 @@ def log_wandb(trainer: pl.Trainer, summary: dict, grid: Optional[torch.Tensor]) 
     for logger in trainer.loggers:
         if type(logger).__name__ != "WandbLogger":
             continue
-        cols = [
-            "threat",
-            "eps",
-            "attack",
-            "type",
-            "acc_without_reversal",
-            "acc_with_reversal_all_draws",
-            "acc_with_reversal_mean",
-            "draw_disagreement",
-            "acc_with_worst_composition",
-            "n",
-            "time_s",
-        ]
-        c = summary["clean"]
-
-        def vals(r: dict) -> list:
-            return [
-                r.get("without"),
-                r.get("with"),
-                r.get("with_mean"),
-                r.get("with_disagreement"),
-                r.get("with_worst"),
-                r.get("n"),
-                r.get("time_s"),
-            ]
-
-        data = [["clean", "0", "none", "-", *vals(c)]]
-        data += [[r["threat"], r["eps_label"], r["label"], r["kind"], *vals(r)] for r in summary["rows"]]
-        tag = "" if summary.get("reliable", True) else " (UNRELIABLE)"
+        cols = ["threat", "eps", "attack", "type", "acc_without_reversal", "acc_with_reversal_all_draws"]
+        cols += ["acc_with_reversal_mean", "draw_disagreement", "acc_with_worst_composition", "n", "time_s"]
+        keys = ("without", "with", "with_mean", "with_disagreement", "with_worst", "n", "time_s")
+        data = [["clean", "0", "none", "-", *(summary["clean"].get(k) for k in keys)]]
         data += [
-            [
-                w["threat"],
-                w["eps_label"],
-                "worst case per example" + tag,
-                "all",
-                w["without"],
-                w["with"],
-                None,
-                None,
-                None,
-                w["n"],
-                None,
-            ]
+            [r["threat"], r["eps_label"], r["label"], r["kind"], *(r.get(k) for k in keys)] for r in summary["rows"]
+        ]
+        worst = "worst case per example" + ("" if summary.get("reliable", True) else " (UNRELIABLE)")
+        data += [
+            [w["threat"], w["eps_label"], worst, "all", w["without"], w["with"], None, None, None, w["n"], None]
             for w in summary["worst_case"]
         ]
         logger.log_table(key="eval/robustness", columns=cols, data=data)

@@ -1,20 +1,13 @@
 """Randomized-smoothing certification during ``lightning test``: certified accuracy per L2 radius,
 abstention, PREDICT accuracy and time, written as JSON, Markdown and a plot (and logged to W&B).
 
-On every test batch :class:`SmoothingCertification` runs :func:`~lightning_modules.evaluation.smoothing.certify`
-(and, with ``predict: true``, :func:`~lightning_modules.evaluation.smoothing.predict`) on ``pl_module.model_fn``
-with noise ``sigma`` (default: the model's training ``noise_std``), then at the end of the test epoch
-writes to ``output_dir``:
-
-- ``certify.json``: settings, certified accuracy at each radius, abstention rates, PREDICT accuracy,
-  seconds per image, and per example ``idx, y, pred, radius``;
-- ``certify.md``: the table (printed too);
-- ``certified_accuracy.png``: certified accuracy against the radius;
-
-and, when the logger is W&B, the table and the plot. Metrics ``test/certified_acc@<r>``,
-``test/abstain``, ``test/smoothed_predict_acc``. Each batch's noise is seeded from ``seed`` and the
-batch's first index, so results do not depend on the batch order. Per-example results are kept by
-``idx``, so the repeats a distributed sampler pads with are counted once.
+:class:`SmoothingCertification` runs :func:`~lightning_modules.evaluation.smoothing.certify` (and
+``predict``) on every test batch with noise ``sigma`` (default: the model's training ``noise_std``) and
+writes ``certify.json`` (settings, the accuracies, seconds per image, per example ``idx, y, pred,
+radius``), ``certify.md`` (printed too) and ``certified_accuracy.png``; metrics ``test/certified_acc@<r>``,
+``test/abstain``, ``test/smoothed_predict_acc``. Each batch's noise is seeded from ``seed`` + its first
+index, so results do not depend on the batch order; results are kept by ``idx``, so a distributed
+sampler's repeats count once.
 
 Example (config)::
 
@@ -34,9 +27,8 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 
-from lightning_modules.atomic import atomic_write_text
 from lightning_modules.evaluation.smoothing import ABSTAIN, SmoothingConfig, certified_accuracy, certify, predict
-from lightning_modules.pixels import module_inputs
+from lightning_modules.util import atomic_write_text, module_inputs
 
 from .predictions import merge_predictions
 
@@ -45,22 +37,18 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def markdown_table(report: dict[str, Any]) -> str:
     """Certified accuracy per radius, abstention, PREDICT and time as a Markdown table."""
-    s = report["settings"]
-    radii = list(report["certified_accuracy"])
     from lightning_modules.evaluation.report import md_table
 
-    title = (
-        f"### Randomized smoothing (sigma {s['sigma']}, n0 {s['n0']}, n {s['n']}, alpha {s['alpha']}, "
-        f"{report['n_examples']} images)"
-    )
-    cells = [f"{100 * v:.2f}%" for v in report["certified_accuracy"].values()]
-    pa, pb = report.get("predict_accuracy"), report.get("predict_abstain")
-    cells += [
-        f"{100 * report['abstain']:.2f}%",
-        "n/a" if pa is None else f"{100 * pa:.2f}%",
-        "n/a" if pb is None else f"{100 * pb:.2f}%",
-        f"{report['seconds_per_image']:.3g}",
-    ]
+    s, radii = report["settings"], list(report["certified_accuracy"])
+    title = f"### Randomized smoothing (sigma {s['sigma']}, n0 {s['n0']}, n {s['n']}, alpha {s['alpha']}, "
+    title += f"{report['n_examples']} images)"
+
+    def pct(v: Optional[float]) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    cells = [pct(v) for v in [*report["certified_accuracy"].values(), report["abstain"]]]
+    cells += [pct(report.get("predict_accuracy")), pct(report.get("predict_abstain"))]
+    cells.append(f"{report['seconds_per_image']:.3g}")
     header = [*(f"r = {r}" for r in radii), "abstain", "PREDICT acc", "PREDICT abstain", "s / image"]
     return "\n".join([title, "", *md_table(header, [cells], "r" * len(header))]) + "\n"
 
@@ -139,17 +127,8 @@ class SmoothingCertification(pl.Callback):
         self._res = {k: [] for k in ("idx", "y", "pred", "radius", "predict")}
         self._seconds = 0.0
 
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        x, y, idx = batch[0], batch[1], batch[2]
-        x = module_inputs(pl_module, x)
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y, idx = module_inputs(pl_module, batch[0]), batch[1], batch[2]
         nc = pl_module.classifier.num_classes
         gen = torch.Generator(device=x.device).manual_seed(self.seed + int(idx.min()))
         was = pl_module.training
@@ -199,20 +178,16 @@ class SmoothingCertification(pl.Callback):
             pl_module.log("test/smoothed_predict_acc", report["predict_accuracy"], sync_dist=False, rank_zero_only=True)
         if not trainer.is_global_zero:
             return
-        out = (
-            Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "certify"
-        )
+        out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "certify")
         md = markdown_table(report)
-        atomic_write_text(out / "certify.json", json.dumps(report, indent=2))
-        atomic_write_text(out / "certify.md", md)
-        plot_certified(r["radius"], r["pred"] == r["y"], self.radii, self.cfg.sigma, out / "certified_accuracy.png")
-        self.report, self.paths = (
-            report,
-            {"json": out / "certify.json", "md": out / "certify.md", "png": out / "certified_accuracy.png"},
-        )
+        js, md_path, png = out / "certify.json", out / "certify.md", out / "certified_accuracy.png"
+        atomic_write_text(js, json.dumps(report, indent=2))
+        atomic_write_text(md_path, md)
+        plot_certified(r["radius"], r["pred"] == r["y"], self.radii, self.cfg.sigma, png)
+        self.report, self.paths = report, {"json": js, "md": md_path, "png": png}
         if self.print_table:
             print(md)
-        self._log_wandb(trainer, report, out / "certified_accuracy.png")
+        self._log_wandb(trainer, report, png)
 
     @staticmethod
     def _log_wandb(trainer: pl.Trainer, report: dict[str, Any], png: Path) -> None:

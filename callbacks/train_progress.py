@@ -22,7 +22,7 @@ from typing import Optional
 
 import lightning.pytorch as pl
 
-from lightning_modules.progress import time_left
+from lightning_modules.util import time_left
 
 SHOWN = ("val/acc", "val/pgd_acc")
 
@@ -52,15 +52,11 @@ class TrainProgress(pl.Callback):
     def _quiet(self, trainer: pl.Trainer) -> bool:
         return bool(trainer.fast_dev_run) or not trainer.is_global_zero or trainer.sanity_checking
 
-    def _total(self, trainer: pl.Trainer) -> float:
-        total = trainer.estimated_stepping_batches
-        return float(total) if total is not None and math.isfinite(total) else float("nan")
-
     def _left(self, trainer: pl.Trainer) -> str:
-        total = self._total(trainer)
-        if math.isnan(total):
+        total = trainer.estimated_stepping_batches
+        if total is None or not math.isfinite(total):
             return "time left unknown"
-        return time_left(time.perf_counter() - self._start, self._done, total)
+        return time_left(time.perf_counter() - self._start, self._done, float(total))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = self._last = time.perf_counter()
@@ -86,11 +82,8 @@ class TrainProgress(pl.Callback):
             n = trainer.num_training_batches
             of = f"/{n}" if isinstance(n, int) else ""
             rate = self._steps / max(now - self._epoch_start, 1e-9)
-            print(
-                f"[train] epoch {trainer.current_epoch + 1} step {batch_idx + 1}{of}: {rate:.1f} steps/s; "
-                f"{self._left(trainer)}",
-                flush=True,
-            )
+            where = f"epoch {trainer.current_epoch + 1} step {batch_idx + 1}{of}"
+            print(f"[train] {where}: {rate:.1f} steps/s; {self._left(trainer)}", flush=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._quiet(trainer):
@@ -99,9 +92,8 @@ class TrainProgress(pl.Callback):
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         fresh = self._validated == trainer.current_epoch  # no stale numbers from an earlier epoch
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k in SHOWN} if fresh else {}
-        line = epoch_line(
-            trainer.current_epoch + 1, epochs, self._steps, self._images, seconds, metrics, self._left(trainer)
-        )
+        left = self._left(trainer)
+        line = epoch_line(trainer.current_epoch + 1, epochs, self._steps, self._images, seconds, metrics, left)
         bar = trainer.progress_bar_callback
         if bar is not None and hasattr(bar, "print"):  # above a live progress bar (tqdm.write), not through it
             bar.print(line)

@@ -1,23 +1,15 @@
-"""Adversarial test sets stored in one file, reading side: the file format, its checks and
+"""Adversarial test sets stored in one file, reading side: the format, its checks and
 :class:`AdversarialSetDataModule`, which serves a stored set for transfer evaluation (attack model A,
-test model B) and reversal experiments. The sets are crafted once against a source model by
-:mod:`lightning_modules.evaluation.adversarial_sets` (also a command:
-``python -m lightning_modules.evaluation.adversarial_sets --out FILE ...``); nothing here attacks or writes.
+test model B) and reversal experiments. :mod:`lightning_modules.evaluation.adversarial_sets` crafts
+and writes the sets (also a command); nothing here attacks or writes.
 
-The file is a ``torch.save`` of a dict of tensors and a metadata dict of plain types, so it loads
-with ``weights_only=True``:
-
-- ``x_adv``: float32 ``(N, C, H, W)`` in ``[0, 1]``, exactly what the attack returned (not rounded
-  to 8 bits: rounding would move points and the attack would no longer be the one described);
-- ``y``: int64 labels; ``idx``: int64 positions of the examples in the source test set;
-- ``x_clean``: the clean images (uint8 when they came as uint8), when ``save_clean``;
-- ``meta``: ``attack, eps, alpha, steps, norm, loss, restarts, source_model, seed, dataset, n,
-  batch_size, image_shape, clean_acc, adv_acc`` (accuracies of the source model), ``format``,
-  ``torch``, ``created``.
-
-:class:`AdversarialSetDataModule` refuses a file whose metadata does not match the ``expect``
-dict of the request (a mismatch error lists every differing key), so a transfer table can never
-silently mix attacks or budgets.
+The file is a ``torch.save`` of tensors and plain metadata, so it loads with ``weights_only=True``:
+``x_adv`` float32 ``(N, C, H, W)`` in ``[0, 1]``, exactly as the attack returned it (8-bit rounding
+would move the points off the attack described); ``y`` int64 labels; ``idx`` int64 positions in the
+source test set; ``x_clean`` (with ``save_clean``, uint8 when they came so); ``meta`` (``attack, eps,
+alpha, steps, norm, loss, restarts, source_model, seed, dataset, n, batch_size, image_shape, clean_acc,
+adv_acc, format, torch, created``). A file whose metadata differs from the request's ``expect`` is
+refused, so a transfer table never silently mixes attacks or budgets.
 
 Example:
     >>> import tempfile
@@ -45,7 +37,7 @@ from typing import Any, Optional
 
 import torch
 
-from .base import ArrayDataModule, _say_clamp
+from .base import ArrayDataModule, _take_first
 from .files import DataFileError
 
 FORMAT = 1
@@ -186,10 +178,8 @@ class AdversarialSetDataModule(ArrayDataModule):
         self.meta = obj["meta"]
         if self.images == "clean" and "x_clean" not in obj:
             raise DataFileError(f"{self.path}: no clean images stored (written with save_clean=False)")
-        x = obj["x_adv"] if self.images == "adversarial" else obj["x_clean"]
-        y = obj["y"]
+        x, y = obj["x_adv"] if self.images == "adversarial" else obj["x_clean"], obj["y"]
         self.check_fits_the_model(x, y)
         if self.n_examples is not None:
-            _say_clamp("n_examples", self.n_examples, len(x), f"{self.path} (an adversarial set)")
-            x, y = x[: self.n_examples], y[: self.n_examples]
+            x, y = _take_first("n_examples", self.n_examples, x, y, f"{self.path} (an adversarial set)")
         self.splits["test"] = (x.contiguous(), y)

@@ -1,8 +1,6 @@
-"""The DataModule every array data set here builds on: splits held as uint8 tensors, moved once to
-the training device and served by :class:`~datamodules.device_loader.DeviceLoader`.
-
-A subclass implements :meth:`load_split` returning ``(x uint8 (N, C, H, W), y int64 (N,))`` for
-``"train"`` and ``"test"``. Inputs stay in ``[0, 255]`` uint8 here; the model turns them into
+"""The DataModule of every array data set: uint8 splits moved once to the device and served by
+:class:`~datamodules.device_loader.DeviceLoader`. A subclass implements :meth:`load_split` (``"train"``,
+``"test"``) returning ``(x uint8 (N, C, H, W), y int64 (N,))``; the model turns ``[0, 255]`` uint8 into
 ``[0, 1]`` floats and normalizes inside (RobustBench convention).
 """
 
@@ -25,11 +23,13 @@ def _as_tensors(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> t
     return x.contiguous(), y
 
 
-def _say_clamp(name: str, asked: int, have: int, split: str) -> None:
-    if asked > have:
+def _take_first(name: str, asked: int, x: torch.Tensor, y: torch.Tensor, split: str):
+    """The first ``asked`` examples; asking more than the split holds takes all of them, said in one line."""
+    if asked > len(x):
         from lightning_modules.util import say
 
-        say(f"{name}={asked} is more than the {have} examples of the {split} split: using all {have}")
+        say(f"{name}={asked} is more than the {len(x)} examples of the {split} split: using all {len(x)}")
+    return x[:asked], y[:asked]
 
 
 TEST_ORDERS = ("first", "shuffled")
@@ -45,9 +45,7 @@ class ArrayDataModule(pl.LightningDataModule):
         val_size: examples held out of the training split for validation (seeded, random); with 0
             validation runs on the test split's first ``n_examples``.
         n_examples: evaluate on the first N test examples only (RobustBench convention); more than the
-            split holds uses all of it, said in one line.
-        train_subset: train on the first N examples of the training split only (quick runs; clamped
-            the same way).
+            split holds uses all of it, said in one line. ``train_subset``: the same for training.
         augment: random crop (reflect pad 4) + horizontal flip on training batches.
         seed: seeds the validation hold-out, the per-epoch shuffles and a shuffled test order.
         test_order: ``first`` (the split's own order: RobustBench's "first N") or ``shuffled`` (a
@@ -75,10 +73,8 @@ class ArrayDataModule(pl.LightningDataModule):
         super().__init__()
         if test_order not in TEST_ORDERS:
             raise ValueError(f"unknown test_order '{test_order}'; choose one of {list(TEST_ORDERS)}")
-        self.test_order = test_order
         if train_subset is not None and train_subset < 1:
             raise ValueError(f"train_subset must be >= 1 or null, got {train_subset}")
-        self.train_subset = train_subset
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if val_size < 0:
@@ -87,18 +83,16 @@ class ArrayDataModule(pl.LightningDataModule):
             raise ValueError(f"n_examples must be >= 1 or null, got {n_examples}")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1 or null (= batch_size), got {eval_batch_size}")
-        self.data_dir = data_dir
-        self.batch_size = batch_size
+        self.data_dir, self.batch_size, self.test_order = data_dir, batch_size, test_order
+        self.train_subset = train_subset
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.val_size, self.n_examples = val_size, n_examples
         self.augment, self.seed = augment, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    # -- what a subclass provides -------------------------------------------------------------
     def load_split(self, split: str) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
         raise NotImplementedError
 
-    # -- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: Optional[str] = None) -> None:
         needs_train = stage in (None, "fit") or (stage == "validate" and self.val_size > 0)
         if needs_train and "train" not in self.splits:
@@ -111,8 +105,7 @@ class ArrayDataModule(pl.LightningDataModule):
                 self.splits["val"] = (x[va], y[va])
                 x, y = x[tr], y[tr]
             if self.train_subset is not None:
-                _say_clamp("train_subset", self.train_subset, len(x), "training")
-                x, y = x[: self.train_subset], y[: self.train_subset]
+                x, y = _take_first("train_subset", self.train_subset, x, y, "training")
             self.splits["train"] = (x, y)
         needs_test = stage in (None, "test", "predict", "validate") or (stage == "fit" and not self.val_size)
         if needs_test and "test" not in self.splits:
@@ -121,8 +114,7 @@ class ArrayDataModule(pl.LightningDataModule):
                 perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
                 x, y = x[perm], y[perm]
             if self.n_examples is not None:
-                _say_clamp("n_examples", self.n_examples, len(x), "test")
-                x, y = x[: self.n_examples], y[: self.n_examples]
+                x, y = _take_first("n_examples", self.n_examples, x, y, "test")
             self.splits["test"] = (x, y)
 
     @property
@@ -130,15 +122,17 @@ class ArrayDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def _loader(self, split: str, train: bool = False) -> DeviceLoader:
-        if split not in self.splits:
+    def _loader(self, split: str, train: bool = False, sets: Optional[dict] = None) -> DeviceLoader:
+        """A loader of ``sets[split]`` (default: :attr:`splits`), moved to the device once and kept there."""
+        sets = self.splits if sets is None else sets
+        if split not in sets:
             raise RuntimeError(f"split '{split}' is not set up; call setup() first")
-        x, y = self.splits[split]
-        if x.device != self.device:  # moved once, kept there for every later loader
-            x, y = x.to(self.device), y.to(self.device)
-            self.splits[split] = (x, y)
+        x, y = sets[split]
+        if x.device != self.device:
+            sets[split] = x, y = x.to(self.device), y.to(self.device)
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        fit = train and trainer is not None
         return DeviceLoader(
             x,
             y,
@@ -150,11 +144,9 @@ class ArrayDataModule(pl.LightningDataModule):
             device=self.device,
             rank=rank,
             world_size=world,
-            epoch_fn=(lambda: trainer.current_epoch) if (train and trainer is not None) else None,
+            epoch_fn=(lambda: trainer.current_epoch) if fit else None,
             # batches of this epoch already trained on: saved in checkpoints to resume mid-epoch
-            position_fn=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-            if (train and trainer is not None)
-            else None,
+            position_fn=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed) if fit else None,
         )
 
     def train_dataloader(self) -> DeviceLoader:
@@ -166,5 +158,4 @@ class ArrayDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DeviceLoader:
         return self._loader("test")
 
-    def predict_dataloader(self) -> DeviceLoader:
-        return self._loader("test")
+    predict_dataloader = test_dataloader

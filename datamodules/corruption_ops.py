@@ -1,9 +1,8 @@
-"""Image-processing primitives of the common corruptions (:mod:`datamodules.corruptions`), as batched
-torch: border folding and padding, separable Gaussian blur as matrix products, bilinear remapping,
-the original's ``clipped_zoom``, ImageMagick's motion-blur line kernel, the defocus disk, one pass of
-the glass-blur pixel shuffle, procedural frost textures, diamond-square plasma fractals and PIL's box
-resize. Each one re-derives the reference library's definition (scipy / skimage / cv2 / PIL /
-ImageMagick) so the corruptions need none of those libraries (PIL excepted, for its box weights).
+"""Image-processing steps of the common corruptions (:mod:`datamodules.corruptions`) as batched torch:
+border modes, separable Gaussian blur as matrix products, bilinear remapping, zoom, ImageMagick's
+motion blur, the defocus disk, the glass-blur shuffle, frost textures, plasma fractals and PIL's box
+resize. Each re-derives the reference library's definition (scipy / skimage / cv2 / PIL / ImageMagick),
+so the corruptions need none of them (PIL excepted, for its box weights).
 
 Example:
     >>> import torch
@@ -25,6 +24,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# re-exported by datamodules.corruptions
+__all__ = ["gaussian_kernel1d", "blur_matrix", "gaussian_blur", "remap", "clipped_zoom", "motion_blur_kernel"]
+__all__ += ["directional_blur", "defocus_kernel", "glass_shuffle", "frost_textures", "plasma_fractal", "pil_box_resize"]
 
 
 def _fold(i: torch.Tensor, n: int, mode: str) -> torch.Tensor:
@@ -134,8 +137,7 @@ def directional_blur(x: torch.Tensor, radius: int, sigma: float, angle_deg: torc
     k = motion_blur_kernel(radius, sigma).tolist()
     a = torch.deg2rad(angle_deg.double())
     cos, sin = torch.cos(a), torch.sin(a)
-    rows0 = torch.arange(h, device=x.device)
-    cols0 = torch.arange(w, device=x.device)
+    rows0, cols0 = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     flat = x.reshape(b, c, h * w)
     out = torch.zeros_like(x)
     for i, ki in enumerate(k):
@@ -203,10 +205,8 @@ def frost_textures(n: int = 5, size: int = 128, seed: int = 20190101) -> torch.T
         # density: sum of up-sampled noise octaves
         dens = torch.zeros(1, 1, size, size)
         for o in range(5):
-            s = 4 * 2**o
-            dens += 0.6**o * F.interpolate(
-                torch.randn(1, 1, s, s, generator=g), size=(size, size), mode="bicubic", align_corners=False
-            )
+            noise = torch.randn(1, 1, 4 * 2**o, 4 * 2**o, generator=g)
+            dens += 0.6**o * F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)
         dens = (dens - dens.min()) / (dens.max() - dens.min())
         # needles: sparse seeds smeared along a random direction each (one-sided line kernels)
         needles = torch.zeros(1, 1, size, size)
@@ -222,10 +222,8 @@ def frost_textures(n: int = 5, size: int = 128, seed: int = 20190101) -> torch.T
             needles += F.conv2d(pad_border(seeds, length, "symmetric"), k.view(1, 1, *k.shape))
         needles = gaussian_blur(needles.clamp(0, 1.5), 0.5)
         tex = (0.25 + 0.45 * dens**1.5 + 0.45 * needles).clamp(0, 1)
-        grain = 0.04 * torch.randn(1, 1, size, size, generator=g)
-        tex = (tex + grain).clamp(0, 1)
-        tint = torch.tensor([0.84, 0.92, 1.0]).view(1, 3, 1, 1)
-        out.append((tex * tint).clamp(0, 1))
+        tex = (tex + 0.04 * torch.randn(1, 1, size, size, generator=g)).clamp(0, 1)  # grain
+        out.append((tex * torch.tensor([0.84, 0.92, 1.0]).view(1, 3, 1, 1)).clamp(0, 1))  # blue-white tint
     return torch.cat(out)
 
 
@@ -272,10 +270,8 @@ def pil_box_resize(f255: torch.Tensor, size: tuple[int, int], quantize: bool = T
     h, w = f255.shape[-2:]
     rw = _pil_box_matrix(w, size[1]).to(f255.device)
     rh = _pil_box_matrix(h, size[0]).to(f255.device)
-    y = f255 @ rw.T
-    if quantize:
-        y = torch.floor(y + 0.5).clamp(0, 255)
-    y = rh @ y
-    if quantize:
-        y = torch.floor(y + 0.5).clamp(0, 255)
-    return y
+
+    def rounded(y: torch.Tensor) -> torch.Tensor:
+        return torch.floor(y + 0.5).clamp(0, 255) if quantize else y
+
+    return rounded(rh @ rounded(f255 @ rw.T))

@@ -1,15 +1,12 @@
 """Common-corruption test sets in the RobustBench layouts: CIFAR-10-C, CIFAR-100-C and ImageNet-C.
 
-- ``CIFAR-10-C/`` (``CIFAR-100-C/``): ``labels.npy`` and one ``<corruption>.npy`` per corruption,
-  uint8 ``(5 n, 32, 32, 3)`` (NHWC), the 5 severities stacked in order (n = 10,000 for the
-  official files; any n for generated or synthetic sets). ``labels.npy`` holds ``5 n`` labels
-  (the official files) or ``n``.
-- ``ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG`` (224 x 224 images), optionally limited to
-  RobustBench's 5,000-image subset.
+- ``CIFAR-10-C/`` (``CIFAR-100-C/``): ``labels.npy`` (``5 n`` labels as in the official files, or
+  ``n``) and one ``<corruption>.npy`` per corruption, uint8 NHWC ``(5 n, 32, 32, 3)``, the 5 severities
+  stacked in order (n = 10,000 officially; any n for generated sets).
+- ``ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG`` (224 x 224), optionally RobustBench's 5,000 images.
 
 The test loaders are a LIST, one per (corruption, severity), named in ``test_set_names`` like
-``"gaussian_noise/3"``; Lightning passes ``dataloader_idx`` to the test step and to callbacks
-(:class:`~callbacks.corruption_report.CorruptionReport` turns them into a table).
+``"gaussian_noise/3"``; :class:`~callbacks.corruption_report.CorruptionReport` tabulates them.
 
 Example:
     >>> from datamodules.corruption_sets import CIFAR10CDataModule
@@ -34,15 +31,8 @@ from .device_loader import DeviceLoader
 from .files import DataFileError
 from .imagenet import ImageListDataset, class_index_map, eval_transform, find_samples, read_subset
 
-__all__ = [
-    "CORRUPTIONS",
-    "SEVERITIES",
-    "CIFAR10CDataModule",
-    "CIFAR100CDataModule",
-    "ImageNetCDataModule",
-    "load_npy",
-    "read_cifar_c",
-]
+__all__ = ["CORRUPTIONS", "SEVERITIES", "CIFAR10CDataModule", "CIFAR100CDataModule", "ImageNetCDataModule", "load_npy"]
+__all__ += ["read_cifar_c"]
 
 
 def load_npy(path: Path) -> np.ndarray:
@@ -94,7 +84,36 @@ def read_cifar_c(
     return out
 
 
-class CIFAR10CDataModule(ArrayDataModule):
+class _CorruptionSets(ArrayDataModule):
+    """Test sets only, one per (corruption, severity), named in ``test_set_names``; ``fit`` raises."""
+
+    fit_hint = ""  # ends the refusal of ``fit``
+
+    def __init__(self, data_dir, corruptions, severities, n_examples, batch_size, eval_batch_size, seed) -> None:
+        super().__init__(data_dir, batch_size, eval_batch_size, 0, n_examples, False, seed)
+        self.corruptions = check_corruptions(corruptions)
+        self.severities = check_severities(severities)
+        self.test_set_names = [f"{c}/{s}" for c in self.corruptions for s in self.severities]
+
+    def load_split(self, split: str):
+        raise ValueError(f"{type(self).__name__} only has test sets (one per corruption and severity)")
+
+    def _refuse_fit(self, stage: Optional[str]) -> None:
+        if stage == "fit":
+            raise ValueError(
+                f"{type(self).__name__} is a test set: use `lightning test` (or validate / predict){self.fit_hint}"
+            )
+
+    def val_dataloader(self) -> list:
+        return self.test_dataloader()
+
+    predict_dataloader = val_dataloader
+
+    def train_dataloader(self):
+        raise ValueError(f"{type(self).__name__} has no training split")
+
+
+class CIFAR10CDataModule(_CorruptionSets):
     """CIFAR-10-C (``data_dir/CIFAR-10-C/``): one test set per chosen (corruption, severity).
 
     Args:
@@ -104,8 +123,6 @@ class CIFAR10CDataModule(ArrayDataModule):
         n_examples: the first N images of each set (RobustBench evaluates on 10,000 per set).
         eval_batch_size / batch_size: test batch size.
         folder: the sub-folder name (default ``CIFAR-10-C``).
-
-    Test-only: ``fit`` raises. Each set lives on the device as uint8 like the other array sets.
     """
 
     num_classes = 10
@@ -113,6 +130,7 @@ class CIFAR10CDataModule(ArrayDataModule):
     name = "cifar10c"
     default_folder = "CIFAR-10-C"
     make_hint = "make corruptions-cifar10 (generates it from the CIFAR-10 test set)"
+    fit_hint = ", and train on the clean data set"
 
     def __init__(
         self,
@@ -125,22 +143,12 @@ class CIFAR10CDataModule(ArrayDataModule):
         folder: Optional[str] = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, 0, n_examples, False, seed)
-        self.corruptions = check_corruptions(corruptions)
-        self.severities = check_severities(severities)
+        super().__init__(data_dir, corruptions, severities, n_examples, batch_size, eval_batch_size, seed)
         self.folder = folder or self.default_folder
-        self.test_set_names = [f"{c}/{s}" for c in self.corruptions for s in self.severities]
         self.sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def load_split(self, split: str):
-        raise ValueError(f"{type(self).__name__} only has test sets (one per corruption and severity)")
-
     def setup(self, stage: Optional[str] = None) -> None:
-        if stage == "fit":
-            raise ValueError(
-                f"{type(self).__name__} is a test set: use `lightning test` (or validate / predict), "
-                "and train on the clean data set"
-            )
+        self._refuse_fit(stage)
         if self.sets:
             return
         root = Path(self.data_dir) / self.folder
@@ -152,36 +160,15 @@ class CIFAR10CDataModule(ArrayDataModule):
         shape = None
         for c in self.corruptions:
             for s, (x, y) in read_cifar_c(root, c, self.severities, self.n_examples, self.num_classes).items():
-                if shape is None:
-                    shape = x.shape[1:]
-                elif x.shape[1:] != shape:
-                    raise DataFileError(
-                        f"{root / (c + '.npy')}: images {x.shape[1:]} differ from the other files' {shape}"
-                    )
+                shape = x.shape[1:] if shape is None else shape
+                if x.shape[1:] != shape:
+                    raise DataFileError(f"{root / c}.npy: images {x.shape[1:]} differ from the other files' {shape}")
                 self.sets[f"{c}/{s}"] = (torch.from_numpy(x), torch.from_numpy(y))
 
-    def _set_loader(self, name: str) -> DeviceLoader:
-        if name not in self.sets:
-            raise RuntimeError("sets are not set up; call setup('test') first")
-        x, y = self.sets[name]
-        if x.device != self.device:
-            x, y = x.to(self.device), y.to(self.device)
-            self.sets[name] = (x, y)
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return DeviceLoader(x, y, batch_size=self.eval_batch_size, device=self.device, rank=rank, world_size=world)
-
     def test_dataloader(self) -> list[DeviceLoader]:
-        return [self._set_loader(n) for n in self.test_set_names]
-
-    def val_dataloader(self) -> list[DeviceLoader]:
-        return self.test_dataloader()
-
-    def predict_dataloader(self) -> list[DeviceLoader]:
-        return self.test_dataloader()
-
-    def train_dataloader(self):
-        raise ValueError(f"{type(self).__name__} has no training split")
+        if any(n not in self.sets for n in self.test_set_names):
+            raise RuntimeError("sets are not set up; call setup('test') first")
+        return [self._loader(n, sets=self.sets) for n in self.test_set_names]
 
 
 class CIFAR100CDataModule(CIFAR10CDataModule):
@@ -194,7 +181,7 @@ class CIFAR100CDataModule(CIFAR10CDataModule):
     make_hint = "python -m datamodules.corruptions --dataset cifar100 --data-dir DATA_DIR"
 
 
-class ImageNetCDataModule(ArrayDataModule):
+class ImageNetCDataModule(_CorruptionSets):
     """ImageNet-C (``data_dir/ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG``), one worker
     DataLoader per (corruption, severity), batches ``(x uint8, y, idx)``.
 
@@ -228,20 +215,13 @@ class ImageNetCDataModule(ArrayDataModule):
         folder: str = "ImageNet-C",
         seed: int = 0,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, 0, n_examples, False, seed)
-        self.corruptions = check_corruptions(corruptions)
-        self.severities = check_severities(severities)
+        super().__init__(data_dir, corruptions, severities, n_examples, batch_size, eval_batch_size, seed)
         self.subset_file, self.crop, self.resize = subset_file, crop, resize
         self.class_index, self.num_workers, self.folder = class_index, num_workers, folder
-        self.test_set_names = [f"{c}/{s}" for c in self.corruptions for s in self.severities]
         self.datasets: dict[str, ImageListDataset] = {}
 
-    def load_split(self, split: str):
-        raise ValueError("ImageNetCDataModule only has test sets (one per corruption and severity)")
-
     def setup(self, stage: Optional[str] = None) -> None:
-        if stage == "fit":
-            raise ValueError("ImageNetCDataModule is a test set: use `lightning test` (or validate / predict)")
+        self._refuse_fit(stage)
         if self.datasets:
             return
         root = Path(self.data_dir) / self.folder
@@ -257,31 +237,12 @@ class ImageNetCDataModule(ArrayDataModule):
             if not folder.is_dir():
                 raise DataFileError(f"ImageNet-C set missing: {folder}")
             samples = find_samples(folder, class_index_map(folder, self.class_index), subset)
-            if self.n_examples is not None:
-                if self.n_examples > len(samples):
-                    raise DataFileError(f"n_examples={self.n_examples} but {folder} holds {len(samples)} images")
-                samples = samples[: self.n_examples]
-            self.datasets[name] = ImageListDataset(samples, tf)
+            if self.n_examples is not None and self.n_examples > len(samples):
+                raise DataFileError(f"n_examples={self.n_examples} but {folder} holds {len(samples)} images")
+            self.datasets[name] = ImageListDataset(samples[: self.n_examples], tf)
 
     def test_dataloader(self) -> list[DataLoader]:
         if not self.datasets:
             raise RuntimeError("sets are not set up; call setup('test') first")
-        return [
-            DataLoader(
-                self.datasets[n],
-                batch_size=self.eval_batch_size,
-                shuffle=False,
-                num_workers=self.num_workers,
-                pin_memory=torch.cuda.is_available(),
-            )
-            for n in self.test_set_names
-        ]
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return self.test_dataloader()
-
-    def predict_dataloader(self) -> list[DataLoader]:
-        return self.test_dataloader()
-
-    def train_dataloader(self):
-        raise ValueError("ImageNetCDataModule has no training split")
+        kw = dict(batch_size=self.eval_batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        return [DataLoader(self.datasets[n], shuffle=False, **kw) for n in self.test_set_names]

@@ -1,47 +1,17 @@
-"""Common corruptions (Hendrycks & Dietterich, ICLR 2019) as batched torch functions, and a
-command that writes the CIFAR-10-C / CIFAR-100-C layout from a CIFAR test set.
+"""Common corruptions (Hendrycks & Dietterich, ICLR 2019) and a command that writes the CIFAR-10-C /
+CIFAR-100-C layout from a CIFAR test set. The functions and their severity table live in
+:mod:`datamodules.corruption_functions`, their steps in :mod:`datamodules.corruption_ops`; here are
+:func:`corrupt`, the name and severity checks and the writer. Every public name of both is re-exported.
 
-Every corruption is a pure function ``f(x, severity, generator=None) -> x'``: ``x`` is a batch
-``(B, 3, H, W)`` on any device, uint8 in ``[0, 255]`` or float in ``[0, 1]``; the result has the
-same dtype, shape and device. Randomness comes only from ``generator`` (a ``torch.Generator`` on
-``x``'s device; the global RNG when None), so a seed fixes the output on a given device.
-Severity parameters are those of the CIFAR-10-C release (calibrated for 32 x 32 images; other
-sizes run but are not calibrated).
-
-Where things live: the 15 corruptions, their parameters and the name -> function table in
-:mod:`datamodules.corruption_functions`; the image-processing steps they share (blur, remap, zoom,
-motion-blur kernel, frost textures, plasma fractal, PIL box resize, ...) in
-:mod:`datamodules.corruption_ops`; here :func:`corrupt`, the checks of names and severities, the
-generator of the CIFAR-C layout and its command. Every public name of both modules is re-exported
-here.
-
-How a generated set differs from the official CIFAR-10-C files (also in :data:`DIFFERENCES` and
-in the ``generation.json`` written next to the files):
-
-- **Random draws.** torch's RNG instead of numpy's: same distributions, other samples, so no file is
-  byte-identical to the official one; per-set statistics (accuracies) agree only up to the
-  sampling spread. The deterministic corruptions (defocus, zoom, brightness, contrast, pixelate,
-  jpeg) reproduce the definition exactly (tested against scipy / PIL / colorsys references to
-  within one 8-bit level).
-- **frost**: the official files blend crops of six frost *photographs* (not available here). We
-  blend crops of five procedural textures (multi-scale noise + ice needles, blue-white tint, mean
-  ~0.6) made from a fixed seed, with the official weights. Accuracies on frost are therefore NOT
-  comparable with published CIFAR-10-C frost numbers; leave frost out of such comparisons.
-- **motion_blur** (and the snow layer's blur): the official code calls ImageMagick through Wand;
-  we re-derive its kernel (one-sided Gaussian line of ``2 radius + 1`` taps, edge pixels).
-  ImageMagick's internal 16-bit quantum and PNG round trip are not modelled (~1 level).
-- **elastic_transform**: cv2.warpAffine quantizes bilinear weights to 1/32 px; ours are exact.
-- **glass_blur** is faithful to the released code *including its bug*: the "swap" of a pixel with a
-  neighbour is done through numpy views and so copies the neighbour instead of swapping.
-- **Arithmetic**: float32 instead of float64, and uint8 conversion by flooring (as ``np.uint8`` of
-  a float does), with a 1e-4 margin so float32 error cannot floor an exact level down.
-- **Severity vs damage**: the official tables do not make every corruption's PSNR fall with
-  severity: elastic_transform's affine jitter shrinks (8% -> 3% of the side) while its elastic
-  field grows, glass_blur's stronger pre-blur makes severities 2-3 (and 5) cost less PSNR than 1
-  (and 4), and frost's PSNR depends on the texture. This is inherited, not introduced here.
-
-Speed: everything but JPEG is batched torch (one call per batch; loops only over kernel taps, zoom
-factors or the glass-blur passes); JPEG encodes one image at a time with PIL on the CPU.
+How a generated set differs from the official files is in :data:`DIFFERENCES` (also written to
+``generation.json``). In short: torch's RNG draws other samples than numpy's, so no file is
+byte-identical and per-set accuracies agree only up to the sampling spread (the deterministic
+corruptions match scipy / PIL / colorsys references within one 8-bit level); **frost** blends
+procedural textures, not the official photographs, so leave it out of comparisons with published
+numbers; uint8 conversion floors as ``np.uint8`` does, with a 1e-4 margin against float32 error.
+The official tables do not make every PSNR fall with severity (elastic_transform's jitter shrinks
+while its field grows; glass_blur's stronger pre-blur makes severities 2-3 and 5 cost less than 1
+and 4): inherited, not introduced here. Everything but JPEG (PIL, one image at a time) is batched.
 
 Example:
     >>> import torch
@@ -68,89 +38,16 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from lightning_modules.atomic import atomic_write, atomic_write_text
-from lightning_modules.pixels import to_unit
-from lightning_modules.progress import time_left
+from lightning_modules.util import atomic_write, atomic_write_text, time_left, to_unit
 
-from .corruption_functions import (
-    CIFAR_PARAMS,
-    CORRUPTION_FUNCTIONS,
-    CORRUPTIONS,
-    SEVERITIES,
-    brightness,
-    contrast,
-    defocus_blur,
-    elastic_transform,
-    fog,
-    frost,
-    gaussian_noise,
-    glass_blur,
-    impulse_noise,
-    jpeg_compression,
-    motion_blur,
-    pixelate,
-    shot_noise,
-    snow,
-    zoom_blur,
-)
-from .corruption_ops import (
-    blur_matrix,
-    clipped_zoom,
-    defocus_kernel,
-    directional_blur,
-    frost_textures,
-    gaussian_blur,
-    gaussian_kernel1d,
-    glass_shuffle,
-    motion_blur_kernel,
-    pil_box_resize,
-    plasma_fractal,
-    remap,
-)
+from . import corruption_functions, corruption_ops
+from .corruption_functions import *  # noqa: F403  (the corruptions and their tables, re-exported)
+from .corruption_functions import CORRUPTION_FUNCTIONS, CORRUPTIONS, SEVERITIES
+from .corruption_ops import *  # noqa: F403  (their building blocks, re-exported)
 
-__all__ = [
-    "CORRUPTIONS",
-    "SEVERITIES",
-    "CIFAR_PARAMS",
-    "CORRUPTION_FUNCTIONS",
-    "DIFFERENCES",
-    "corrupt",
-    "check_corruptions",
-    "check_severities",
-    "psnr",
-    "stream_seed",
-    "generate_cifar_c",
-    "main",
-    # the corruptions (datamodules.corruption_functions)
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-    # their building blocks (datamodules.corruption_ops)
-    "gaussian_kernel1d",
-    "blur_matrix",
-    "gaussian_blur",
-    "remap",
-    "clipped_zoom",
-    "motion_blur_kernel",
-    "directional_blur",
-    "defocus_kernel",
-    "glass_shuffle",
-    "frost_textures",
-    "plasma_fractal",
-    "pil_box_resize",
-]
+# this module's names, then the corruptions with their tables and their building blocks
+__all__ = ["DIFFERENCES", "corrupt", "check_corruptions", "check_severities", "psnr", "stream_seed", "main"]
+__all__ += ["generate_cifar_c", *corruption_functions.__all__, *corruption_ops.__all__]
 
 DIFFERENCES: dict[str, str] = {
     "all": "torch RNG instead of numpy's (same distributions, other draws); float32 instead of float64 "
@@ -163,9 +60,8 @@ DIFFERENCES: dict[str, str] = {
     "frost": "the official set blends crops of six frost PHOTOGRAPHS (not available here); this generator "
     "blends crops of five procedural frost textures (multi-scale noise + ice needles, blue-white "
     "tint, mean ~0.6) made from a fixed seed. Same blending weights; different texture statistics.",
-    "elastic_transform": "cv2.warpAffine's bilinear weights are quantized to 1/32 px; here they are exact. "
-    "Borders: reflect-101 for the affine part, symmetric for the elastic part, as in "
-    "the original.",
+    "elastic_transform": "cv2.warpAffine's bilinear weights are quantized to 1/32 px; here they are exact. Borders: "
+    "reflect-101 for the affine part, symmetric for the elastic part, as in the original.",
     "fog": "faithful diamond-square plasma fractal (same wibble schedule), torch draws.",
     "jpeg_compression": "PIL encoder as in the original, one image at a time on the CPU (not batched).",
     "pixelate": "PIL box resize reproduced as matrices (with PIL's 8-bit rounding between passes).",
@@ -209,7 +105,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse)
 
 
-# ----------------------------------------------------------------------------------------------
 # writing the CIFAR-C layout
 def stream_seed(seed: int, name: str, severity: int) -> int:
     """The generator seed of one (corruption, severity): independent of which others are generated."""
@@ -226,14 +121,11 @@ def generate_cifar_c(
     batch_size: Optional[int] = None,
     verbose: bool = True,
 ) -> dict[str, float]:
-    """Write the CIFAR-C layout for test images ``x`` (uint8 ``(N, 3, H, W)``) and labels ``y``:
-    ``labels.npy`` (``5 N`` uint8/int64 labels, tiled per severity) and ``<corruption>.npy``
-    (``(5 N, H, W, 3)`` uint8, severities 1..5 stacked), each written atomically, plus
-    ``generation.json`` (seed, device, versions, seconds per corruption, mean PSNR per corruption and
-    severity (identical images count as 100 dB), :data:`DIFFERENCES`).
-    The output does not depend on ``batch_size`` for the deterministic corruptions; for the random
-    ones the draws are consumed batch by batch, so keep ``batch_size`` (and the device) to reproduce
-    a file. Returns seconds per corruption."""
+    """Write the CIFAR-C layout for uint8 ``(N, 3, H, W)`` images ``x`` and labels ``y``, atomically:
+    ``labels.npy`` (``5 N`` labels), ``<corruption>.npy`` (``(5 N, H, W, 3)`` uint8, severities 1..5
+    stacked) and ``generation.json`` (settings, versions, seconds and mean PSNR per set (identical
+    images count as 100 dB), :data:`DIFFERENCES`). Random corruptions consume their draws batch by
+    batch: keep ``batch_size`` and the device to reproduce a file. Returns seconds per corruption."""
     names = check_corruptions(corruptions)
     x = torch.as_tensor(x)
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
@@ -273,19 +165,10 @@ def generate_cifar_c(
         if verbose:
             left = time_left(time.perf_counter() - t_start, k, len(names))
             print(f"[corruptions] {k}/{len(names)} {name:18s} {arr.shape} {times[name]:6.2f} s, {left}", flush=True)
-    meta = {
-        "generated_by": "datamodules.corruptions (not the official CIFAR-10-C release)",
-        "seed": seed,
-        "device": str(device),
-        "batch_size": batch_size,
-        "n_images": int(len(x)),
-        "severities": list(SEVERITIES),
-        "corruptions": names,
-        "seconds": times,
-        "mean_psnr_db": psnrs,
-        "torch": str(torch.__version__),
-        "differences_from_official": DIFFERENCES,
-    }
+    meta = {"generated_by": "datamodules.corruptions (not the official CIFAR-10-C release)", "seed": seed}
+    meta.update(device=str(device), batch_size=batch_size, n_images=int(len(x)), severities=list(SEVERITIES))
+    meta.update(corruptions=names, seconds=times, mean_psnr_db=psnrs, torch=str(torch.__version__))
+    meta["differences_from_official"] = DIFFERENCES
     atomic_write_text(out / "generation.json", json.dumps(meta, indent=2))
     return times
 
@@ -307,8 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from .cifar import CIFAR10DataModule, CIFAR100DataModule
 
     dm_cls = CIFAR10DataModule if a.dataset == "cifar10" else CIFAR100DataModule
-    strict = a.n_examples is None
-    x, y = dm_cls(data_dir=a.data_dir, strict_counts=strict).load_split("test")
+    x, y = dm_cls(data_dir=a.data_dir, strict_counts=a.n_examples is None).load_split("test")
     if a.n_examples is not None:
         x, y = x[: a.n_examples], y[: a.n_examples]
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device

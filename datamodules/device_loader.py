@@ -31,15 +31,11 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def random_crop_flip(x: torch.Tensor, pad: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Reflect-pad by ``pad``, crop back to size at a random offset and flip at random, per image.
-
-    Works batched on any device and dtype (uint8 included); one random offset and one flip
-    decision per image.
-    """
+    """Reflect-pad by ``pad``, crop back to size at a random offset and flip at random, per image
+    (batched, any device and dtype, uint8 included)."""
     b, c, h, w = x.shape
     dev = x.device
-    padded = F.pad(x.float() if x.dtype == torch.uint8 else x, (pad, pad, pad, pad), mode="reflect")
-    padded = padded.to(x.dtype)
+    padded = F.pad(x.float() if x.dtype == torch.uint8 else x, (pad, pad, pad, pad), mode="reflect").to(x.dtype)
     oy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     ox = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     flip = torch.rand(b, device=dev, generator=generator) < 0.5
@@ -61,25 +57,18 @@ class DeviceLoader:
             on every rank, so ranks take disjoint shards of one permutation.
         drop_last: drop the last incomplete batch (training).
         transform: batched augmentation applied on the device, e.g. :func:`random_crop_flip`.
-        rank, world_size: this process's shard (``rank::world_size``) under distributed runs.
-            Shuffled (training) shards are cut to equal length. Without shuffling (evaluation)
-            every example is served exactly once: one process gets batches of ``batch_size`` (the
-            last one smaller); under DDP each rank cuts its shard into the same number of
-            near-equal batches of at most ``batch_size`` (so metrics synced across ranks equal a
-            single-process run: 43 images at ``batch_size=8`` on 2 ranks come as 8,7,7 and 7,7,7).
-            Only when a shard is too small for that (fewer examples than batches, e.g.
-            ``batch_size=1`` with uneven shards) is it padded by repeating the first examples;
-            ``idx`` lets callers drop the repeats.
+        rank, world_size: this process's shard (``rank::world_size``). Shuffled (training) shards are
+            cut to equal length. Evaluation serves every example once: under DDP each rank cuts its
+            shard into the same number of near-equal batches of at most ``batch_size``, so synced
+            metrics equal a single-process run (43 images at ``batch_size=8`` on 2 ranks: 8,7,7 and
+            7,7,7); only a shard with fewer examples than batches is padded by repeating the first
+            examples (``idx`` lets callers drop the repeats).
         epoch_fn: returns the current epoch (e.g. ``lambda: trainer.current_epoch``) so that a
             resumed run draws the same permutations; by default the loader counts its epochs.
-        position_fn: returns how many batches of the current epoch have been consumed (Lightning:
-            ``trainer.fit_loop.epoch_loop.batch_progress.current.processed``); saved by
-            :meth:`state_dict` so a run resumed mid-epoch continues with the next batch instead of
-            starting the epoch over. Without it the loader counts the batches it yielded, which
-            runs ahead by the batches a consumer prefetched.
-
-    The loader is stateful in Lightning's sense (``state_dict`` / ``load_state_dict``): Lightning
-    stores its position in every checkpoint and restores it on resume.
+        position_fn: returns how many batches of this epoch were consumed (Lightning's
+            ``batch_progress.current.processed``), saved by :meth:`state_dict` (Lightning's stateful
+            loader protocol) so a resumed run continues mid-epoch; without it the loader counts the
+            batches it yielded, which runs ahead by the batches a consumer prefetched.
     """
 
     def __init__(
@@ -113,11 +102,6 @@ class DeviceLoader:
         self._epoch_now = 0  # the epoch the current iteration serves
         self._yielded = 0  # batches yielded in the current iteration
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches done) from load_state_dict
-
-    def _to_device(self) -> None:
-        if self.x.device != self.device:
-            self.x = self.x.to(self.device, non_blocking=True)
-            self.y = self.y.to(self.device, non_blocking=True)
 
     def _eval_batches_per_rank(self) -> int:
         return _ceil_div(_ceil_div(len(self.x), self.world_size), self.batch_size)
@@ -182,15 +166,13 @@ class DeviceLoader:
         self._resume = (int(state["epoch"]), int(state["batches_done"]))
 
     def __iter__(self) -> Iterator[Batch]:
-        self._to_device()
+        if self.x.device != self.device:
+            self.x, self.y = self.x.to(self.device, non_blocking=True), self.y.to(self.device, non_blocking=True)
         epoch = self._current_epoch()
         batches = self._batches(epoch)
         self.epoch += 1
-        start = 0
-        if self._resume is not None:
-            if self._resume[0] == epoch:
-                start = min(self._resume[1], len(batches))
-            self._resume = None
+        resume, self._resume = self._resume, None
+        start = min(resume[1], len(batches)) if resume is not None and resume[0] == epoch else 0
         self._epoch_now, self._yielded = epoch, start
         for j in batches[start:]:
             self._yielded += 1

@@ -1,9 +1,6 @@
-"""Reading data files safely: CIFAR's python layout (pickles) without running code, and checks
-that name the bad file.
-
-The CIFAR "python version" files are pickles. ``pickle.load`` on a planted file can run
-arbitrary code, so :func:`safe_unpickle` only rebuilds the types those files contain (dicts,
-lists, strings, numbers and numpy arrays) and refuses everything else.
+"""Reading data files safely, with checks that name the bad file. The CIFAR "python version" files
+are pickles, and ``pickle.load`` on a planted file can run arbitrary code, so :func:`safe_unpickle`
+only rebuilds the types those files contain (dicts, lists, strings, numbers, numpy arrays).
 
 Example:
     >>> from datamodules.files import read_cifar_batches
@@ -27,15 +24,9 @@ class DataFileError(ValueError):
 
 # (module, name) pairs a CIFAR pickle may reference: numpy's array reconstruction only.
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("builtins", "bytearray"),
-    ("_codecs", "encode"),
+    (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")
 }
+_ALLOWED_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytearray"), ("_codecs", "encode")}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -49,11 +40,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(path: str | Path) -> object:
-    """Unpickle ``path`` allowing only plain data and numpy arrays.
-
-    Raises :class:`DataFileError` naming the file when it is missing, truncated or tries to
-    reference any other Python object (the way a malicious pickle runs code).
-    """
+    """Unpickle ``path`` allowing only plain data and numpy arrays; :class:`DataFileError` naming the
+    file when it is missing, truncated or references any other Python object (how a pickle runs code)."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"data file not found: {path}")
@@ -76,11 +64,8 @@ def _get(d: dict, key: str):
 def read_cifar_batches(
     paths: Sequence[str | Path], num_classes: int, label_key: str = "labels"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read CIFAR python-layout batch files into ``(N, 3, 32, 32)`` uint8 images and int64 labels.
-
-    Each file is checked for structure (no md5: re-encoded copies are accepted): a dict with
-    ``data`` of shape ``(n, 3072)`` uint8 and ``n`` integer labels in ``[0, num_classes)``.
-    """
+    """Read CIFAR python-layout batch files into ``(N, 3, 32, 32)`` uint8 images and int64 labels, each
+    checked for structure (no md5, so re-encoded copies load): ``data`` uint8 ``(n, 3072)``, ``n`` labels."""
     xs, ys = [], []
     for p in paths:
         d = safe_unpickle(p)

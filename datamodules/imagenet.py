@@ -1,17 +1,12 @@
 """ImageNet in the ImageFolder layout (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``), with the
 RobustBench 5,000-image evaluation subset.
 
-ImageNet does not fit on the GPU as one tensor like CIFAR, so images are decoded by a torch
-``DataLoader`` with workers; batches keep the package's format ``(x uint8 (B, 3, S, S), y, idx)``
-(``idx``: position in the split's sample list, e.g. in the subset file's order). Evaluation
-preprocessing is RobustBench's ``Res256Crop224`` (resize the shorter side to 256, centre crop
-224; done on uint8 tensors with antialiasing, which matches PIL's bilinear resize to about a
-level); training uses random-resized-crop 224 + horizontal flip.
-
-Labels are the standard ImageNet-1k indices (position of the wnid in the sorted list of the 1000
-wnids, as RobustBench's ``imagenet_class_to_id_map.json``), so a folder holding only a few classes
-still gets the labels a 1000-class model expects; ``class_index: folder`` numbers the folders
-0..K-1 instead (for other ImageFolder data sets).
+ImageNet does not fit on the GPU as one tensor, so worker ``DataLoader``s decode it; batches keep the
+package's ``(x uint8 (B, 3, S, S), y, idx)`` (``idx``: position in the split's sample list). Evaluation
+is RobustBench's ``Res256Crop224`` (on uint8 tensors with antialiasing: PIL's bilinear resize to about a
+level); training uses random-resized-crop 224 + flip. Labels are the standard ImageNet-1k indices (as
+RobustBench's ``imagenet_class_to_id_map.json``), so a folder of a few classes still gets the labels a
+1000-class model expects; ``class_index: folder`` numbers the folders 0..K-1 instead.
 
 Example:
     >>> from datamodules.imagenet import ImageNetDataModule
@@ -69,8 +64,7 @@ def read_subset(path: str | Path) -> list[str]:
     path = robustbench_subset_file() if str(path) == "robustbench" else Path(path)
     if not path.is_file():
         raise DataFileError(f"subset file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    lines = [ln for ln in lines if ln]
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     bad = [(i + 1, ln) for i, ln in enumerate(lines) if ln.count("/") != 1 or ln.startswith("/") or ".." in ln]
     if bad:
         raise DataFileError(f"{path}: lines must be relative paths '<wnid>/<file>'; bad line(s) {bad[:3]}")
@@ -234,18 +228,14 @@ class ImageNetDataModule(pl.LightningDataModule):
         classes = class_index_map(root, self.class_index)
         subset = read_subset(self.subset_file) if (split == "val" and self.subset_file) else None
         samples = find_samples(root, classes, subset)
-        if split == "val" and self.n_examples is not None:
-            if self.n_examples > len(samples):
-                raise DataFileError(
-                    f"n_examples={self.n_examples} but {root} holds {len(samples)} images"
-                    + (" of the subset" if subset else "")
-                )
-            samples = samples[: self.n_examples]
+        n = self.n_examples if split == "val" else None
+        if n is not None and n > len(samples):
+            of = " of the subset" if subset else ""
+            raise DataFileError(f"n_examples={n} but {root} holds {len(samples)} images{of}")
+        samples = samples[:n]
         if split == "train" and self.augment:
-            tf = train_transform(self.image_size)
-        else:
-            tf = eval_transform(self.resize_size, self.image_size)
-        return ImageListDataset(samples, tf)
+            return ImageListDataset(samples, train_transform(self.image_size))
+        return ImageListDataset(samples, eval_transform(self.resize_size, self.image_size))
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit") and "train" not in self.datasets:
@@ -273,8 +263,4 @@ class ImageNetDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("val")
+    test_dataloader = predict_dataloader = val_dataloader

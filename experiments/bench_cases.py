@@ -19,32 +19,18 @@ from experiments.bench_timing import OpCounter, WindowTimer, summarize, synchron
 
 def build_module(args: argparse.Namespace, **overrides):
     from lightning_modules import ReversalModule
-    from lightning_modules.reversal import ReversalConfig
+    from lightning_modules.settings import ReversalConfig
 
-    kw = dict(
-        backbone=args.backbone,
-        backbone_kwargs={"width": 8} if args.backbone == "small_cnn" and args.tiny else None,
-        attack=dict(mode="pgd", steps=args.steps),
-        ssl=dict(weight=0.0, views=args.views),
-        optim=dict(lr=0.1, schedule="onecycle"),
-        inference=dict(val_attack_steps=0),
-        speed=dict(
-            attack_amp=args.precision == "bf16",
-            channels_last=args.channels_last,
-            compile=args.compile,
-            compile_mode=args.compile_mode,
-            train_progress_bar=args.progress_bar_metrics,
-        ),
-        reversal=ReversalConfig(
-            steps=args.rev_steps, n_views=args.rev_views, views=args.views, amp=args.precision == "bf16"
-        ),
-    )
+    bf16 = args.precision == "bf16"
+    speed = dict(attack_amp=bf16, channels_last=args.channels_last, compile=args.compile)
+    speed.update(compile_mode=args.compile_mode, train_progress_bar=args.progress_bar_metrics)
+    kw = dict(backbone=args.backbone, attack=dict(mode="pgd", steps=args.steps), ssl=dict(weight=0.0, views=args.views))
+    kw.update(optim=dict(lr=0.1, schedule="onecycle"), inference=dict(val_attack_steps=0), speed=speed)
+    kw["backbone_kwargs"] = {"width": 8} if args.backbone == "small_cnn" and args.tiny else None
+    kw["reversal"] = ReversalConfig(steps=args.rev_steps, n_views=args.rev_views, views=args.views, amp=bf16)
     for key, value in overrides.items():  # a field of a settings group, or a top-level argument
         group = next((g for g in ("attack", "ssl", "speed") if key in kw.get(g, {})), None)
-        if group is not None:
-            kw[group][key] = value
-        else:
-            kw[key] = value
+        (kw if group is None else kw[group])[key] = value
     m = ReversalModule(**kw)
     if args.checkpoint:
         m.load_backbone(args.checkpoint)
@@ -71,8 +57,7 @@ def datamodule(args: argparse.Namespace):
 
 
 def test_images(args: argparse.Namespace, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = datamodule(args)
-    x, y = dm.load_split("test")
+    x, y = datamodule(args).load_split("test")
     x, y = torch.as_tensor(np.asarray(x))[:n], torch.as_tensor(np.asarray(y)).long()[:n]
     if len(x) < n:
         reps = -(-n // len(x))
@@ -93,9 +78,8 @@ def count_step(module, batch, device: torch.device) -> dict:
             loss = module.training_step(batch, 0)
             loss.backward()
     module.zero_grad(set_to_none=True)
-    b = batch[0].shape[0]
     return {
-        "executed_flops_per_image": fc.get_total_flops() / b,
+        "executed_flops_per_image": fc.get_total_flops() / batch[0].shape[0],
         "aten_ops_per_step": counter.ops,
         "host_syncs_in_step": dict(counter.syncs),
     }
@@ -124,28 +108,22 @@ def bench_train(bench: str, args: argparse.Namespace, device: torch.device) -> d
         """Eager runs: iteration 1 (batch end to batch end: data, step, hooks, logging) is counted, then
         the timer starts; compiled runs go straight to the timer (a dispatch mode would upset dynamo)."""
 
-        def __init__(self) -> None:
-            self.lightning_syncs: Optional[dict] = None
-            self._counter: Optional[OpCounter] = None
-            self._iteration = 0 if not args.compile else 2
+        lightning_syncs: Optional[dict] = None
+        counter = OpCounter(device)
+        iteration = 0 if not args.compile else 2
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self._iteration += 1
-            if self._iteration == 1:
-                self._counter = OpCounter(device)
-                self._counter.__enter__()
-                return
-            if self._iteration == 2 and self._counter is not None:
-                self._counter.__exit__(None, None, None)
-                self.lightning_syncs = {
-                    "aten_ops_per_iteration": self._counter.ops,
-                    "host_syncs_per_iteration": dict(self._counter.syncs),
-                }
-                self._counter = None
-                return
-            timer.tick()
-            if timer.done:
-                trainer.should_stop = True
+            self.iteration += 1
+            if self.iteration == 1:
+                self.counter.__enter__()
+            elif self.iteration == 2:
+                self.counter.__exit__(None, None, None)
+                c = self.counter
+                self.lightning_syncs = {"aten_ops_per_iteration": c.ops, "host_syncs_per_iteration": dict(c.syncs)}
+            else:
+                timer.tick()
+                if timer.done:
+                    trainer.should_stop = True
 
     timing = Timing()
     callbacks: list = [timing]
@@ -156,32 +134,16 @@ def bench_train(bench: str, args: argparse.Namespace, device: torch.device) -> d
             from callbacks.ema import DeviceEMA as EMA
         callbacks.append(EMA(decay=args.ema))
     module = build_module(args, mode=training, weight=ssl)
-    trainer = pl.Trainer(
-        accelerator=device.type,
-        devices=1,
-        precision="bf16-mixed" if args.precision == "bf16" else "32-true",
-        max_steps=1_000_000,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-        inference_mode=False,
-        benchmark=args.cudnn_benchmark or None,
-    )
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    budget = dict(max_steps=1_000_000, max_epochs=-1, num_sanity_val_steps=0, limit_val_batches=0)
+    precision = "bf16-mixed" if args.precision == "bf16" else "32-true"
+    run = dict(callbacks=callbacks, inference_mode=False, benchmark=args.cudnn_benchmark or None)
+    trainer = pl.Trainer(accelerator=device.type, devices=1, precision=precision, **budget, **quiet, **run)
     trainer.fit(module, datamodule=dm)
     if not timer.done:
         raise RuntimeError(f"{bench}: training stopped before the timed windows were complete")
-    out = summarize(timer, args.batch_size)
-    out.update(counts)
-    if timing.lightning_syncs:
-        out.update(timing.lightning_syncs)
-    out["training"] = training
-    out["ssl_weight"] = ssl
-    return out
+    syncs = timing.lightning_syncs or {}
+    return {**summarize(timer, args.batch_size), **counts, **syncs, "training": training, "ssl_weight": ssl}
 
 
 def bench_reversal(args: argparse.Namespace, device: torch.device) -> dict:
@@ -208,13 +170,12 @@ def bench_reversal(args: argparse.Namespace, device: torch.device) -> dict:
 
 def bench_reversal_draws(args: argparse.Namespace, device: torch.device) -> dict:
     """The all-draws score's reversals of one batch: all ``--draws`` in one call, then one call per draw."""
-    from lightning_modules.attacks.adaptive import ReversalFns
-    from lightning_modules.evaluation.defense import Defense
+    from lightning_modules.defense import DefendedModel
 
     module = build_module(args).to(device).eval()
     module.setup("test")
     x, y = test_images(args, args.rev_batch_size, device)
-    defense = Defense.from_fns(ReversalFns.from_module(module))
+    defense = DefendedModel.from_module(module)
     out: dict = {}
     for name, d in (("one_call", defense), ("per_draw", defense.one_call_per_draw())):
         timer = WindowTimer(device, args.seconds, args.windows, args.warmup)
@@ -222,10 +183,8 @@ def bench_reversal_draws(args: argparse.Namespace, device: torch.device) -> dict
             d.correct_draws(x, y, args.draws)
             timer.tick()
         out[name] = summarize(timer, args.rev_batch_size * args.draws)
-    out = {**out["one_call"], "per_draw_images_per_s": out["per_draw"]["images_per_s"]}
-    out["speedup"] = out["images_per_s"] / out["per_draw_images_per_s"]
-    out["draws"] = args.draws
-    return out
+    one, per_draw = out["one_call"], out["per_draw"]["images_per_s"]
+    return {**one, "per_draw_images_per_s": per_draw, "speedup": one["images_per_s"] / per_draw, "draws": args.draws}
 
 
 class _CountingModel(torch.nn.Module):
@@ -233,8 +192,7 @@ class _CountingModel(torch.nn.Module):
 
     def __init__(self, classifier: torch.nn.Module, f: float) -> None:
         super().__init__()
-        self.classifier, self.f = classifier, f
-        self.flops = 0.0
+        self.classifier, self.f, self.flops = classifier, f, 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled() and x.requires_grad
@@ -255,18 +213,9 @@ def bench_autoattack(args: argparse.Namespace, device: torch.device, f: float) -
         model(x[: min(len(x), args.aa_batch_size)])
     model.flops = 0.0
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
-    if args.aa_attacks == "standard":
-        aa = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard", device=device, seed=args.seed)
-    else:
-        aa = AutoAttack(
-            model,
-            norm="Linf",
-            eps=8 / 255,
-            version="custom",
-            device=device,
-            seed=args.seed,
-            attacks=args.aa_attacks.split(","),
-        )
+    custom = {} if args.aa_attacks == "standard" else {"attacks": args.aa_attacks.split(",")}
+    version = "custom" if custom else "standard"
+    aa = AutoAttack(model, norm="Linf", eps=8 / 255, version=version, device=device, seed=args.seed, **custom)
     aa.verbose = False
     synchronize(device)
     t0 = time.perf_counter()

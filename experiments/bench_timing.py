@@ -14,29 +14,17 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 # aten ops that read a device value back to the host (a sync on CUDA) or have data-dependent shapes
-SYNC_OPS = {
-    "_local_scalar_dense",
-    "is_nonzero",
-    "nonzero",
-    "_unique2",
-    "unique_dim",
-    "unique_consecutive",
-    "masked_select",
-    "repeat_interleave",
-}
+SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "nonzero", "_unique2", "unique_dim", "unique_consecutive"}
+SYNC_OPS |= {"masked_select", "repeat_interleave"}
 
 
-# ---------------------------------------------------------------------------------------------
 class OpCounter(TorchDispatchMode):
-    """Counts dispatched aten ops (a proxy for kernel launches) and those that read a device value back
-    to the host. On a GPU only reads of GPU tensors count; on a CPU every such read counts (each
-    would be a sync with the data on a GPU)."""
+    """Counts dispatched aten ops (a proxy for kernel launches) and those that read a device value back to the
+    host: on a GPU only reads of GPU tensors, on a CPU every such read (each would be a sync on a GPU)."""
 
     def __init__(self, device: torch.device = torch.device("cpu")) -> None:
         super().__init__()
-        self.ops = 0
-        self.syncs: Counter = Counter()
-        self.device = torch.device(device)
+        self.ops, self.syncs, self.device = 0, Counter(), torch.device(device)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
@@ -56,19 +44,12 @@ def synchronize(device: torch.device) -> None:
 
 class WindowTimer:
     """Call :meth:`tick` after each unit of work; it warms up (at least one unit), probes one unit,
-    then times ``windows`` windows.
-
-    ``done`` turns true after the last window; :meth:`result` gives per-window seconds and steps.
-    """
+    then times ``windows`` windows. ``done`` turns true after the last; :meth:`result`: seconds per window."""
 
     def __init__(self, device: torch.device, seconds: float, windows: int, warmup: int) -> None:
         self.device, self.seconds, self.windows, self.warmup = device, seconds, max(1, windows), max(1, warmup)
-        self.ticks = 0
-        self.per_window = 0
-        self.marks: list = []
-        self.done = False
-        self._t0 = 0.0
-        self.probe_s = float("nan")
+        self.ticks, self.per_window, self.marks, self.done = 0, 0, [], False
+        self._t0, self.probe_s = 0.0, float("nan")
 
     def _mark(self):
         if self.device.type == "cuda":
@@ -114,7 +95,6 @@ def summarize(timer: WindowTimer, images_per_step: int) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------
 def forward_flops(classifier: torch.nn.Module, size: int, device: torch.device, channels_last: bool) -> float:
     """Forward FLOPs per image (2 per multiply-add), counted on a batch of 2 in eval mode."""
     was = classifier.training
@@ -132,19 +112,16 @@ def matmul_tflops(device: torch.device, precision: str, seconds: float = 1.0) ->
     """Measured FLOP/s of a large square matmul in the benchmark's precision (TFLOP/s)."""
     n = 4096 if device.type == "cuda" else 512
     dtype = torch.bfloat16 if (precision == "bf16" and device.type == "cuda") else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     synchronize(device)
     reps, t0 = 0, time.perf_counter()
-    while True:
+    while not reps or time.perf_counter() - t0 < seconds:  # at least one round, synchronized before each check
         for _ in range(4):
             a @ b
         reps += 4
         synchronize(device)
-        if time.perf_counter() - t0 >= seconds:
-            break
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
@@ -154,7 +131,7 @@ def peak_tflops(args: argparse.Namespace, device: torch.device, measured: float)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     if "H100" in name or "H200" in name:  # the same compute units: an H200 is an H100 with more, faster memory
         if args.precision == "bf16":
-            return 800.0, "H100-class bf16 lead of the issue (datasheet dense peak 989)"
+            return 800.0, "H100-class bf16 lead (datasheet dense peak 989)"
         if torch.backends.cudnn.allow_tf32:
             return 495.0, "H100-class SXM datasheet TF32 dense (cuDNN runs fp32 convs in TF32 by default)"
         return 67.0, "H100-class SXM datasheet fp32 (non-tensor-core)"

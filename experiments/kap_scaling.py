@@ -2,27 +2,16 @@
 """KAP scaling study: clean, Gaussian-noise, PGD and AutoAttack accuracy against model size
 (depth x width), with and without kernel average pooling, on CIFAR-10 (and CIFAR-100).
 
-For every (dataset, depth, width, KAP or not) of the profile's grid the script trains a
-:class:`~lightning_modules.module.ReversalModule` (Gaussian-noise training, ``noise_std``, as KAP
-models are trained; ``--training pgd`` for adversarial training) with a Lightning ``Trainer``,
-then measures on the first test images: clean accuracy, accuracy under ``N(0, noise_eval^2)`` pixel
-noise, PGD (L-inf, ``--eps``) and standard AutoAttack (pyautoattack). KAP (window 3) goes after
-every block of the later stages: every conv-BN-ReLU of stages 2-3 of ``small_cnn``, every block of
-groups 2-3 of ``wide_resnet``. KAP has no parameters, so both variants of a size share the x value.
+Each (dataset, depth, width, KAP or not) of the profile's grid trains a :class:`ReversalModule` (Gaussian-noise
+training, as KAP models are trained; ``--training pgd``: adversarial), then measures on the first test images
+the accuracy clean, under ``N(0, noise_eval^2)`` pixel noise, under PGD (L-inf ``--eps``) and standard AutoAttack.
+KAP (window 3) follows every conv-BN-ReLU of stages 2-3 of ``small_cnn``, every block of groups 2-3 of
+``wide_resnet``; it has no parameters, so both variants of a size share the x value. Writes ``scaling.json``
+(after each point: a rerun skips finished ones), ``scaling.md`` and ``kap_scaling.png`` (accuracy against
+parameters, a panel per metric) to ``--out`` (``results/kap_scaling/<profile>``), and logs to offline W&B unless
+``WANDB_MODE=disabled``. Profiles: ``cpu`` (small_cnn, CIFAR-10, ~15 min on 2 cores), ``gpu`` (wide_resnet,
+CIFAR-10 and CIFAR-100, full training set), ``tiny`` (a few steps: the test).
 
-Writes to ``--out`` (default ``results/kap_scaling/<profile>``): ``scaling.json`` (one record per
-grid point, saved after each, so a rerun resumes and skips finished points), ``scaling.md`` and
-``kap_scaling.png`` (accuracy against parameter count, one panel per metric, a line per
-dataset x variant); logs the table and the plot to W&B (offline) unless ``WANDB_MODE=disabled``.
-
-Profiles:
-    cpu  small_cnn, depth {1, 2} x width {8, 16}, CIFAR-10, 1 epoch on 10,000 images,
-         eval on 500 (AutoAttack on 32); ~15 minutes on 2 CPU cores.
-    gpu  wide_resnet, depth {10, 16, 22, 28} x widen {1, 2, 4, 8}, CIFAR-10 and CIFAR-100,
-         30 epochs on the full training set, eval on 1,000 (AutoAttack on 1,000).
-    tiny a few steps on a few images (the test).
-
-Example:
     python experiments/kap_scaling.py --profile cpu --data-dir data     # make kap-scaling
     python experiments/kap_scaling.py --profile gpu --data-dir data     # make kap-scaling PROFILE=gpu
 """
@@ -31,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -43,8 +33,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lightning_modules.atomic import atomic_write_text  # noqa: E402
 from lightning_modules.evaluation.report import md_table, pyplot, save_figure  # noqa: E402
+from lightning_modules.util import atomic_write_text  # noqa: E402
 
 METRICS = ("clean", "noise", "pgd", "autoattack")
 
@@ -67,20 +57,10 @@ class Profile:
     pgd_steps: int = 10
 
 
+_GPU_BUDGET = dict(epochs=30, batch_size=256, lr=0.2, n_eval=1000, n_autoattack=1000, pgd_steps=20)
 PROFILES = {
     "cpu": Profile("small_cnn", (1, 2), (8, 16), epochs=1, train_subset=10_000, n_eval=500, n_autoattack=32),
-    "gpu": Profile(
-        "wide_resnet",
-        (10, 16, 22, 28),
-        (1, 2, 4, 8),
-        ("cifar10", "cifar100"),
-        epochs=30,
-        batch_size=256,
-        lr=0.2,
-        n_eval=1000,
-        n_autoattack=1000,
-        pgd_steps=20,
-    ),
+    "gpu": Profile("wide_resnet", (10, 16, 22, 28), (1, 2, 4, 8), ("cifar10", "cifar100"), **_GPU_BUDGET),
     "tiny": Profile("small_cnn", (1, 2), (4,), max_steps=2, batch_size=8, n_eval=8, n_autoattack=4, pgd_steps=2),
 }
 
@@ -105,55 +85,29 @@ def datamodule(name: str, data_dir: str, profile: Profile, seed: int):
     from datamodules import CIFAR10DataModule, CIFAR100DataModule
 
     cls = CIFAR10DataModule if name == "cifar10" else CIFAR100DataModule
-    return cls(
-        data_dir=data_dir,
-        batch_size=profile.batch_size,
-        eval_batch_size=min(500, profile.n_eval),
-        n_examples=profile.n_eval,
-        train_subset=profile.train_subset,
-        seed=seed,
-        strict_counts=profile.train_subset is None and profile.max_steps < 0,
-    )
+    sizes = dict(batch_size=profile.batch_size, eval_batch_size=min(500, profile.n_eval), n_examples=profile.n_eval)
+    strict = profile.train_subset is None and profile.max_steps < 0
+    return cls(data_dir=data_dir, train_subset=profile.train_subset, seed=seed, strict_counts=strict, **sizes)
 
 
 def train(key: dict[str, Any], profile: Profile, args: argparse.Namespace):
     """Train one grid point; returns the module (eval mode) and the data module."""
     import lightning.pytorch as pl
 
-    from lightning_modules.module import ReversalModule
+    from lightning_modules.methods.module import ReversalModule
 
     pl.seed_everything(args.seed, verbose=False)
     dm = datamodule(key["dataset"], args.data_dir, profile, args.seed)
-    model = ReversalModule(
-        backbone=profile.backbone,
-        num_classes=100 if key["dataset"] == "cifar100" else 10,
-        normalization=key["dataset"],
-        backbone_kwargs=backbone_kwargs(profile, key["depth"], key["width"], key["kap"]),
-        attack=dict(
-            mode=args.training,
-            noise_std=args.noise if args.training == "standard" else 0.0,
-            eps=args.eps,
-            alpha=args.eps / 4,
-            steps=args.train_steps,
-        ),
-        ssl=dict(weight=0.0),
-        optim=dict(lr=profile.lr, schedule="onecycle"),
-        inference=dict(val_attack_steps=0),
-        speed=dict(train_progress_bar=False),
-    )
-    trainer = pl.Trainer(
-        max_epochs=profile.epochs,
-        max_steps=profile.max_steps,
-        accelerator=args.device,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        precision=args.precision,
-    )
+    noise = args.noise if args.training == "standard" else 0.0
+    attack = dict(mode=args.training, noise_std=noise, eps=args.eps, alpha=args.eps / 4, steps=args.train_steps)
+    kw = dict(ssl=dict(weight=0.0), optim=dict(lr=profile.lr, schedule="onecycle"), inference=dict(val_attack_steps=0))
+    kw.update(attack=attack, speed=dict(train_progress_bar=False))
+    kw["num_classes"] = 100 if key["dataset"] == "cifar100" else 10
+    size = backbone_kwargs(profile, key["depth"], key["width"], key["kap"])
+    model = ReversalModule(backbone=profile.backbone, normalization=key["dataset"], backbone_kwargs=size, **kw)
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    budget = dict(max_epochs=profile.epochs, max_steps=profile.max_steps, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = pl.Trainer(accelerator=args.device, devices=1, precision=args.precision, **budget, **quiet)
     trainer.fit(model, datamodule=dm)
     dm.setup("test")
     return model.eval(), dm
@@ -166,8 +120,7 @@ def evaluate(model, dm, profile: Profile, args: argparse.Namespace) -> dict[str,
 
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    hits = {m: 0 for m in METRICS}
-    seen = {m: 0 for m in METRICS}
+    hits, seen = dict.fromkeys(METRICS, 0), dict.fromkeys(METRICS, 0)
     with frozen_params(model):
         for x, y, idx in dm.test_dataloader():
             x, y = model._prep(x.to(device)), y.to(device)
@@ -195,18 +148,10 @@ def point_name(key: dict[str, Any]) -> str:
 
 def markdown(records: list[dict[str, Any]], title: str) -> str:
     header = ["dataset", "depth", "width", "KAP", "params", "clean", "noise", "PGD", "AutoAttack", "train s"]
-    rows = [
-        [
-            r["dataset"],
-            r["depth"],
-            r["width"],
-            "yes" if r["kap"] else "no",
-            f"{r['params']:,}",
-            *(f"{100 * r[m]:.1f}" for m in METRICS),
-            f"{r['train_seconds']:.0f}",
-        ]
-        for r in sorted(records, key=lambda r: (r["dataset"], r["kap"], r["params"]))
-    ]
+    rows = []
+    for r in sorted(records, key=lambda r: (r["dataset"], r["kap"], r["params"])):
+        acc, kap = [f"{100 * r[m]:.1f}" for m in METRICS], "yes" if r["kap"] else "no"
+        rows.append([r["dataset"], r["depth"], r["width"], kap, f"{r['params']:,}", *acc, f"{r['train_seconds']:.0f}"])
     return "\n".join([f"### {title}", "", *md_table(header, rows, "lrrlrrrrrr")]) + "\n"
 
 
@@ -220,13 +165,8 @@ def plot(records: list[dict[str, Any]], path: Path, title: str) -> None:
     for ax, m in zip(axes[0], METRICS):
         for ds, kap in variants:
             pts = sorted((r["params"], 100 * r[m]) for r in records if r["dataset"] == ds and r["kap"] == kap)
-            ax.plot(
-                [p for p, _ in pts],
-                [a for _, a in pts],
-                marker="o" if kap else "s",
-                linestyle="-" if kap else "--",
-                label=f"{ds} {'KAP' if kap else 'no KAP'}",
-            )
+            style = dict(marker="o", linestyle="-") if kap else dict(marker="s", linestyle="--")
+            ax.plot([p for p, _ in pts], [a for _, a in pts], **style, label=f"{ds} {'KAP' if kap else 'no KAP'}")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
         ax.set_xticks(params, [f"{p / 1e3:.0f}k" for p in params], rotation=45)
@@ -244,21 +184,11 @@ def log_wandb(records: list[dict[str, Any]], png: Path, args: argparse.Namespace
         return
     import wandb
 
-    run = wandb.init(
-        project="ssl-reversal",
-        name=f"kap-scaling-{args.profile}",
-        dir=args.wandb_dir,
-        mode="offline",
-        config=vars(args),
-        reinit=True,
-    )
+    kw = dict(dir=args.wandb_dir, mode="offline", config=vars(args), reinit=True)
+    run = wandb.init(project="ssl-reversal", name=f"kap-scaling-{args.profile}", **kw)
     cols = ["dataset", "depth", "width", "kap", "params", *METRICS]
-    run.log(
-        {
-            "kap_scaling/table": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in records]),
-            "kap_scaling/plot": wandb.Image(str(png)),
-        }
-    )
+    table = wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in records])
+    run.log({"kap_scaling/table": table, "kap_scaling/plot": wandb.Image(str(png))})
     run.finish()
 
 
@@ -266,26 +196,21 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--out", default=None, help="default: results/kap_scaling/<profile>")
-    p.add_argument(
-        "--datasets", default=None, help="comma-separated subset of cifar10,cifar100 (default: the profile's)"
-    )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for the gpu profile, else cpu)")
-    p.add_argument("--precision", default="32-true")
-    p.add_argument(
-        "--training",
-        choices=("standard", "pgd"),
-        default="standard",
-        help="standard = Gaussian-noise training (--noise); pgd = PGD-AT at --eps",
-    )
-    p.add_argument("--noise", type=float, default=0.1, help="training noise std (pixels in [0, 1])")
-    p.add_argument("--noise-eval", type=float, default=0.1, help="noise std of the Gaussian-noise accuracy")
-    p.add_argument("--eps", type=float, default=2 / 255, help="L-inf budget of PGD and AutoAttack ([0, 1] units)")
-    p.add_argument("--train-steps", type=int, default=5, help="PGD steps of --training pgd")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wandb-dir", default="logs")
+    add = p.add_argument
+    add("--profile", choices=sorted(PROFILES), default="cpu")
+    add("--data-dir", default="data")
+    add("--out", default=None, help="default: results/kap_scaling/<profile>")
+    add("--datasets", default=None, help="comma-separated subset of cifar10,cifar100 (default: the profile's)")
+    add("--device", default=None, help="cpu or cuda (default: cuda for the gpu profile, else cpu)")
+    add("--precision", default="32-true")
+    training_help = "standard = Gaussian-noise training (--noise); pgd = PGD-AT at --eps"
+    add("--training", choices=("standard", "pgd"), default="standard", help=training_help)
+    add("--noise", type=float, default=0.1, help="training noise std (pixels in [0, 1])")
+    add("--noise-eval", type=float, default=0.1, help="noise std of the Gaussian-noise accuracy")
+    add("--eps", type=float, default=2 / 255, help="L-inf budget of PGD and AutoAttack ([0, 1] units)")
+    add("--train-steps", type=int, default=5, help="PGD steps of --training pgd")
+    add("--seed", type=int, default=0)
+    add("--wandb-dir", default="logs")
     args = p.parse_args(argv)
     if args.noise <= 0 and args.training == "standard":
         p.error(f"--noise must be > 0 for Gaussian-noise training, got {args.noise}")
@@ -305,16 +230,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         raise SystemExit(f"unknown dataset(s) {sorted(unknown)}; choose from cifar10, cifar100")
     store = args.out / "scaling.json"
     done: dict[str, dict[str, Any]] = json.loads(store.read_text())["points"] if store.is_file() else {}
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "wandb_dir")
-    }
-    grid = [
-        {"dataset": ds, "depth": d, "width": w, "kap": kap}
-        for ds in datasets
-        for d in profile.depths
-        for w in profile.widths
-        for kap in (False, True)
-    ]
+    skip = ("out", "wandb_dir")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+    points = itertools.product(datasets, profile.depths, profile.widths, (False, True))
+    grid = [{"dataset": ds, "depth": d, "width": w, "kap": kap} for ds, d, w, kap in points]
     t_start = time.perf_counter()
     for i, key in enumerate(grid, 1):
         name = point_name(key)
@@ -325,27 +244,16 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         model, dm = train(key, profile, args)
         t1 = time.perf_counter()
         acc = evaluate(model, dm, profile, args)
-        rec = {
-            **key,
-            "params": sum(p.numel() for p in model.classifier.parameters()),
-            **acc,
-            "train_seconds": t1 - t0,
-            "eval_seconds": time.perf_counter() - t1,
-            "settings": settings,
-        }
-        done[name] = rec
+        params = sum(p.numel() for p in model.classifier.parameters())
+        seconds = {"train_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1}
+        rec = done[name] = {**key, "params": params, **acc, **seconds, "settings": settings}
         atomic_write_text(store, json.dumps({"profile": dataclasses.asdict(profile), "points": done}, indent=2))
-        print(
-            f"[{i}/{len(grid)}] {name}: {rec['params']:,} params, "
-            + ", ".join(f"{m} {100 * acc[m]:.1f}%" for m in METRICS)
-            + f" (train {rec['train_seconds']:.0f} s, eval {rec['eval_seconds']:.0f} s)",
-            flush=True,
-        )
+        accs = ", ".join(f"{m} {100 * acc[m]:.1f}%" for m in METRICS)
+        times = f"(train {rec['train_seconds']:.0f} s, eval {rec['eval_seconds']:.0f} s)"
+        print(f"[{i}/{len(grid)}] {name}: {params:,} params, {accs} {times}", flush=True)
     records = [done[point_name(k)] for k in grid]
-    title = (
-        f"KAP scaling ({args.profile}: {profile.backbone}, {args.training} training, noise {args.noise_eval}, "
-        f"L-inf eps {args.eps * 255:.3g}/255)"
-    )
+    title = f"KAP scaling ({args.profile}: {profile.backbone}, {args.training} training, noise {args.noise_eval}, "
+    title += f"L-inf eps {args.eps * 255:.3g}/255)"
     md = markdown(records, title)
     atomic_write_text(args.out / "scaling.md", md)
     plot(records, args.out / "kap_scaling.png", title)

@@ -1,10 +1,9 @@
 """The package's reversal against Mao et al.'s recipe (``mao2021``), and one setting of the recipe at a time.
 
-On the first ``--n`` test images: PGD (``--attack-steps`` steps of eps/4 at ``--eps`` L-inf) crafted on the
-classifier alone (no reversal), then each reversal in batches of ``--batch``, ``--draws`` independent draws.
-Every line: accuracy without the reversal, mean over the draws, correct on every draw; each with n and a
-95% Wilson interval, clean and attacked. ``--ablate`` adds the recipe with one setting switched to the
-package's value (shared views, jitter, random start, first positive, budget).
+On the first ``--n`` test images: PGD (``--attack-steps`` steps of eps/4 at ``--eps`` L-inf) on the classifier
+alone, then each reversal in batches of ``--batch``, ``--draws`` draws. Every line, clean and attacked: the mean
+over the draws and correct on every draw, each with n and a 95% Wilson interval. ``--ablate`` adds the recipe
+with one setting switched to the package's value (shared views, jitter, random start, first positive, budget).
 
     python experiments/recipe_ablation.py --ckpt CKPT [--data-dir data] [--n 128] [--ablate]
 """
@@ -18,8 +17,9 @@ import time
 import torch
 
 from lightning_modules.attacks.core import pgd
+from lightning_modules.defense.reversal import reverse
 from lightning_modules.evaluation.stats import wilson
-from lightning_modules.reversal import RECIPES, ReversalConfig, reverse
+from lightning_modules.settings import RECIPES, ReversalConfig
 
 #: One setting of the recipe switched back to the package's value (the budget: the package's fixed 16/255).
 ABLATIONS = {
@@ -40,10 +40,9 @@ def cell(correct: torch.Tensor) -> str:
 
 def load(ckpt: str):
     from lightning_modules import ReversalModule
-    from lightning_modules.settings import upgrade_hparams
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp = upgrade_hparams({k: v for k, v in ck["hyper_parameters"].items() if not k.startswith("_")})
+    hp = {k: v for k, v in ck["hyper_parameters"].items() if not k.startswith("_")}
     m = ReversalModule(**{**hp, "speed": {**(hp.get("speed") or {}), "compile": False}})
     m.load_state_dict(ck["state_dict"])
     return m.eval()
@@ -68,22 +67,16 @@ def reversed_correct(m, x, y, cfg: ReversalConfig, batch: int, draws: int, seed:
     out = []
     for d in range(draws):
         torch.manual_seed(seed + 1000 * d)
-        xr = torch.cat(
-            [reverse(m.classifier, m.head, xb, cfg, temperature=m.ssl_cfg.temperature) for xb in x.split(batch)]
-        )
-        out.append(predict(m, xr) == y)
+        xr = [reverse(m.classifier, m.head, xb, cfg, temperature=m.ssl_cfg.temperature) for xb in x.split(batch)]
+        out.append(predict(m, torch.cat(xr)) == y)
     return torch.stack(out)
 
 
 def line(name: str, clean: torch.Tensor, attacked: torch.Tensor) -> dict:
     """The cells of one reversal: per draw pooled (mean over draws) and correct on every draw."""
-    r = {
-        "reversal": name,
-        "clean_mean": cell(clean.flatten()),
-        "clean_all_draws": cell(clean.all(0)),
-        "attacked_mean": cell(attacked.flatten()),
-        "attacked_all_draws": cell(attacked.all(0)),
-    }
+    r = {"reversal": name}
+    for k, v in (("clean", clean), ("attacked", attacked)):
+        r.update({f"{k}_mean": cell(v.flatten()), f"{k}_all_draws": cell(v.all(0))})
     print(json.dumps(r), flush=True)
     return r
 
@@ -106,12 +99,8 @@ def main(argv=None) -> list[dict]:
     m = load(a.ckpt)
     x, y = first_test_images(a.data_dir, a.n, strict=not a.not_strict)
     torch.manual_seed(a.seed)
-    x_adv = torch.cat(
-        [
-            pgd(m.classifier, xb, yb, a.eps, a.eps / 4, a.attack_steps)
-            for xb, yb in zip(x.split(a.batch), y.split(a.batch))
-        ]
-    )
+    batches = zip(x.split(a.batch), y.split(a.batch))
+    x_adv = torch.cat([pgd(m.classifier, xb, yb, a.eps, a.eps / 4, a.attack_steps) for xb, yb in batches])
     base = {"without": None}
     over = {} if a.reversal_steps is None else {"steps": a.reversal_steps}
     over.update({} if a.views is None else {"views": a.views})

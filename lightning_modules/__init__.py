@@ -1,26 +1,25 @@
 """Models and the maths around them. Where things live:
 
-- :mod:`~lightning_modules.reversal` — the reversal (Mao et al. 2021): the core of the package.
-- :mod:`~lightning_modules.base` — :class:`BaseModule`: classifier, head, attacks, reversal, evaluation
-  steps, optimizer; each method below is a small subclass that adds its training loss.
-- :mod:`~lightning_modules.settings` — the settings groups (``attack``, ``ssl``, ``optim``, ``inference``, ``speed``).
-- :mod:`~lightning_modules.module` — :class:`ReversalModule`, joint classifier + contrastive head.
-- :mod:`~lightning_modules.advcl` — adversarial contrastive pretraining (ACL/AdvCL) and linear probing.
-- :mod:`~lightning_modules.ascl` — adversarial supervised contrastive learning (loss: :mod:`~lightning_modules.supcon`).
+- :mod:`lightning_modules.defense` — the reversal (Mao et al. 2021), the core of the package, and the
+  defended model (:class:`~lightning_modules.defense.model.DefendedModel`).
+- :mod:`lightning_modules.methods` — :class:`BaseModule` (classifier, head, attacks, reversal, evaluation
+  steps, optimizer) and the methods, each a small subclass adding its training loss: :class:`ReversalModule`
+  (joint classifier + contrastive head), AdvCL pretraining and linear probing, ASCL.
+- :mod:`~lightning_modules.settings` — the settings groups (``attack``, ``ssl``, ``optim``, ``inference``,
+  ``speed``, ``reversal``), built one way (:func:`~lightning_modules.settings.build_group`).
+- :mod:`~lightning_modules.util` — small helpers: console lines, budgets, atomic writes, pixels, time left.
 - :mod:`~lightning_modules.losses` — InfoNCE, TRADES KL, CW margin, DLR (pure functions).
 - :mod:`lightning_modules.attacks` — batched PGD / FGSM-RS / TRADES (:mod:`~lightning_modules.attacks.core`),
-  AutoAttack, attacks on the whole defense and adaptive attacks on the reversal.
+  and AutoAttack (the attacks on the defense are the evaluation's).
 - :mod:`lightning_modules.nn` — networks: backbones, the contrastive head, kernel average pooling (Bashivan
   et al.), RobustBench zoo models from local files.
 - :mod:`lightning_modules.views` — SimCLR views: kornia (differentiable, per image) or fast (batched).
 - :mod:`lightning_modules.evaluation` — the robustness evaluation of a trained model, and randomized
   smoothing (Cohen et al.): CERTIFY / PREDICT, batched (:mod:`~lightning_modules.evaluation.smoothing`).
 
-Importing is lazy (PEP 562): ``import lightning_modules`` loads none of these, and each name below is
-imported from the module that defines it on first use. So ``class_path: lightning_modules.ReversalModule``
-works as ever (jsonargparse imports the package and reads the attribute), while a building block such as
-``lightning_modules.losses``, ``lightning_modules.attacks``, ``lightning_modules.nn`` or
-``lightning_modules.views`` loads torch (and kornia for the views) but not Lightning.
+Importing is lazy (PEP 562): each name below is imported from its module on first use, so
+``class_path: lightning_modules.ReversalModule`` works while a building block (``losses``, ``attacks``,
+``nn``, ``views``) loads torch (and kornia for the views) but not Lightning.
 """
 
 from __future__ import annotations
@@ -30,32 +29,23 @@ from typing import Any
 
 # Each public name and the module (relative to this package) that defines it.
 _EXPORTS = {
-    "ThreatModel": "attacks.core",
-    "fgsm_rs": "attacks.core",
-    "pgd": "attacks.core",
-    "projected_gradient": "attacks.core",
-    "trades_attack": "attacks.core",
-    "SimCLRViews": "views.kornia",
-    "BackboneName": "nn.backbones",
-    "Classifier": "nn.backbones",
-    "build_backbone": "nn.backbones",
-    "ContrastiveHead": "nn.heads",
-    "KernelAveragePool": "nn.kap",
-    "insert_kap": "nn.kap",
-    "info_nce": "losses",
-    "BaseModule": "base",
-    "ReversalModule": "module",
-    "AttackConfig": "settings",
-    "SSLConfig": "settings",
-    "OptimConfig": "settings",
-    "InferenceConfig": "settings",
-    "SpeedConfig": "settings",
-    "ReversalConfig": "reversal",
-    "reverse": "reversal",
-    "AdvCLModule": "advcl",
-    "LinearProbeModule": "advcl",
-    "ASCLConfig": "ascl",
-    "ASCLModule": "ascl",
+    name: module
+    for module, names in {
+        "attacks.core": "ThreatModel fgsm_rs pgd projected_gradient trades_attack",
+        "views.kornia": "SimCLRViews",
+        "nn.backbones": "BackboneName Classifier build_backbone",
+        "nn.heads": "ContrastiveHead",
+        "nn.kap": "KernelAveragePool insert_kap",
+        "losses": "info_nce",
+        "methods.base": "BaseModule",
+        "methods.module": "ReversalModule",
+        "settings": "AttackConfig SSLConfig OptimConfig InferenceConfig SpeedConfig ReversalConfig",
+        "defense.reversal": "reverse",
+        "defense.model": "DefendedModel",
+        "methods.advcl": "AdvCLModule LinearProbeModule",
+        "methods.ascl": "ASCLConfig ASCLModule",
+    }.items()
+    for name in names.split()
 }
 
 __all__ = list(_EXPORTS)

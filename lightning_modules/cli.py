@@ -1,28 +1,20 @@
 """The command line: ``lightning fit|validate|test|predict --config experiments/...yaml``.
 
-A LightningCLI over every LightningModule and DataModule of the package. The base trainer
-settings (``lightning_modules/base.yaml``, package data, so every install has them: W&B offline
-logging, checkpoints, progress, ``inference_mode: false``) load first, so an experiment file holds
-only what differs; a missing base file is an error. Logging falls back to CSV when W&B is disabled
-(``WANDB_MODE=disabled``).
+A LightningCLI over every LightningModule and DataModule of the package. The base trainer settings
+(``lightning_modules/base.yaml``, package data: W&B offline logging, checkpoints, progress,
+``inference_mode: false``) load first, so an experiment file holds only what differs; a missing base file
+is an error. Logging falls back to CSV when W&B is disabled (``WANDB_MODE=disabled``).
 
-Safety and resuming:
-
-- checkpoints given with ``--ckpt_path`` load with ``weights_only=True`` (no pickle can run
-  code); a file that needs more fails with :class:`UnsafeCheckpointError` naming it. Pass
-  ``--weights_only false`` only for files you trust.
-- checkpoints of an experiment go to ``<trainer.default_root_dir>/checkpoints/<experiment>/``
-  (``<experiment>`` is the first ``--config`` file's path under ``experiments/`` without
-  ``.yaml``, e.g. ``cifar10/pgd_at``; ``default`` without one) unless the checkpoint callback sets
-  ``dirpath``; so ``--ckpt_path last`` after a crash resumes that experiment's newest ``last.ckpt``
-  (an error when there is none; ``--ckpt_path auto`` starts a new run then).
-- with ``--ckpt_path`` the model is rebuilt from the checkpoint's hyperparameters; settings given
-  on the command line win where they can (attack, reversal, views) and fail naming both values
-  where the checkpoint fixes them (architecture; optimizer on resume): :mod:`.cli_checks`.
-- ``validate`` / ``test`` / ``predict`` refuse to run without ``--ckpt_path`` unless
-  ``--allow_untrained true``; ``predict`` refuses to replace a predictions file unless
-  ``--overwrite true``. Each run's config goes to its own folders (:class:`RunConfig`).
-- an error ends the output with one line ``error: TYPE: MESSAGE`` naming the culprit.
+- ``--ckpt_path`` files load with ``weights_only=True`` (no pickle can run code); one that needs more fails
+  with :class:`UnsafeCheckpointError`. Pass ``--weights_only false`` only for files you trust.
+- an experiment's checkpoints go to ``<trainer.default_root_dir>/checkpoints/<experiment>/`` (the first
+  ``--config`` file's path under ``experiments/`` without ``.yaml``, e.g. ``cifar10/pgd_at``; ``default``
+  without one) unless the callback sets ``dirpath``, so ``--ckpt_path last`` / ``auto`` find its ``last.ckpt``.
+- with ``--ckpt_path`` the model is rebuilt from the checkpoint's hyperparameters, the command line's
+  settings put back over them where they can be (:mod:`.cli_checks`).
+- ``validate`` / ``test`` / ``predict`` refuse to run without ``--ckpt_path`` unless ``--allow_untrained
+  true``; ``predict`` replaces a predictions file only with ``--overwrite true``. Each run's config goes to
+  its own folders (:class:`RunConfig`); an error ends the output with one line ``error: TYPE: MESSAGE``.
 """
 
 from __future__ import annotations
@@ -38,17 +30,9 @@ from typing import Optional
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from .cli_checks import (
-    given_model_flags,
-    not_lightning_checkpoint,
-    read_checkpoint,
-    reconcile,
-    report_error,
-    resolve_ckpt_path,
-    untrained_error,
-)
+from . import cli_checks as checks
 from .parse_errors import one_line
-from .settings import upgrade_hparams
+from .util import atomic_write_text
 
 BASE_CONFIG = Path(__file__).resolve().with_name("base.yaml")  # package data: found in any install
 CHECKPOINT_CALLBACKS = ("AtomicCheckpoint", "ModelCheckpoint")
@@ -96,8 +80,6 @@ class RunConfig(SaveConfigCallback):
                 cb.run_config = text
         folder = run_log_dir(trainer) if trainer.is_global_zero else None
         if folder is not None:
-            from .atomic import atomic_write_text
-
             atomic_write_text(Path(folder) / self.config_filename, text)
         self.already_saved = True
 
@@ -112,55 +94,37 @@ def run_log_dir(trainer: pl.Trainer) -> Optional[str]:
     return None
 
 
+def checkpoint_callbacks(cfg) -> tuple[list, Path]:
+    """The configured checkpoint callbacks and the experiment's checkpoint folder (see module doc)."""
+    trainer = cfg.get("trainer")
+    callbacks = (trainer.get("callbacks") if trainer is not None else None) or []
+    root = Path((trainer.get("default_root_dir") if trainer is not None else None) or ".")
+    items = callbacks if isinstance(callbacks, list) else [callbacks]
+    found = [c for c in items if str(getattr(c, "class_path", "")).endswith(CHECKPOINT_CALLBACKS)]
+    return found, root / "checkpoints" / experiment_name(cfg.get("config"))
+
+
 def checkpoint_folders(cfg) -> list[Path]:
     """The folders of the configured checkpoint callbacks (their ``dirpath``, else the experiment's)."""
-    trainer = cfg.get("trainer")
-    callbacks = trainer.get("callbacks") if trainer is not None else None
-    root = Path((trainer.get("default_root_dir") if trainer is not None else None) or ".")
-    folders = []
-    for item in (callbacks if isinstance(callbacks, list) else [callbacks]) if callbacks else []:
-        if str(getattr(item, "class_path", "")).endswith(CHECKPOINT_CALLBACKS):
-            args = item.get("init_args")
-            dirpath = args.get("dirpath") if args is not None else None
-            folders.append(Path(dirpath) if dirpath else root / "checkpoints" / experiment_name(cfg.get("config")))
-    return folders
+    items, folder = checkpoint_callbacks(cfg)
+    dirpaths = [(c.get("init_args") or {}).get("dirpath") for c in items]
+    return [Path(d) if d else folder for d in dirpaths]
 
 
 class ReversalCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(
-            "--allow_untrained",
-            type=bool,
-            default=False,
-            help="let validate / test / predict run without --ckpt_path (untrained weights)",
-        )
-        parser.add_argument(
-            "--overwrite",
-            type=bool,
-            default=False,
-            help="let predict replace an existing predictions file or reversal picture",
-        )
+        for flag, text in (
+            ("--allow_untrained", "let validate / test / predict run without --ckpt_path (untrained weights)"),
+            ("--overwrite", "let predict replace an existing predictions file or reversal picture"),
+        ):
+            parser.add_argument(flag, type=bool, default=False, help=text)
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse (remembering the command line); a setting of the module's or the evaluation's earlier flat
-        layout gets a line saying where it lives now."""
-        from lightning_modules.evaluation.config import legacy_hint as eval_hint
-        from lightning_modules.settings import legacy_hint as module_hint
-
-        def legacy_hint(message: str) -> Optional[str]:
-            return module_hint(message) or eval_hint(message)
-
+        """Parse, remembering the command line; a parser error names its setting in one line (:func:`one_line`)."""
         self._argv = list(args) if isinstance(args, (list, tuple)) else (sys.argv[1:] if args is None else [])
         subs = getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}) or {}
         for p in [parser, *subs.values()]:
-
-            def error(message: str, *a, _orig=p.error, **k):
-                hint = legacy_hint(str(message))
-                if hint:
-                    return _orig(f"{message}\n{hint}", *a, **k)
-                return _orig(one_line(str(message), self._argv) or message, *a, **k)
-
-            p.error = error
+            p.error = lambda message, *a, _orig=p.error, **k: _orig(one_line(message, self._argv) or message, *a, **k)
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -171,15 +135,14 @@ class ReversalCLI(LightningCLI):
         if not sub:
             return
         cfg = self.config[sub]
-        cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_folders(cfg))
-        if sub != "fit" and not cfg.ckpt_path and not cfg.get("allow_untrained"):
-            raise untrained_error(sub, checkpoint_folders(cfg))
-        path = cfg.ckpt_path
+        path = cfg.ckpt_path = checks.resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_folders(cfg))
+        if sub != "fit" and not path and not cfg.get("allow_untrained"):
+            raise checks.untrained_error(sub, checkpoint_folders(cfg))
         if not path or not Path(path).is_file():
             return
         try:
-            ckpt = read_checkpoint(path)
-            not_lightning_checkpoint(path, ckpt)
+            ckpt = checks.read_checkpoint(path)
+            checks.not_lightning_checkpoint(path, ckpt)
             hparams = dict(ckpt.get("hyper_parameters") or {})
         except pickle.UnpicklingError as e:
             if cfg.get("weights_only") is False:  # trusted by the user: let the Trainer load it in full
@@ -187,7 +150,6 @@ class ReversalCLI(LightningCLI):
                 return
             raise UnsafeCheckpointError(_unsafe_message(path, e)) from None
         hparams.pop("_instantiator", None)
-        hparams = upgrade_hparams(hparams)  # a checkpoint of the earlier flat layout
         if not hparams:
             return
         model = cfg.get("model")
@@ -201,7 +163,8 @@ class ReversalCLI(LightningCLI):
             sys.stderr.write(f"error: the hyperparameters of checkpoint {path} do not parse (see above)\n")
             raise
         init_args = self.config[sub].model.get("init_args")
-        for name, value in reconcile(sub, path, hparams, given_model_flags(self._argv), pre, init_args).items():
+        given = checks.given_model_flags(self._argv)
+        for name, value in checks.reconcile(sub, path, hparams, given, pre, init_args).items():
             init_args[name] = value
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -215,32 +178,17 @@ class ReversalCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand and cfg.get("weights_only") is None:
             cfg.weights_only = True  # safe default for --ckpt_path (Lightning leaves it to torch)
-        self._fixed_checkpoint_dirs(cfg)
+        items, folder = checkpoint_callbacks(cfg)  # without dirpath: the experiment's own folder
+        for item in items:
+            if item.get("init_args") is not None and item.init_args.get("dirpath") is None:
+                item.init_args.dirpath = str(folder)
         if os.environ.get("WANDB_MODE", "").lower() == "disabled":
             logger = cfg.trainer.get("logger")
-            items = logger if isinstance(logger, list) else [logger]
-            for item in items:
+            for item in logger if isinstance(logger, list) else [logger]:
                 if getattr(item, "class_path", "").endswith("WandbLogger"):
                     save_dir = item.init_args.get("save_dir", "logs")
                     item.class_path = "lightning.pytorch.loggers.CSVLogger"
                     item.init_args = type(item.init_args)(save_dir=save_dir, name=item.init_args.get("name") or "csv")
-
-    @staticmethod
-    def _fixed_checkpoint_dirs(cfg) -> None:
-        """Give checkpoint callbacks without ``dirpath`` the experiment's own folder (see module doc)."""
-        trainer = cfg.get("trainer")
-        callbacks = trainer.get("callbacks") if trainer is not None else None
-        if not callbacks:
-            return
-        root = Path(trainer.get("default_root_dir") or ".")
-        folder = root / "checkpoints" / experiment_name(cfg.get("config"))
-        for item in callbacks if isinstance(callbacks, list) else [callbacks]:
-            if not str(getattr(item, "class_path", "")).endswith(CHECKPOINT_CALLBACKS):
-                continue
-            if item.get("init_args") is None:
-                continue
-            if item.init_args.get("dirpath") is None:
-                item.init_args.dirpath = str(folder)
 
     def after_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -255,35 +203,26 @@ def run_cli(args: Optional[list[str]] = None, run: bool = True) -> ReversalCLI:
     import callbacks  # noqa: F401
     import datamodules  # noqa: F401  (registers the DataModules for class_path lookup)
 
-    from . import advcl, ascl, module  # noqa: F401  (the methods, so short class names and --model.help find them)
+    from .methods import advcl, ascl, module  # noqa: F401  (the methods, so short class names and --model.help find them)
 
     use_base = os.environ.get("SSL_REVERSAL_NO_BASE") != "1"
     if use_base and not BASE_CONFIG.is_file():  # without it attacks fail (inference_mode) and nothing is saved
         raise FileNotFoundError(f"the package's base config {BASE_CONFIG} is missing: reinstall ssl-reversal")
     defaults = [str(BASE_CONFIG)] if use_base else []
-    return ReversalCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=RunConfig,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={sub: {"default_config_files": defaults} for sub in ("fit", "validate", "test", "predict")},
-        args=args,
-        run=run,
-        auto_configure_optimizers=False,
-    )
+    kw = dict(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False, args=args, run=run)
+    kw["parser_kwargs"] = {sub: {"default_config_files": defaults} for sub in ("fit", "validate", "test", "predict")}
+    kw.update(save_config_callback=RunConfig, save_config_kwargs={"overwrite": True})
+    return ReversalCLI(pl.LightningModule, pl.LightningDataModule, **kw)
 
 
 def main(args: Optional[list[str]] = None) -> None:
-    """Console-script entry point (``lightning`` and ``ssl-reversal``): an error ends the output with one
-    line ``error: TYPE: MESSAGE`` (after the real error's traceback) and exit status 1."""
+    """Console-script entry point (``lightning``, ``ssl-reversal``): errors end as the module doc says, status 1."""
     try:
         run_cli(args)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001
-        report_error(e)
+        checks.report_error(e)
         sys.exit(1)
 
 

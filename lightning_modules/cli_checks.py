@@ -1,17 +1,13 @@
 """Checks behind the ``lightning`` command line: what ``--ckpt_path`` means, which settings win over a
 checkpoint's, refusing untrained evaluations, and one closing error line.
 
-With ``--ckpt_path`` the model is rebuilt from the checkpoint's hyperparameters. Settings given on the
-command line (``--model.init_args.NAME VALUE``, ``--model.init_args.reversal.steps 5``) then win over
-the checkpoint's for everything that does not change the weights' shapes (attack, reversal, views,
-training attack); architecture settings that contradict the checkpoint fail naming both values; on
-``fit`` the optimizer settings that the resumed optimizer state fixes fail the same way. Config files
-and defaults do not count as given: the checkpoint's values replace them (so the experiment file that
-trained a model, with its command-line overrides, evaluates it).
-
-``--ckpt_path last`` resumes ``last.ckpt`` of the experiment's checkpoint folder (never another run's
-``last-v1.ckpt``) and fails when there is none; ``--ckpt_path auto`` resumes it when there is one and
-starts a new run otherwise (for job scripts that are resubmitted).
+With ``--ckpt_path`` the model is rebuilt from the checkpoint's hyperparameters. Settings given on the command
+line (``--model.init_args.NAME VALUE``, ``--model.init_args.reversal.steps 5``) then win over the checkpoint's
+for everything that does not change the weights' shapes (attack, reversal, views, training attack);
+architecture settings that contradict the checkpoint fail naming both values, and so do, on ``fit``, the
+optimizer settings the resumed optimizer state fixes. Config files and defaults do not count as given: the
+checkpoint's values replace them (so the experiment file that trained a model, with its command-line
+overrides, evaluates it).
 """
 
 from __future__ import annotations
@@ -28,20 +24,12 @@ from typing import Any, Optional, Sequence
 import torch
 import yaml
 
+from .settings import RECIPES
 from .util import say
 
 # settings that change the weights' shapes: given values must equal the checkpoint's
-ARCH_KEYS = (
-    "backbone",
-    "backbone_kwargs",
-    "num_classes",
-    "normalization",
-    "robustbench_model",
-    "robustbench_dataset",
-    "robustbench_threat_model",
-    "head_hidden",
-    "head_dim",
-)
+ARCH_KEYS = ("backbone", "backbone_kwargs", "num_classes", "normalization", "robustbench_model", "robustbench_dataset")
+ARCH_KEYS += ("robustbench_threat_model", "head_hidden", "head_dim")
 # on ``fit --ckpt_path`` the optimizer (and its schedule) continue from the checkpoint's state
 RESUME_FIXED_KEYS = ("optim",)
 # the weights come from --ckpt_path, so a file given for them would be loaded and then replaced
@@ -56,10 +44,10 @@ class CheckpointFileError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, not a checkpoint); the message names it."""
 
 
-# -- --ckpt_path ----------------------------------------------------------------------------------
 def resolve_ckpt_path(value: Optional[str], folders: Sequence[Path]) -> Optional[str]:
     """``last`` -> the newest ``last.ckpt`` in ``folders`` (an error when none), ``auto`` -> the same or
-    ``None`` (a new run, said in one line), a path -> itself (an error when it does not exist)."""
+    ``None`` (a new run, said in one line: for job scripts that are resubmitted), a path -> itself (an
+    error when it does not exist)."""
     if value is None or value in ("best", "hpc", "registry") or str(value).startswith("registry:"):
         return value
     if value in ("last", "auto"):
@@ -100,9 +88,8 @@ def read_checkpoint(path: str) -> dict:
         err = e
     first = (str(err).splitlines() or [""])[0]
     raise CheckpointFileError(
-        f"checkpoint {path} cannot be read ({type(err).__name__}: {first}): it is truncated "
-        "or not a checkpoint (an interrupted copy?). Give another file, e.g. an earlier "
-        "epoch's checkpoint in the same folder"
+        f"checkpoint {path} cannot be read ({type(err).__name__}: {first}): it is truncated or not a checkpoint "
+        "(an interrupted copy?). Give another file, e.g. an earlier epoch's checkpoint in the same folder"
     ) from None
 
 
@@ -127,7 +114,6 @@ def untrained_error(subcommand: str, folders: Sequence[Path]) -> CLIError:
     )
 
 
-# -- settings given on the command line -----------------------------------------------------------
 @dataclasses.dataclass
 class GivenModelFlags:
     """``--model.*`` flags of a command line: ``names`` maps an ``init_args`` name to ``None`` (the
@@ -138,40 +124,54 @@ class GivenModelFlags:
     whole: Optional[str] = None  # ``--model VALUE`` with a dict / file (not just a class name)
 
 
+def _add(out: GivenModelFlags, name: str, fields: Optional[set]) -> None:
+    before = out.names.get(name, set())
+    out.names[name] = None if fields is None or before is None else before | fields
+
+
+def _config_model_args(path: Optional[str]) -> dict:
+    """``model.init_args`` of a ``--config`` file (``{}`` when it has none or cannot be read: the parser
+    reports a bad file itself)."""
+    try:
+        model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
+    except (OSError, TypeError, AttributeError, yaml.YAMLError):
+        return {}
+    args = model.get("init_args") if isinstance(model, dict) else None
+    return args if isinstance(args, dict) else {}
+
+
 def given_model_flags(argv: Sequence[str]) -> GivenModelFlags:
-    out = GivenModelFlags()
-    argv = list(argv)
+    """The model settings a command line gives, in ``--model.*`` flags or in its ``--config`` files'
+    ``model.init_args`` (so an evaluation profile's ``reversal:`` wins over a checkpoint's; a config's
+    weight file does not: the checkpoint holds the weights)."""
+    out, argv = GivenModelFlags(), list(argv)
     for i, tok in enumerate(argv):
-        if not tok.startswith("--model"):
-            continue
         key, eq, val = tok[2:].partition("=")
+        if tok.startswith("--") and key == "config":
+            for name, value in _config_model_args(val if eq else (argv[i + 1] if i + 1 < len(argv) else None)).items():
+                if name not in WEIGHT_FILE_KEYS:
+                    _add(out, name, set(value) if isinstance(value, dict) else None)
+            continue
+        head, *parts = key.split(".")
+        if not tok.startswith("--") or head != "model":
+            continue
         value = val if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        if parts[:1] in (["init_args"], ["dict_kwargs"]):
+            parts = parts[1:]
         if key == "model":
             if value and all(part.isidentifier() for part in value.split(".")):
                 out.class_path = value
             else:
                 out.whole = value
-            continue
-        if not key.startswith("model."):
-            continue
-        parts = key.split(".")[1:]
-        if parts and parts[0] in ("init_args", "dict_kwargs"):
-            parts = parts[1:]
-        if not parts or parts[0] == "help":
-            continue
-        if parts[0] == "class_path":
+        elif parts and parts[0] == "class_path":
             out.class_path = value
-            continue
-        name, sub = parts[0], parts[1:]
-        try:
-            parsed = yaml.safe_load(value) if isinstance(value, str) else None
-        except yaml.YAMLError:
-            parsed = None
-        fields = {sub[0]} if sub else (set(parsed) if isinstance(parsed, dict) else None)
-        if fields is None or out.names.get(name, set()) is None:
-            out.names[name] = None
-        else:
-            out.names[name] = out.names.get(name, set()) | fields
+        elif parts and parts[0] != "help":
+            name, sub = parts[0], parts[1:]
+            try:
+                parsed = yaml.safe_load(value) if isinstance(value, str) else None
+            except yaml.YAMLError:
+                parsed = None
+            _add(out, name, {sub[0]} if sub else (set(parsed) if isinstance(parsed, dict) else None))
     return out
 
 
@@ -209,9 +209,8 @@ def reconcile(
     Raises :class:`CLIError` for settings the checkpoint fixes."""
     if given.whole is not None:
         raise CLIError(
-            f"--model {given.whole} with --ckpt_path {ckpt_path}: the model is rebuilt from the "
-            "checkpoint's settings; give only the settings to change, one by one "
-            "(--model.init_args.NAME VALUE)"
+            f"--model {given.whole} with --ckpt_path {ckpt_path}: the model is rebuilt from the checkpoint's "
+            "settings; give only the settings to change, one by one (--model.init_args.NAME VALUE)"
         )
     theirs_class = hparams.get("_class_path")
     if given.class_path and theirs_class and given.class_path.rsplit(".", 1)[-1] != theirs_class.rsplit(".", 1)[-1]:
@@ -228,6 +227,9 @@ def reconcile(
             value = theirs.clone() if hasattr(theirs, "clone") else dict(theirs)
             for f in fields:
                 value[f] = mine[f]
+            if name == "reversal" and "recipe" in fields and value["recipe"] != theirs["recipe"]:
+                for f in set(RECIPES[value["recipe"]]) - fields:  # a new recipe: its values, not the old one's
+                    value[f] = None
         else:
             value = mine
         if name in WEIGHT_FILE_KEYS and value is not None:
@@ -247,9 +249,8 @@ def reconcile(
         diff = differences(name, value, hparams[name])
         if subcommand == "fit" and name in RESUME_FIXED_KEYS:
             raise CLIError(
-                f"--model.init_args.{name} differs from checkpoint {ckpt_path}: {diff}. A resumed fit "
-                "continues the checkpoint's optimizer and schedule; drop the flag, or start a new run "
-                "without --ckpt_path"
+                f"--model.init_args.{name} differs from checkpoint {ckpt_path}: {diff}. A resumed fit continues "
+                "the checkpoint's optimizer and schedule; drop the flag, or start a new run without --ckpt_path"
             )
         out[name] = value
         notes.append(diff)
@@ -258,10 +259,8 @@ def reconcile(
     return out
 
 
-# -- the closing error line -----------------------------------------------------------------------
 def _raised_in(e: BaseException, package: str) -> bool:
-    tb = e.__traceback__
-    last = None
+    tb, last = e.__traceback__, None
     while tb is not None:
         last, tb = tb, tb.tb_next
     return last is not None and f"{os.sep}{package}{os.sep}" in last.tb_frame.f_code.co_filename
@@ -276,8 +275,7 @@ def root_cause(e: BaseException) -> BaseException:
 
 def report_error(e: BaseException, stream=None) -> None:
     """Print the traceback of the real error, then one line ``error: TYPE: MESSAGE`` (last in the output)."""
-    stream = stream or sys.stderr
-    root = root_cause(e)
+    stream, root = stream or sys.stderr, root_cause(e)
     traceback.print_exception(type(root), root, root.__traceback__, file=stream)
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:  # its exit banner would come after

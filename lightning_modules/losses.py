@@ -25,24 +25,22 @@ def info_nce(
 ) -> torch.Tensor:
     """Multi-view InfoNCE (NT-Xent, SimCLR) on embeddings ``z`` of shape ``(n_views * B, d)``.
 
-    Rows are view-major: row ``v * B + i`` is view ``v`` of image ``i``. Embeddings are
-    L2-normalized; for every anchor the other ``n_views - 1`` views of the same image are
-    positives and all ``n_views * (B - 1)`` views of other images are negatives. Each anchor's loss
-    is the mean over its positives of ``-log(exp(s_ap / t) / sum_{k != a} exp(s_ak / t))``; with 2
-    views this is exactly SimCLR's NT-Xent.
+    Rows are view-major: row ``v * B + i`` is view ``v`` of image ``i``. Embeddings are L2-normalized; for
+    every anchor the other ``n_views - 1`` views of the same image are positives and all ``n_views * (B - 1)``
+    views of other images are negatives. Each anchor's loss is the mean over its positives of
+    ``-log(exp(s_ap / t) / sum_{k != a} exp(s_ak / t))``; with 2 views this is exactly SimCLR's NT-Xent.
 
-    ``positive``: ``"all"`` (the mean over the positives, above) or ``"first"``: the cross-entropy
-    of each anchor with its *first* positive as the label (view 0 of the same image, or view 1 for
-    view 0's anchor), the other positives staying in the denominator: the form of Mao et al.'s
-    reference code (``logits = [positives, negatives]``, label 0). Equal to ``"all"`` at 2 views.
+    ``positive``: ``"all"`` (the mean over the positives, above) or ``"first"``: the cross-entropy of each
+    anchor with its *first* positive as the label (view 0 of the same image, or view 1 for view 0's anchor),
+    the other positives staying in the denominator: the form of Mao et al.'s reference code
+    (``logits = [positives, negatives]``, label 0). Equal to ``"all"`` at 2 views.
 
-    ``groups``: the ``B`` images are ``groups`` contiguous blocks of ``B / groups`` images that do not
-    see each other: an anchor's negatives come from its own block only. ``groups=k`` on a batch
-    repeated ``k`` times gives each copy the loss it would have alone (independent draws in one call).
+    ``groups``: the ``B`` images are ``groups`` contiguous blocks of ``B / groups`` images that do not see each
+    other: an anchor's negatives come from its own block only. ``groups=k`` on a batch repeated ``k`` times
+    gives each copy the loss it would have alone (independent draws in one call).
 
-    ``reduction``: ``"mean"`` (scalar), ``"sum"`` or ``"none"`` (per image, averaged over its views,
-    shape ``(B,)``). Computed in fp32 whatever the surrounding autocast. Note the loss of image ``i``
-    depends on the other images of its block: they are its negatives.
+    ``reduction``: ``"mean"`` (scalar), ``"sum"`` or ``"none"`` (per image, averaged over its views, shape
+    ``(B,)``). Computed in fp32 whatever the surrounding autocast.
 
     Example:
         >>> import torch
@@ -58,16 +56,14 @@ def info_nce(
         raise ValueError(f"{z.shape[0]} embeddings do not split into {n_views} views")
     if positive not in ("all", "first"):
         raise ValueError(f"unknown InfoNCE positive '{positive}'; choose 'all' or 'first'")
-    n = z.shape[0]
-    b = n // n_views
+    n, b = z.shape[0], z.shape[0] // n_views
     if groups < 1 or b % groups or (groups > 1 and b // groups < 2):
         raise ValueError(f"{b} images do not split into {groups} groups of at least 2 (InfoNCE needs negatives)")
     with torch.autocast(z.device.type, enabled=False):  # similarities in fp32, also under bf16-mixed training
         z = F.normalize(z.float(), dim=1)
         logits = z @ z.t() / temperature
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    image = torch.arange(n, device=z.device) % b
-    view = torch.arange(n, device=z.device) // b
+    image, view = torch.arange(n, device=z.device) % b, torch.arange(n, device=z.device) // b
     hidden = eye
     if groups > 1:
         block = image // (b // groups)
@@ -80,13 +76,9 @@ def info_nce(
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     per_anchor = -(log_prob.masked_fill(~pos, 0.0).sum(1)) / pos.sum(1)
     per_image = per_anchor.view(n_views, b).mean(0)
-    if reduction == "none":
-        return per_image
-    if reduction == "sum":
-        return per_image.sum()
-    if reduction == "mean":
-        return per_image.mean()
-    raise ValueError(f"unknown reduction '{reduction}'")
+    if reduction not in ("none", "sum", "mean"):
+        raise ValueError(f"unknown reduction '{reduction}'")
+    return per_image if reduction == "none" else per_image.sum() if reduction == "sum" else per_image.mean()
 
 
 def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
@@ -97,10 +89,7 @@ def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Ten
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
-    """Carlini-Wagner margin per example: ``max_{j != y} z_j - z_y``, clipped below at ``-kappa``.
-
-    Maximizing it pushes the top wrong class above the true one.
-    """
+    """Carlini-Wagner margin per example: ``max_{j != y} z_j - z_y``, clipped below at ``-kappa``."""
     logits = logits.float()
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)

@@ -42,13 +42,10 @@ def _accepted(class_path: str) -> list[str]:
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return []
-    if dataclasses.is_dataclass(cls):
-        return [f.name for f in dataclasses.fields(cls)]
-    try:
+        if dataclasses.is_dataclass(cls):
+            return [f.name for f in dataclasses.fields(cls)]
         return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-    except (TypeError, ValueError):
+    except (ImportError, AttributeError, TypeError, ValueError):
         return []
 
 
@@ -82,29 +79,22 @@ def where_set(keys: Sequence[str], argv: Sequence[str]) -> str:
 
 def one_line(message: str, argv: Sequence[str]) -> Optional[str]:
     """One line for jsonargparse's nested ``message`` (None when it is not one it can read)."""
-    lines = str(message).splitlines()
     keys: list[str] = []
     last_class = None
-    for i, line in enumerate(lines):
-        k = _KEY.search(line)
-        if k:
+    for line in str(message).splitlines():
+        if k := _KEY.search(line):
             keys.append(k.group(1))
-            continue
-        c = _CLASS.search(line)
-        if c:
+        elif c := _CLASS.search(line):
             last_class = c.group(1)
             if len(keys) == 1:  # model / data: their settings live under init_args
                 keys.append("init_args")
-            continue
-        u = _UNKNOWN.search(line)
-        if u:
+        elif u := _UNKNOWN.search(line):
             name = (u.group(1) or u.group(2)).split(".")[-1]
             full = [*keys, name]
             close = difflib.get_close_matches(name, _accepted(last_class), n=3) if last_class else []
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             return f"unknown setting {'.'.join(full)} (set {where_set(full, argv)}){hint}"
-        t = _TYPE.search(line)
-        if t and keys:
+        elif (t := _TYPE.search(line)) and keys:
             return (
                 f"{'.'.join(keys)}: expected {t.group(1)}, got {t.group(2).strip()!r} "
                 f"(set {where_set(keys, argv)}); give {article(t.group(1))}"

@@ -22,19 +22,19 @@ def test_eval_mao2021_profile_runs_end_to_end(tmp_path: Path):
     profile = yaml.safe_load((REPO / "experiments/cifar10/eval_mao2021.yaml").read_text())
     (cb,) = profile["trainer"]["callbacks+"]
     args = cb["init_args"]
-    assert args["reversal"] == {"recipe": "mao2021"} and args["config"]["draws"] == 1
+    reversal = profile["model"]["init_args"]["reversal"]
+    assert reversal == {"recipe": "mao2021"} and args["config"]["scoring"]["draws"] == 1
     args["output_dir"] = str(tmp_path / "eval")
-    args["reversal"] = {"recipe": "mao2021", "steps": 2}
     assert args["config"]["attacks"] == ["pgd", "apgd_fab"]  # their "AutoAttack": APGD-CE + FAB, 2 restarts
     assert profile["data"]["init_args"]["test_order"] == "shuffled"
-    args["config"].update(steps=2, progress=False)
-    cli = run_cli(
-        ["test", *tiny_args(data, root, "--ckpt_path", str(ckpt), callbacks="    - " + json.dumps(cb) + "\n")]
-    )
+    args["config"]["attack"]["steps"] = 2
+    args["config"]["progress"] = False
+    flags = ["--ckpt_path", str(ckpt), "--model.init_args.reversal", json.dumps({**reversal, "steps": 2})]
+    cli = run_cli(["test", *tiny_args(data, root, *flags, callbacks="    - " + json.dumps(cb) + "\n")])
     (ev,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "RobustEvaluation"]
-    cfg = ev.evaluator.defense.fns.cfg
+    cfg = ev.evaluator.defense.cfg
     assert (cfg.recipe, cfg.shared_views, cfg.positive, cfg.steps) == ("mao2021", True, "first", 2)
-    l2 = ev.evaluator.defense.for_threat("L2", 0.5).fns.cfg
+    l2 = ev.evaluator.defense.for_threat("L2", 0.5).cfg
     assert l2.norm == "L2" and abs(l2.eps - 1.0) < 1e-9
     rows = json.loads((tmp_path / "eval" / "robustness.json").read_text())
     assert "L2" in json.dumps(rows) and "Linf" in json.dumps(rows) and "APGD-CE + FAB" in json.dumps(rows)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from lightning_modules.advcl import AdvCLModule, LinearProbeModule
 from lightning_modules.cli import run_cli
+from lightning_modules.methods.advcl import AdvCLModule, LinearProbeModule
 from lightning_modules.nn.kap import KernelAveragePool
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "cifar10"

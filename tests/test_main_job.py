@@ -60,8 +60,9 @@ def test_fit_and_evaluation_leave_what_a_dashboard_shows(tmp_path):
     eval_cb = (
         "    - class_path: callbacks.RobustEvaluation\n      init_args:\n"
         f"        output_dir: {ev}\n"
-        "        config: {threat_models: {Linf: 8/255}, attacks: [pgd], steps: 2, draws: 2, composition: [],"
-        " eps_sweep: [], attack_steps_sweep: [], eot_sweep: [], reversal_steps_sweep: [], progress: false}\n"
+        "        config: {threat_models: {Linf: 8/255}, attacks: [pgd], attack: {steps: 2}, progress: false,"
+        " scoring: {draws: 2, composition: []},"
+        " sweeps: {eps_sweep: [], attack_steps_sweep: [], eot_sweep: [], reversal_steps_sweep: []}}\n"
     )
     r = lightning(
         "test", *tiny_args(data, root, "--ckpt_path", str(ckpt), callbacks=eval_cb), cwd=tmp_path, WANDB_MODE="offline"

@@ -1,15 +1,12 @@
-"""Attacks in pixel space (inputs in ``[0, 1]``), from the batched core to the attacks on the whole defense:
+"""Attacks in pixel space (inputs in ``[0, 1]``) on a classifier:
 
 - :mod:`.core` — :func:`projected_gradient` and the attacks built on it (:func:`pgd`, :func:`fgsm_rs`,
   :func:`trades_attack`), :class:`ThreatModel`, :func:`check_eps`, :func:`frozen_params`, :func:`logits_of`;
-- :mod:`.autoattack` — standard AutoAttack and APGD from pyautoattack (imported when called);
-- :mod:`.defense_attacks` — APGD with EOT on differentiable stand-ins and Square on the real randomized
-  defense, with the best-iterate bookkeeping they share;
-- :mod:`.adaptive` — adaptive attacks on the reversal (defense-aware, BPDA + EOT, full gradient, transfer).
+- :mod:`.autoattack` — standard AutoAttack and APGD from pyautoattack (imported when called).
 
-:mod:`.adaptive` is built on :mod:`lightning_modules.reversal`, which itself runs :mod:`.core`, so it is not
-imported here: ``from lightning_modules.attacks import adaptive`` or ``lightning_modules.attacks.adaptive``.
-The function :func:`.autoattack.autoattack` is not re-exported either, so that
+The attacks on the whole defense (stand-ins, EOT, best iterate) belong to the evaluation
+(:mod:`lightning_modules.evaluation.adaptive`), built on the defense (:mod:`lightning_modules.defense`),
+which is built on :mod:`.core`. The function :func:`.autoattack.autoattack` is not re-exported either, so that
 ``lightning_modules.attacks.autoattack`` stays the module. Everything here needs torch only (no Lightning).
 """
 
@@ -25,27 +22,6 @@ from .core import (
     projected_gradient,
     trades_attack,
 )
-from .defense_attacks import BestIterate, StandIn, apgd_eot, chunks, margin, pick_best, square
 
-__all__ = [
-    "ThreatModel",
-    "check_eps",
-    "check_batch",
-    "projected_gradient",
-    "pgd",
-    "fgsm_rs",
-    "trades_attack",
-    "logits_of",
-    "frozen_params",
-    "STANDARD_ATTACKS",
-    "AutoAttackSpeed",
-    "plain_autoattack",
-    "apgd",
-    "chunks",
-    "margin",
-    "BestIterate",
-    "pick_best",
-    "StandIn",
-    "apgd_eot",
-    "square",
-]
+__all__ = ["ThreatModel", "check_eps", "check_batch", "projected_gradient", "pgd", "fgsm_rs", "trades_attack"]
+__all__ += ["logits_of", "frozen_params", "STANDARD_ATTACKS", "AutoAttackSpeed", "plain_autoattack", "apgd"]

@@ -5,17 +5,14 @@ queries), each on the points the previous ones did not break, for the L-inf or L
 (torchattacks' ``AutoAttack`` is not this ensemble; we use pyautoattack.) Everything runs in fp32:
 inputs are cast to float and autocast is disabled around the model.
 
-Speed (:class:`AutoAttackSpeed`): pyautoattack splits its work into batches of 250 by default and runs
-the model as given. :func:`autoattack` runs it in larger batches (by default the whole input at
-once), can feed a channels-last model channels-last inputs and can ``torch.compile`` the model: the
-same attacks, the same fp32 arithmetic up to the order of sums. The random starts are drawn per batch,
-so another batching gives other (equally strong) draws. :func:`plain_autoattack` is the reference
-"called plainly": pyautoattack's own ``AutoAttack`` on the model as given, its default batch.
+Speed (:class:`AutoAttackSpeed`): :func:`autoattack` runs pyautoattack in larger batches than its 250 (by
+default the whole input), can feed a channels-last model channels-last inputs and can ``torch.compile`` it:
+the same attacks and fp32 arithmetic up to the order of sums; random starts are drawn per batch, so another
+batching gives other (equally strong) draws. :func:`plain_autoattack` is the reference called plainly.
 
-pyautoattack can write a state file (``state_path``) to resume an interrupted run; a restored run
-returns only the adversarial examples found after the restart, so the evaluation
-(:mod:`lightning_modules.evaluation`) resumes from its own per-example store, batch by batch,
-instead (it needs every adversarial example to also evaluate the reversal on it).
+pyautoattack's state file (``state_path``) resumes a run but then returns only the adversarial examples
+found after the restart, so the evaluation (:mod:`lightning_modules.evaluation`) resumes from its own
+per-example store instead (it needs every adversarial example to evaluate the reversal on it).
 
 Example:
     >>> import torch
@@ -158,19 +155,8 @@ class _LogitsOnly(nn.Module):
         return logits_of(self.model, x)
 
 
-def _run_standard(
-    net: Callable,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    norm: str,
-    seed: int,
-    batch_size: int,
-    state_path: Optional[str | Path],
-    verbose: bool,
-    attacks: Sequence[str],
-    restarts: Optional[int] = None,
-) -> torch.Tensor:
+def _run_standard(net, x, y, eps, norm, seed, batch_size, state_path, verbose, attacks, restarts=None) -> torch.Tensor:
+    """pyautoattack's standard ``AutoAttack`` on ``net`` (arguments: :func:`autoattack`)."""
     from pyautoattack import AutoAttack
 
     norm = check_batch(x, y, eps, norm)
@@ -191,11 +177,9 @@ def _run_standard(
         if restarts is not None:  # after the standard version's settings (which set 1)
             adversary.apgd.n_restarts = adversary.fab.n_restarts = int(restarts)
         adversary.verbose = verbose
+        state = Path(state_path) if state_path is not None else None
         x_adv, _ = adversary.run_standard_evaluation(
-            x.detach().float().contiguous(),
-            y.detach(),
-            batch_size=batch_size,
-            state_path=Path(state_path) if state_path is not None else None,
+            x.detach().float().contiguous(), y.detach(), batch_size=batch_size, state_path=state
         )
     finally:
         logger.setLevel(level)
@@ -220,18 +204,9 @@ def apgd(
     norm = check_batch(x, y, eps, norm)
     if loss not in ("ce", "dlr"):
         raise ValueError(f"APGD loss must be 'ce' or 'dlr', got '{loss}'")
+    fixed = dict(eot_iter=1, rho=0.75, device=x.device, logger=logging.getLogger("auto-attack"))
     attack = APGDAttack(
-        _Logits(model),
-        n_iter=steps,
-        norm=norm,
-        n_restarts=restarts,
-        eps=float(eps),
-        seed=seed,
-        loss=loss,
-        eot_iter=1,
-        rho=0.75,
-        device=x.device,
-        logger=logging.getLogger("auto-attack"),
+        _Logits(model), n_iter=steps, norm=norm, n_restarts=restarts, eps=float(eps), seed=seed, loss=loss, **fixed
     )
     with torch.enable_grad():
         return attack.perturb(x.detach().float().contiguous(), y.detach()).detach()

@@ -145,11 +145,8 @@ def logits_of(model: Callable[[torch.Tensor], object], x: torch.Tensor) -> torch
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "ce": lambda z, y: F.cross_entropy(z.float(), y, reduction="none"),
-    "cw": cw_margin,
-    "dlr": dlr_loss,
-}
+#: per-example attack losses ``(logits, y) -> (B,)``
+LOSSES = {"ce": lambda z, y: F.cross_entropy(z.float(), y, reduction="none"), "cw": cw_margin, "dlr": dlr_loss}
 
 
 def pgd(
@@ -223,15 +220,5 @@ def trades_attack(
     return projected_gradient(objective, x, eps, alpha, steps, "Linf", init=init, amp=amp)
 
 
-__all__ = [
-    "ThreatModel",
-    "check_eps",
-    "check_batch",
-    "projected_gradient",
-    "pgd",
-    "fgsm_rs",
-    "trades_attack",
-    "trades_kl",
-    "logits_of",
-    "frozen_params",
-]
+__all__ = ["ThreatModel", "check_eps", "check_batch", "projected_gradient", "pgd", "fgsm_rs", "trades_attack"]
+__all__ += ["trades_kl", "logits_of", "frozen_params"]

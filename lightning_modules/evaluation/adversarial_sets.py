@@ -42,40 +42,24 @@ import torch.nn as nn
 from datamodules.adversarial import FORMAT
 from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 
-from ..atomic import atomic_torch_save
 from ..attacks import autoattack
 from ..attacks.core import check_eps, fgsm_rs, logits_of, pgd, trades_attack
-from ..pixels import to_unit
-from ..util import parse_eps
+from ..util import atomic_torch_save, parse_eps, to_unit
 
 
-def _attack_fns() -> dict[str, Callable[..., torch.Tensor]]:
-    def run_pgd(m, x, y, eps, alpha, steps, norm, loss, restarts, seed):
+def _craft(attack: str, m, x, y, eps, alpha, steps, norm, loss, restarts, seed) -> torch.Tensor:
+    """One batch of ``attack`` (one of :data:`ATTACKS`) against the model ``m``."""
+    if attack == "pgd":
         return pgd(m, x, y, eps, alpha, steps, norm, loss=loss, random_start=True, restarts=restarts)
-
-    def run_fgsm(m, x, y, eps, alpha, steps, norm, loss, restarts, seed):
+    if attack == "fgsm":
         return pgd(m, x, y, eps, eps, 1, norm, loss=loss, random_start=False)
-
-    def run_fgsm_rs(m, x, y, eps, alpha, steps, norm, loss, restarts, seed):
+    if attack == "fgsm_rs":
         return fgsm_rs(m, x, y, eps)
-
-    def run_trades(m, x, y, eps, alpha, steps, norm, loss, restarts, seed):
+    if attack == "trades":
         return trades_attack(m, x, eps, alpha, steps)
-
-    def run_apgd(m, x, y, eps, alpha, steps, norm, loss, restarts, seed):
+    if attack == "apgd":
         return autoattack.apgd(m, x, y, eps, norm, steps=steps, restarts=restarts, loss=loss, seed=seed)
-
-    def run_autoattack(m, x, y, eps, alpha, steps, norm, loss, restarts, seed):
-        return autoattack.autoattack(m, x, y, eps, norm, seed=seed)
-
-    return {
-        "pgd": run_pgd,
-        "fgsm": run_fgsm,
-        "fgsm_rs": run_fgsm_rs,
-        "trades": run_trades,
-        "apgd": run_apgd,
-        "autoattack": run_autoattack,
-    }
+    return autoattack.autoattack(m, x, y, eps, norm, seed=seed)
 
 
 ATTACKS = ("pgd", "fgsm", "fgsm_rs", "trades", "apgd", "autoattack")
@@ -121,7 +105,6 @@ def make_adversarial_set(
         raise ValueError(f"expected images (N, C, H, W) and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.is_floating_point() and (x.min() < 0 or x.max() > 1):
         raise ValueError("float images must lie in [0, 1] (or pass uint8)")
-    fn = _attack_fns()[attack]
     dev = x.device
     advs, clean_ok, adv_ok = [], 0, 0
     t0 = time.perf_counter()
@@ -129,7 +112,7 @@ def make_adversarial_set(
         torch.manual_seed(seed)
         for i in range(0, len(x), batch_size):
             xb, yb = to_unit(x[i : i + batch_size]), y[i : i + batch_size].to(dev)
-            xa = fn(model_fn, xb, yb, eps, alpha, steps, norm, loss, restarts, seed).detach().float()
+            xa = _craft(attack, model_fn, xb, yb, eps, alpha, steps, norm, loss, restarts, seed).detach().float()
             with torch.no_grad():
                 clean_ok += int((logits_of(model_fn, xb).argmax(1) == yb).sum())
                 adv_ok += int((logits_of(model_fn, xa).argmax(1) == yb).sum())
@@ -208,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
-    from ..module import ReversalModule
+    from ..methods.module import ReversalModule
 
     if (a.checkpoint is None) == (a.robustbench_model is None):
         p.error("give exactly one of --checkpoint and --robustbench-model")
@@ -235,22 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--n-examples {a.n_examples} but the test set in {a.data_dir} holds {len(x)} images")
     x, y = torch.from_numpy(x[: a.n_examples]).to(device), torch.from_numpy(y[: a.n_examples]).to(device)
     name = a.source_model or (a.robustbench_model or f"{a.backbone}:{Path(a.checkpoint).name}")
+    kw = {k: getattr(a, k) for k in ("attack", "steps", "norm", "loss", "restarts", "seed", "batch_size", "dataset")}
     meta = make_adversarial_set(
-        clf,
-        x,
-        y,
-        a.out,
-        attack=a.attack,
-        eps=parse_eps(a.eps),
-        alpha=parse_eps(a.alpha),
-        steps=a.steps,
-        norm=a.norm,
-        loss=a.loss,
-        restarts=a.restarts,
-        source_model=name,
-        seed=a.seed,
-        batch_size=a.batch_size,
-        dataset=a.dataset,
+        clf, x, y, a.out, eps=parse_eps(a.eps), alpha=parse_eps(a.alpha), source_model=name, **kw
     )
     print(
         f"wrote {a.out}: {meta['n']} examples, {a.attack} eps={meta['eps']:.5f} against {name}; "

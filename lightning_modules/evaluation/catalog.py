@@ -7,50 +7,67 @@ result, so a changed setting is a new row, never a stale one.
 Example:
     >>> from lightning_modules.evaluation.catalog import build_catalog
     >>> from lightning_modules.evaluation.config import EvalConfig
-    >>> cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "defense_aware"], composition=["batch2"],
-    ...                  defense_aware_lambdas=[0.1, 1], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[],
-    ...                  reversal_steps_sweep=[])
-    >>> [(r.attack, r.columns) for r in build_catalog(cfg, True, lambda name: None, True)][:2]
+    >>> off = {"eps_sweep": [], "attack_steps_sweep": [], "eot_sweep": [], "reversal_steps_sweep": []}
+    >>> cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "defense_aware"], sweeps=off,
+    ...                  scoring={"composition": ["batch2"]}, adaptive={"defense_aware_lambdas": [0.1, 1]})
+    >>> rows = build_catalog(cfg, True, lambda name: None, True)
+    >>> [(r.attack, r.columns) for r in rows][:2]
     [('clean', ('without', 'with', 'with@batch2')), ('pgd', ('without', 'with', 'with@batch2'))]
-    >>> len(build_catalog(cfg, True, lambda name: None, True))  # clean, pgd, defense-aware at two lambdas
-    4
+    >>> len(rows), rows[1].key, rows[1].composition("with@batch2")  # clean, pgd, defense-aware at two lambdas
+    (4, 'main|Linf|0.0313725|pgd20x1-a0.25', 'batch2')
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from .config import EvalConfig
-from .registry import ATTACKS, main_setting
+from .registry import ATTACKS, SETTINGS, main_setting, validate
 
 
 def key(*parts: Any) -> str:
     return "|".join(f"{p:.6g}" if isinstance(p, float) else str(p) for p in parts)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Row:
-    """One row: an attack (or ``clean``) with its settings, on examples ``idx < subset``."""
+    """One row: an attack (or ``clean``) with its settings, on examples ``idx < subset``. Its columns are
+    ``without``, ``with`` and ``with@<composition>``; :attr:`key` (with ``|<column>``) names it in the store."""
 
-    key: str
     group: str  # main | eps-sweep | steps-sweep | eot-sweep | rev-sweep | sanity | clean
-    attack: str
+    attack: str = "clean"
     norm: str = ""
     eps: float = 0.0
+    ident: str = "clean"  # the attack's settings (Attack.ident)
     cfg: Optional[EvalConfig] = None
     params: dict = field(default_factory=dict)
     columns: tuple[str, ...] = ("without",)
     subset: Optional[int] = None
     seed_key: Optional[str] = None
-    reuse: Optional[str] = None  # a row with the same result: copy it
+    reuse: Optional[str] = None  # the key of a row with the same result: copy it
     reversal_steps: Optional[int] = None
-    label: str = ""
+    label: str = "clean"
     kind: str = "non-adaptive"
     setting: Optional[int] = None  # the swept value (steps, EOT, reversal steps)
-    cascade: bool = False  # runs only on the examples still robust at its budget (EvalConfig.cascade)
+    cascade: bool = False  # runs only on the examples still robust at its budget (scoring.cascade)
     stop_draws: bool = False  # "with" columns: an example wrong on its first draw is not drawn again (cascade)
+
+    @property
+    def key(self) -> str:
+        if self.group == "clean":
+            return "clean"
+        at = (self.norm, self.eps) if self.attack != "clean" else ()
+        return key(self.group, *((self.reversal_steps,) if self.group == "rev-sweep" else ()), *at, self.ident)
+
+    def cell(self, column: str) -> str:
+        """The store's key of one column."""
+        return f"{self.key}|{column}"
+
+    @staticmethod
+    def composition(column: str) -> str:
+        """The batch composition a ``with`` column is scored in (``batch``: the batch as it is)."""
+        return column.partition("@")[2] or "batch"
 
 
 def build_catalog(
@@ -69,126 +86,70 @@ def build_catalog(
         reversal_sweep: run the reversal-steps sweep.
         reversal_steps: the reversal's own steps (its sweep's row at that value copies the main rows').
     """
-    rows: list[Row] = []
+    c = validate(c)
+    sw, cascade = c.sweeps, c.scoring.cascade and rev
+    comps = [f"with@{m}" for m in c.scoring.composition] if rev else []
 
-    def columns(attack: str, group: str) -> tuple[str, ...]:
-        cols = ("without",) + (("with",) if rev else ())
-        if rev and group == "main" and c.with_composition(attack):
-            cols += tuple(f"with@{m}" for m in c.composition)
-        return cols
-
-    def attack_row(
-        group: str, name: str, norm: str, eps: float, cfg: EvalConfig, params: dict, subset: Optional[int], **kw: Any
-    ) -> Row:
+    def attack_row(group: str, name: str, norm: str, eps: float, cfg: EvalConfig, subset: Optional[int], **kw) -> Row:
         a = ATTACKS[name]
-        ident = a.ident(cfg, params)
-        sub = min(x for x in (subset, a.subset(cfg)) if x is not None) if (subset or a.subset(cfg)) else None
+        v = kw.pop("params", a.variants(cfg)[0])
+        sub = [x for x in (subset, a.subset(cfg)) if x]
+        cols = ("without",) + (("with",) if rev else ())
+        cols = kw.pop("columns", cols + (tuple(comps) if group == "main" and c.with_composition(name) else ()))
+        stop, sub = cascade and "with" in cols, min(sub) if sub else None
+        label = a.label(cfg, v)
         return Row(
-            key(group, norm, eps, ident),
-            group,
-            name,
-            norm,
-            eps,
-            cfg,
-            params,
-            columns(name, group),
-            sub,
-            label=a.label(cfg, params),
-            kind=a.kind,
-            **kw,
+            group, name, norm, eps, a.ident(cfg, v), cfg, v, cols, sub, label=label, kind=a.kind, stop_draws=stop, **kw
         )
 
-    clean_cols = (
-        ("without",)
-        + (("with",) if rev else ())
-        + (
-            tuple(f"with@{m}" for m in c.composition if m != "clean_mates")
-            if rev and c.with_composition("clean")
-            else ()
-        )
-    )
-    rows.append(Row("clean", "clean", "clean", columns=clean_cols, label="clean"))
+    clean_comps = [m for m in comps if m != "with@clean_mates"] if c.with_composition("clean") else []
+    rows = [Row("clean", columns=("without",) + (("with", *clean_comps) if rev else ()), stop_draws=cascade)]
     live = [a for a in c.attacks if not missing(a)]
     main: dict[tuple, str] = {}
     for norm, eps in c.threat_models.items():
-        for name in live:
-            if norm not in ATTACKS[name].norms:
-                continue
+        for name in (n for n in live if norm in ATTACKS[n].norms):
             for v in ATTACKS[name].variants(c):
-                r = attack_row("main", name, norm, eps, c, v, None)
-                r.cascade = c.cascade and rev and eps > 0 and not ATTACKS[name].whole
-                main[(norm, eps, name, r.key.split("|")[-1])] = r.key
+                casc = cascade and eps > 0 and not ATTACKS[name].whole
+                r = attack_row("main", name, norm, eps, c, None, params=v, cascade=casc)
+                main[(norm, eps, name, r.ident)] = r.key
                 rows.append(r)
-    for eps in c.eps_sweep:
-        for name in c.eps_sweep_attacks:
-            if missing(name) or eps == 0:  # eps 0: the clean rows
-                continue
-            r = attack_row(
-                "eps-sweep", name, c.eps_sweep_norm, eps, c, ATTACKS[name].variants(c)[0], c.eps_sweep_n, setting=None
-            )
-            r.reuse = main.get((c.eps_sweep_norm, eps, name, r.key.split("|")[-1]))
-            rows.append(r)
+    for eps in sw.eps_sweep:
+        for name in sw.eps_sweep_attacks:
+            if not missing(name) and eps != 0:  # eps 0: the clean rows
+                r = attack_row("eps-sweep", name, sw.eps_sweep_norm, eps, c, sw.eps_sweep_n)
+                rows.append(replace(r, reuse=main.get((r.norm, eps, name, r.ident))))
     norm0, eps0 = c.main
-    convergence = [  # (group, attacks, the setting swept, the setting's values incl. the main one)
-        (
-            "steps-sweep",
-            c.steps_sweep_attacks if c.attack_steps_sweep else [],
-            lambda n: ATTACKS[n].steps_field,
-            lambda n: {main_setting(c, n), *c.attack_steps_sweep},
-        ),
-        ("eot-sweep", c.eot_sweep_attacks if c.eot_sweep else [], lambda n: "eot", lambda n: {c.eot, *c.eot_sweep}),
-    ]
-    for group, names, field_of, values_of in convergence:
-        for name in names:
-            if missing(name):
-                continue
-            for v in sorted(values_of(name)):
-                cv = dataclasses.replace(c, **{field_of(name): v})
+    sweeps = (
+        ("steps-sweep", sw.steps_sweep_attacks, sw.attack_steps_sweep),
+        ("eot-sweep", sw.eot_sweep_attacks, sw.eot_sweep),
+    )
+    for group, names, swept in sweeps:  # each sweep's values include the main setting
+        for name in (n for n in names if swept and not missing(n)):
+            if group == "steps-sweep":
+                path, own = SETTINGS[ATTACKS[name].steps], main_setting(c, name)
+            else:
+                path, own = "attack.eot", c.attack.eot
+            for v in sorted({own, *swept}):
+                cv = c.replace(path, v)
+                casc = cascade and not ATTACKS[name].whole  # cascade: on the main rows' survivors
                 r = attack_row(
-                    group,
-                    name,
-                    norm0,
-                    eps0,
-                    cv,
-                    ATTACKS[name].variants(c)[0],
-                    c.steps_sweep_n,
-                    seed_key=key(group, name),
-                    setting=v,
+                    group, name, norm0, eps0, cv, sw.steps_sweep_n, seed_key=key(group, name), setting=v, cascade=casc
                 )
-                r.reuse = main.get((norm0, eps0, name, r.key.split("|")[-1]))
-                r.cascade = c.cascade and rev and not ATTACKS[name].whole  # on the main rows' survivors
-                rows.append(r)
+                rows.append(replace(r, reuse=main.get((norm0, eps0, name, r.ident))))
     if reversal_sweep:
-        for k in c.reversal_steps_sweep:
-            rows.append(
-                Row(
-                    key("rev-sweep", k, "clean"),
-                    "rev-sweep",
-                    "clean",
-                    columns=("with",),
-                    subset=c.steps_sweep_n,
-                    reversal_steps=k,
-                    label="clean",
-                    setting=k,
-                    reuse="clean" if k == reversal_steps else None,
-                )
-            )
-            for name in c.reversal_sweep_attacks:
-                if missing(name):
-                    continue
-                r = attack_row("rev-sweep", name, norm0, eps0, c, {}, c.steps_sweep_n, reversal_steps=k, setting=k)
-                r.key, r.columns = key("rev-sweep", k, norm0, eps0, ATTACKS[name].ident(c, {})), ("with",)
+        for k in sw.reversal_steps_sweep:
+            kw = dict(reversal_steps=k, setting=k, columns=("with",))
+            own = "clean" if k == reversal_steps else None
+            rows.append(Row("rev-sweep", subset=sw.steps_sweep_n, reuse=own, stop_draws=cascade, **kw))
+            for name in (n for n in sw.reversal_sweep_attacks if not missing(n)):
+                r = attack_row("rev-sweep", name, norm0, eps0, c, sw.steps_sweep_n, params={}, **kw)
                 if name == "pgd":  # crafted once on the classifier: seeded as the main PGD row
-                    r.seed_key = key("main", norm0, eps0, ATTACKS["pgd"].ident(c, {}))
-                    r.reuse = r.seed_key if k == reversal_steps else None
+                    seed = key("main", norm0, eps0, r.ident)
+                    r = replace(r, seed_key=seed, reuse=seed if k == reversal_steps else None)
                 rows.append(r)
-    if c.sanity_checks and c.standard_model:
-        cs = dataclasses.replace(c, steps=20)
-        r = attack_row("sanity", "pgd", "Linf", 8 / 255, cs, {}, c.steps_sweep_n)
-        r.columns = ("without",)
-        rows.append(r)
-    for r in rows:
-        r.stop_draws = c.cascade and rev and "with" in r.columns
+    if c.checks.sanity_checks and c.checks.standard_model:
+        cs = c.replace("attack.steps", 20)
+        rows.append(attack_row("sanity", "pgd", "Linf", 8 / 255, cs, sw.steps_sweep_n, params={}, columns=("without",)))
     return rows
 
 

@@ -11,17 +11,16 @@ everything done so far saved. ``log`` receives one progress line per row with th
 
 Example:
     >>> import torch
-    >>> from lightning_modules.attacks.adaptive import ReversalFns
+    >>> from lightning_modules.defense import DefendedModel, ReversalConfig
     >>> from lightning_modules.nn.backbones import build_backbone
     >>> from lightning_modules.evaluation import EvalConfig, RobustEvaluator
     >>> from lightning_modules.nn.heads import ContrastiveHead
-    >>> from lightning_modules.reversal import ReversalConfig
     >>> net, head = build_backbone("small_cnn", width=8).eval(), ContrastiveHead(32, 64, 16).eval()
-    >>> fns = ReversalFns(net, head, ReversalConfig(steps=2))
-    >>> cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot"], steps=2, eot=1, draws=2,
-    ...                  composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[],
-    ...                  progress=False)
-    >>> ev = RobustEvaluator.for_reversal(fns, cfg)
+    >>> defended = DefendedModel(net, head, ReversalConfig(steps=2))
+    >>> cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot"], attack={"steps": 2, "eot": 1},
+    ...                  scoring={"draws": 2, "composition": []}, progress=False, sweeps={"eps_sweep": [],
+    ...                  "attack_steps_sweep": [], "eot_sweep": [], "reversal_steps_sweep": []})
+    >>> ev = RobustEvaluator(defended, cfg)
     >>> ev.evaluate_batch(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.arange(4))
     >>> [r["attack"] for r in ev.summary()["rows"]]
     ['pgd', 'bpda_eot']
@@ -32,18 +31,16 @@ from __future__ import annotations
 import sys
 import time
 import zlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..progress import duration
+from ..defense.model import DefendedModel, chunks
+from ..util import duration
 from .catalog import Row, build_catalog, key
 from .config import EvalConfig
-from .defense import Defense
-from .registry import ATTACKS, WHY_MISSING, Job
+from .registry import ATTACKS, WHY_MISSING, Job, validate
 from .store import ResultStore
-
-Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class EvaluationStopped(SystemExit):
@@ -54,7 +51,7 @@ class RobustEvaluator:
     """Runs the rows on batches and summarizes them (see the module doc).
 
     Args:
-        defense: the defended model's callables (:class:`~lightning_modules.evaluation.defense.Defense`).
+        defense: the defended model (:class:`~lightning_modules.defense.model.DefendedModel`).
         cfg: the rows to run.
         store: per-example results to resume from (default: empty).
         should_stop: asked before every row; True stops with :class:`EvaluationStopped`.
@@ -65,7 +62,7 @@ class RobustEvaluator:
 
     def __init__(
         self,
-        defense: Defense,
+        defense: DefendedModel,
         cfg: Optional[EvalConfig] = None,
         store: Optional[ResultStore] = None,
         *,
@@ -74,21 +71,14 @@ class RobustEvaluator:
         log: Optional[Callable[[str], None]] = None,
         n_batches: Optional[int] = None,
     ) -> None:
-        self.defense, self.cfg = defense, cfg or EvalConfig()
+        self.defense, self.cfg = defense, validate(cfg or EvalConfig())
         self.store = store if store is not None else ResultStore()
         self.should_stop, self.on_row_done, self.n_batches = should_stop, on_row_done, n_batches
         self.log = log or ((lambda s: print(s, file=sys.stderr, flush=True)) if self.cfg.progress else (lambda s: None))
         self.skipped: dict[str, str] = {n: self.missing(n) for n in self.cfg.attacks if self.missing(n)}
-        if self.cfg.reversal_steps_sweep and (defense.reverse_fn is None or defense.reverse_steps_fn is None):
+        if self.cfg.sweeps.reversal_steps_sweep and not defense.has("reverse_steps"):
             self.skipped["reversal_steps_sweep"] = "needs the reversal (reverse_steps_fn)"
         self._batches_done, self._batch_seconds = 0, 0.0
-
-    @classmethod
-    def for_reversal(
-        cls, fns: Any, cfg: Optional[EvalConfig] = None, surrogate_fn: Optional[Fn] = None, **kw: Any
-    ) -> "RobustEvaluator":
-        """Wire every callable from a :class:`~lightning_modules.attacks.adaptive.ReversalFns`."""
-        return cls(Defense.from_fns(fns, surrogate_fn), cfg, **kw)
 
     def missing(self, name: str) -> Optional[str]:
         """Why attack ``name`` cannot run on this defense (None: it can)."""
@@ -98,18 +88,15 @@ class RobustEvaluator:
     # -- the rows -------------------------------------------------------------------------------
     def catalog(self) -> list[Row]:
         """Every row of the evaluation, in the order they run (:func:`~.catalog.build_catalog`)."""
-        fns = getattr(self.defense, "fns", None)
+        d = self.defense
+        own_steps = d.cfg.steps if d.head is not None else None
         return build_catalog(
-            self.cfg,
-            self.defense.reverse_fn is not None,
-            self.missing,
-            "reversal_steps_sweep" not in self.skipped,
-            fns.cfg.steps if fns is not None else None,
+            self.cfg, d.has("reverse"), self.missing, "reversal_steps_sweep" not in self.skipped, own_steps
         )
 
     # -- one batch ------------------------------------------------------------------------------
     def _seed(self, seed_key: str, idx: torch.Tensor) -> int:
-        s = (self.cfg.seed * 1_000_003 + zlib.crc32(seed_key.encode()) + 7919 * int(idx.min())) % (2**31 - 1)
+        s = (self.cfg.scoring.seed * 1_000_003 + zlib.crc32(seed_key.encode()) + 7919 * int(idx.min())) % (2**31 - 1)
         torch.manual_seed(s)
         return s
 
@@ -131,7 +118,7 @@ class RobustEvaluator:
     def _run_row(
         self, row: Row, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, earlier: Sequence[Row] = ()
     ) -> None:
-        c, st = self.cfg, self.store
+        c, st = self.cfg.scoring, self.store
         d = self.defense.for_threat(row.norm, row.eps) if c.reversal_per_threat else self.defense
         if not c.draws_in_one_call:
             d = d.one_call_per_draw()
@@ -150,37 +137,20 @@ class RobustEvaluator:
         xs, ys = x[sel.to(x.device)], y[sel.to(y.device)]
         t0 = time.perf_counter()
         seed = self._seed(row.seed_key or row.key, ids)
-        rev = (lambda xa: d.reverse_steps_fn(xa, row.reversal_steps)) if row.reversal_steps is not None else None
         if row.attack == "clean":
             x_adv = xs
         else:
-            job = Job(
-                xs,
-                ys,
-                row.norm,
-                row.eps,
-                row.cfg or c,
-                d,
-                row.params,
-                seed,
-                reverse_fn=rev if ATTACKS[row.attack].adaptive else None,
-            )
+            steps = row.reversal_steps if ATTACKS[row.attack].adaptive else None
+            job = Job(xs, ys, row.norm, row.eps, row.cfg or self.cfg, d, row.params, seed, reversal_steps=steps)
             x_adv = ATTACKS[row.attack].craft(job) if row.eps > 0 else xs
         self._seed(key(row.seed_key or row.key, "score"), ids)
         for col in todo:
             if col == "without":
                 st.add(f"{row.key}|without", ids, d.predict(x_adv) == ys)
             else:
-                comp = col.split("@", 1)[1] if "@" in col else "batch"
+                comp, stop = row.composition(col), row.stop_draws
                 counts = d.correct_draws(
-                    x_adv,
-                    ys,
-                    c.draws,
-                    comp,
-                    xs,
-                    c.mates_groups,
-                    steps=row.reversal_steps,
-                    stop_after_wrong=row.stop_draws,
+                    x_adv, ys, c.draws, comp, xs, c.mates_groups, steps=row.reversal_steps, stop_after_wrong=stop
                 )
                 st.add(f"{row.key}|{col}", ids, counts, draws=c.draws)
         st.seconds[f"{row.key}|{todo[0]}"] = st.seconds.get(f"{row.key}|{todo[0]}", 0.0) + time.perf_counter() - t0
@@ -194,7 +164,7 @@ class RobustEvaluator:
             raise ValueError("evaluate_batch expects images in [0, 1] (normalization happens inside the model)")
         if len(x) != len(y) or len(x) != len(idx):
             raise ValueError(f"batch sizes differ: x {len(x)}, y {len(y)}, idx {len(idx)}")
-        if self.defense.reverse_fn is not None and len(x) < 2:
+        if self.defense.has("reverse") and len(x) < 2:
             raise ValueError("the reversal needs batches of at least 2 images")
         rows = self.catalog()
         b = self._batches_done if batch_idx is None else batch_idx
@@ -202,8 +172,7 @@ class RobustEvaluator:
         for i, row in enumerate(rows):
             if self.should_stop is not None and self.should_stop():
                 raise EvaluationStopped(
-                    f"evaluation stopped (SIGTERM) before row {i + 1}/{len(rows)} of batch "
-                    f"{b + 1}: "
+                    f"evaluation stopped (SIGTERM) before row {i + 1}/{len(rows)} of batch {b + 1}: "
                     "every finished row is saved; rerun the same command to resume"
                 )
             t0 = time.perf_counter()
@@ -216,13 +185,8 @@ class RobustEvaluator:
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict:
         """Convenience loop over tensors (``idx`` = position, a 1-image tail merged); returns :meth:`summary`."""
-        from ..attacks.defense_attacks import chunks
-
-        spans = (
-            chunks(len(x), batch_size)
-            if self.defense.reverse_fn is not None
-            else [(s, min(len(x), s + batch_size)) for s in range(0, len(x), batch_size)]
-        )
+        plain = [(s, min(len(x), s + batch_size)) for s in range(0, len(x), batch_size)]
+        spans = chunks(len(x), batch_size) if self.defense.has("reverse") else plain
         self.n_batches = self.n_batches or len(spans)
         for b, (s, e) in enumerate(spans):
             self.evaluate_batch(x[s:e], y[s:e], torch.arange(s, e), b)

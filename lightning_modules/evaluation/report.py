@@ -4,10 +4,7 @@ Input is :meth:`lightning_modules.evaluation.RobustEvaluator.summary`. :func:`wr
 writes into a folder:
 
 - ``robustness.json`` — the whole summary (rows, worst cases, sweeps, sanity checks, settings);
-- ``robustness.md`` — :func:`markdown_report`: the headline (marked UNRELIABLE when a sanity check
-  failed), the main table (clean and every attack without and with the reversal: correct on every
-  draw, mean over draws, draw disagreement, worst batch composition, paired gain, n, time; accuracies
-  carry their Wilson 95% interval), the sweeps, the checks;
+- ``robustness.md`` — :func:`markdown_report` (marked UNRELIABLE when a sanity check failed);
 - ``robust_acc_vs_eps.png`` — robust accuracy vs eps, without and with the reversal;
 - ``acc_vs_reversal_steps.png`` — accuracy vs reversal steps (clean and attacked).
 
@@ -25,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from ..atomic import atomic_write, atomic_write_text
+from ..util import atomic_write, atomic_write_text
 from .checks import failed_checks
 
 REPORT_NAME = "robustness"
@@ -82,20 +79,9 @@ def md_table(header: Sequence[object], rows: Iterable[Sequence[object]], align: 
 def markdown_table(summary: dict) -> str:
     """The main table: clean, one row per (threat model, attack, variant), the worst case per threat model."""
     d = summary.get("draws", 1)
-    header = [
-        "Threat model",
-        "Attack",
-        "Type",
-        "Without reversal",
-        f"With reversal (all {d} draws)",
-        "With, mean over draws",
-        "Draw disagreement",
-        "With, worst batch composition",
-        "Gain, points (95% CI), McNemar p",
-        "n",
-        "time",
-    ]
-    lines = md_table(header, [], "lllrrrrrrrr")
+    header = ["Threat model", "Attack", "Type", "Without reversal", f"With reversal (all {d} draws)"]
+    header += ["With, mean over draws", "Draw disagreement", "With, worst batch composition"]
+    lines = md_table([*header, "Gain, points (95% CI), McNemar p", "n", "time"], [], "lllrrrrrrrr")
     lines.append(f"| clean | - | - | {_cells(summary['clean'])} |")
     worst = {(w["threat"], w["eps"]): w for w in summary.get("worst_case", [])}
     threats = list(dict.fromkeys((r["threat"], r["eps"]) for r in summary.get("rows", [])))
@@ -115,29 +101,19 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+MARKS = {True: "PASS", False: "**FAILED**", None: "skipped"}  # by a check's "passed"
+
+
 def sanity_lines(summary: dict) -> list[str]:
-    out = []
-    for s in summary.get("sanity", []):
-        mark = {True: "PASS", False: "**FAILED**", None: "skipped"}[s["passed"]]
-        out.append(f"- {mark}: {s['name']} — {s['detail']}")
-    return out
+    return [f"- {MARKS[s['passed']]}: {s['name']} — {s['detail']}" for s in summary.get("sanity", [])]
 
 
 def _sweep_table(title: str, rows: list[dict], setting: str) -> list[str]:
     if not rows:
         return []
     header = ["attack", setting, "Without reversal", "With reversal (all draws)", "With, mean", "n"]
-    cells = [
-        [
-            r["attack"],
-            r["eps_label"] if setting == "eps" else r["setting"],
-            _pct(r.get("without")),
-            _pct(r.get("with")),
-            _mean(r),
-            r["n"],
-        ]
-        for r in rows
-    ]
+    at = "eps_label" if setting == "eps" else "setting"
+    cells = [[r["attack"], r[at], _pct(r.get("without")), _pct(r.get("with")), _mean(r), r["n"]] for r in rows]
     return [f"## {title}", "", *md_table(header, cells, "lrrrrr"), ""]
 
 
@@ -146,11 +122,8 @@ def markdown_report(summary: dict, title: str = "Robustness evaluation") -> str:
     md = [f"# {title}", ""]
     bad = failed_checks(summary)
     if bad:
-        md += [
-            f"> **WARNING: {len(bad)} SANITY CHECK(S) FAILED — the headline is UNRELIABLE:**",
-            *[f"> - {s['name']}: {s['detail']}" for s in bad],
-            "",
-        ]
+        md.append(f"> **WARNING: {len(bad)} SANITY CHECK(S) FAILED — the headline is UNRELIABLE:**")
+        md += [f"> - {s['name']}: {s['detail']}" for s in bad] + [""]
     meta = summary.get("meta", {})
     if meta.get("model"):
         ckpt = f", checkpoint `{meta['checkpoint']}`" if meta.get("checkpoint") else ""
@@ -259,9 +232,8 @@ def plot_reversal_steps(summary: dict, path: Path) -> Optional[Path]:
         return None
     fig, ax = pyplot().subplots(figsize=(6, 4))
     for attack in dict.fromkeys(r["attack"] for r in rows):
-        pts = sorted(
-            (r for r in rows if r["attack"] == attack and r.get("with") is not None), key=lambda r: r["setting"]
-        )
+        mine = [r for r in rows if r["attack"] == attack and r.get("with") is not None]
+        pts = sorted(mine, key=lambda r: r["setting"])
         label = attack if attack == "clean" else f"{attack} ({pts[0]['kind'] if pts else ''})"
         _errorbar(ax, [r["setting"] for r in pts], pts, "with", "-", label)
     return _finish(fig, ax, "reversal steps", "accuracy after reversal (%)", "Accuracy vs reversal steps", path)
@@ -271,18 +243,13 @@ def write_report(summary: dict, out_dir: str | Path, name: str = REPORT_NAME, pl
     """Write JSON, Markdown and plots into ``out_dir``; returns ``{kind: path}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md"}
+    paths: dict[str, Optional[Path]] = {"json": out / f"{name}.json", "markdown": out / f"{name}.md"}
     atomic_write_text(paths["json"], json.dumps(summary, indent=2, default=str))
     atomic_write_text(paths["markdown"], markdown_report(summary))
     if plots:
-        for kind, fn, fname in (
-            ("plot_eps", plot_eps, "robust_acc_vs_eps.png"),
-            ("plot_reversal_steps", plot_reversal_steps, "acc_vs_reversal_steps.png"),
-        ):
-            p = fn(summary, out / fname)
-            if p is not None:
-                paths[kind] = p
-    return paths
+        paths["plot_eps"] = plot_eps(summary, out / "robust_acc_vs_eps.png")
+        paths["plot_reversal_steps"] = plot_reversal_steps(summary, out / "acc_vs_reversal_steps.png")
+    return {k: p for k, p in paths.items() if p is not None}
 
 
 def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:

@@ -12,10 +12,9 @@ then ``g`` does not change within radius ``sigma * Phi^-1(pA)``.
   two-sided binomial test of ``nA`` out of ``nA + nB`` at ``p = 1/2`` rejects at level
   ``alpha``, else abstain. Wrong with probability at most ``alpha`` (given it answers).
 
-Noisy copies go through the network in batches of ``batch_size`` images (``m`` copies of each of
-the batch's images per forward pass), never image by image. The Clopper-Pearson bound and the binomial
-tail need the regularized incomplete beta function, implemented here in float64 torch
-(:func:`betainc`, :func:`beta_ppf`) so that scipy is not needed at run time (tests compare with it).
+Noisy copies go through the network ``batch_size`` images per forward pass. The Clopper-Pearson bound and
+the binomial tail use the regularized incomplete beta function in float64 torch (:func:`betainc`,
+:func:`beta_ppf`), so that scipy is not needed at run time (tests compare with it).
 
 **Clamping.** With ``clamp: true`` (the default) the base classifier is ``f(clamp(z, 0, 1))``: the
 package's Gaussian-noise training (``noise_std``) clamps the noisy images, and the certificate
@@ -44,6 +43,7 @@ import torch
 from ..attacks.core import logits_of
 
 ABSTAIN = -1
+_Generator = Optional[torch.Generator]
 
 
 @dataclasses.dataclass
@@ -71,7 +71,7 @@ class SmoothingConfig:
             raise ValueError(f"smoothing batch_size must be >= 1, got {self.batch_size}")
 
 
-# -- the beta function ---------------------------------------------------------------------------
+# -- the beta function
 def _betacf(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Tensor:
     """Continued fraction of the incomplete beta (modified Lentz), valid for ``x < (a + 1) / (a + b + 2)``."""
     tiny = 1e-300
@@ -154,33 +154,21 @@ def binom_test_two_sided(k: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return torch.where(n == 0, torch.ones_like(p), p).clamp(max=1.0)
 
 
-# -- sampling and the two procedures --------------------------------------------------------------
+# -- sampling and the two procedures
 def sample_counts(
-    model: Callable,
-    x: torch.Tensor,
-    num: int,
-    cfg: SmoothingConfig,
-    num_classes: int,
-    generator: Optional[torch.Generator] = None,
+    model: Callable, x: torch.Tensor, num: int, cfg: SmoothingConfig, num_classes: int, generator: _Generator = None
 ) -> torch.Tensor:
     """Class counts ``(B, num_classes)`` of the base classifier on ``num`` noisy copies of each image."""
     b = x.shape[0]
     counts = torch.zeros(b, num_classes, dtype=torch.long, device=x.device)
-    per = max(1, cfg.batch_size // max(1, b))
-    done = 0
+    per, done = max(1, cfg.batch_size // max(1, b)), 0
+    noise_device = generator.device if generator is not None else x.device
     with torch.no_grad():
         while done < num:
             m = min(per, num - done)
             xs = x.repeat_interleave(m, dim=0)
-            noise = torch.randn(
-                xs.shape,
-                generator=generator,
-                dtype=xs.dtype,
-                device=generator.device if generator is not None else x.device,
-            ).to(x.device)
-            z = xs + cfg.sigma * noise
-            if cfg.clamp:
-                z = z.clamp(0, 1)
+            noise = torch.randn(xs.shape, generator=generator, dtype=xs.dtype, device=noise_device).to(x.device)
+            z = (xs + cfg.sigma * noise).clamp(0, 1) if cfg.clamp else xs + cfg.sigma * noise
             pred = logits_of(model, z).argmax(1).view(b, m)
             counts.scatter_add_(1, pred, torch.ones_like(pred))
             done += m
@@ -188,11 +176,7 @@ def sample_counts(
 
 
 def certify(
-    model: Callable,
-    x: torch.Tensor,
-    cfg: SmoothingConfig,
-    num_classes: int,
-    generator: Optional[torch.Generator] = None,
+    model: Callable, x: torch.Tensor, cfg: SmoothingConfig, num_classes: int, generator: _Generator = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CERTIFY on a batch: ``(prediction or -1, certified L2 radius (0 when abstaining), pA_lower)``."""
     c_a = sample_counts(model, x, cfg.n0, cfg, num_classes, generator).argmax(1)
@@ -207,11 +191,7 @@ def certify(
 
 
 def predict(
-    model: Callable,
-    x: torch.Tensor,
-    cfg: SmoothingConfig,
-    num_classes: int,
-    generator: Optional[torch.Generator] = None,
+    model: Callable, x: torch.Tensor, cfg: SmoothingConfig, num_classes: int, generator: _Generator = None
 ) -> torch.Tensor:
     """PREDICT on a batch (``n`` samples, level ``alpha``): the class, or ``-1`` (abstain)."""
     counts = sample_counts(model, x, cfg.n, cfg, num_classes, generator)
@@ -222,23 +202,10 @@ def predict(
     return torch.where(p <= cfg.alpha, top2.indices[:, 0], torch.full_like(n_a, ABSTAIN))
 
 
-def certified_accuracy(
-    pred: torch.Tensor, radius: torch.Tensor, y: torch.Tensor, radii: list[float]
-) -> dict[float, float]:
+def certified_accuracy(pred: torch.Tensor, radius: torch.Tensor, y: torch.Tensor, radii: list[float]) -> dict:
     """Fraction of examples certified correct with radius ``>= r`` (``r = 0``: correct and not abstaining)."""
-    correct = pred == y
-    return {float(r): float((correct & (radius >= r)).float().mean()) for r in radii}
+    return {float(r): float(((pred == y) & (radius >= r)).float().mean()) for r in radii}
 
 
-__all__ = [
-    "ABSTAIN",
-    "SmoothingConfig",
-    "betainc",
-    "beta_ppf",
-    "clopper_pearson_lower",
-    "binom_test_two_sided",
-    "sample_counts",
-    "certify",
-    "predict",
-    "certified_accuracy",
-]
+__all__ = ["ABSTAIN", "SmoothingConfig", "betainc", "beta_ppf", "clopper_pearson_lower", "binom_test_two_sided"]
+__all__ += ["sample_counts", "certify", "predict", "certified_accuracy"]

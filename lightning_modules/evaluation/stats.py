@@ -14,6 +14,7 @@ p-value and a one-line power note.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 Z95 = 1.959963984540054
@@ -59,13 +60,8 @@ class PairedCounts:
         """
         if len(a) != len(b):
             raise ValueError(f"paired scores need the same examples, got {len(a)} and {len(b)}")
-        pairs = list(zip((bool(x) for x in a), (bool(y) for y in b)))
-        return cls(
-            both=sum(x and y for x, y in pairs),
-            only_a=sum(x and not y for x, y in pairs),
-            only_b=sum(y and not x for x, y in pairs),
-            neither=sum(not x and not y for x, y in pairs),
-        )
+        pairs = Counter(zip(map(bool, a), map(bool, b)))
+        return cls(pairs[True, True], pairs[True, False], pairs[False, True], pairs[False, False])
 
 
 def newcombe_paired(c: PairedCounts, z: float = Z95) -> tuple[float, float, float]:

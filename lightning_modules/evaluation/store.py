@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 
-from ..atomic import atomic_write_text
+from ..util import atomic_write_text
 
 FORMAT = "ssl-reversal per-example results v2"
+Ints = Union[torch.Tensor, Sequence[int]]  # example indices, or bools / correct-draw counts
 
 
 def jsonable(d: Any) -> Any:
@@ -57,14 +58,7 @@ class ResultStore:
         row = self.rows.get(key)
         return row is not None and all(int(i) in row for i in idx)
 
-    def add(
-        self,
-        key: str,
-        idx: torch.Tensor | Sequence[int],
-        correct: torch.Tensor | Sequence[int],
-        draws: int = 1,
-        seconds: float = 0.0,
-    ) -> None:
+    def add(self, key: str, idx: Ints, correct: Ints, draws: int = 1, seconds: float = 0.0) -> None:
         """Record ``correct`` (bools, or counts of correct draws out of ``draws``) for ``idx``."""
         idx = torch.as_tensor(idx).flatten().tolist()
         correct = [int(c) for c in torch.as_tensor(correct).flatten().tolist()]

@@ -12,7 +12,7 @@ Example:
     >>> from lightning_modules.evaluation.store import ResultStore
     >>> s = ResultStore({"m": 1})
     >>> s.add("clean|without", [0, 1], [1, 1]); s.add("clean|with", [0, 1], [5, 2], draws=5)
-    >>> clean = column_stats(s, Row("clean", "clean", "clean", columns=("without", "with")))
+    >>> clean = column_stats(s, Row("clean", columns=("without", "with")))
     >>> clean["without"], clean["with"], clean["with_mean"], clean["with_disagreement"]
     (1.0, 0.5, 0.7, 0.5)
 """
@@ -29,16 +29,18 @@ from .stats import PairedCounts, gain_verdict, paired_gain, wilson
 from .store import ResultStore, jsonable
 
 TOP_GROUPS = ("main", "steps-sweep", "eot-sweep")  # rows at a threat model's budget: all count in its worst case
+TABLE_ROW = ("threat", "eps", "eps_label", "attack", "label", "kind", "key", "params", "subset")  # a table row's keys
+POINT = ("norm", "eps", "eps_label", "attack", "kind", "setting", "label", "key")  # a sweep point's keys, in order
 
 
-def _is_with(column: str) -> bool:
-    """A column of the defended model: ``with`` or ``with@<composition>`` (not ``without``)."""
-    return column == "with" or column.startswith("with@")
+def _on_side(column: str, side: str) -> bool:
+    """``column`` is ``side`` or ``side@<composition>`` (``with@batch2`` is on the ``with`` side, not ``without``)."""
+    return column == side or column.startswith(side + "@")
 
 
 def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
     """Accuracy per column of one row on the examples every column has."""
-    keys = [f"{row.key}|{c}" for c in row.columns if f"{row.key}|{c}" in st.rows]
+    keys = [row.cell(c) for c in row.columns if row.cell(c) in st.rows]
     common = st.common(keys)
     out: dict[str, Any] = {
         "n": len(common),
@@ -55,7 +57,7 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
         elif col == "with" and k in st.rows:
             stats = st.draw_stats(k, common)
             out["with_mean"], out["with_disagreement"] = stats["mean"], stats["disagreement"]
-    withs = [k for k in keys if _is_with(k.rsplit("|", 1)[1])]
+    withs = [row.cell(c) for c in row.columns if row.cell(c) in st.rows and _on_side(c, "with")]
     out["with_worst"] = st.accuracy(withs, common)[0] if withs else None
     for col in ("without", "with"):
         if out.get(col) is not None and common:
@@ -70,20 +72,12 @@ def column_stats(st: ResultStore, row: Any) -> dict[str, Any]:
 
 def _at_budget(rows: Sequence[Any], norm: str, eps: float) -> list:
     """The rows that count in the worst case at ``(norm, eps)`` (main, steps and EOT sweeps, the eps sweep)."""
-    return [
-        r
-        for r in rows
-        if (r.group in TOP_GROUPS or r.group == "eps-sweep") and r.norm == norm and abs(r.eps - eps) < 1e-12
-    ]
+    tops = (*TOP_GROUPS, "eps-sweep")
+    return [r for r in rows if r.group in tops and r.norm == norm and abs(r.eps - eps) < 1e-12]
 
 
 def _side_keys(st: ResultStore, rows: Sequence[Any], side: str) -> list[str]:
-    return [
-        f"{r.key}|{c}"
-        for r in rows
-        for c in r.columns
-        if (c == side or c.startswith(side + "@")) and f"{r.key}|{c}" in st.rows
-    ]
+    return [f"{r.key}|{c}" for r in rows for c in r.columns if _on_side(c, side) and f"{r.key}|{c}" in st.rows]
 
 
 def still_robust(st: ResultStore, earlier: Sequence[Any], row: Any, ids: Sequence[int]) -> list[bool]:
@@ -94,12 +88,12 @@ def still_robust(st: ResultStore, earlier: Sequence[Any], row: Any, ids: Sequenc
     >>> from lightning_modules.evaluation.catalog import Row
     >>> s = ResultStore({"m": 1})
     >>> s.add("clean|without", [0, 1, 2], [1, 1, 0]); s.add("clean|with", [0, 1, 2], [2, 0, 0], draws=2)
-    >>> still_robust(s, [Row("clean", "clean", "clean", columns=("without", "with"))], Row("a", "main", "a"), [0, 1, 2])
+    >>> still_robust(s, [Row("clean", columns=("without", "with"))], Row("main", "a"), [0, 1, 2])
     [True, True, False]
     """
     clean = [r for r in earlier if r.group == "clean"]
     mine = clean + [r for r in _at_budget(earlier, row.norm, row.eps) if r.group == "main"]
-    sides = [s for s in ("without", "with") if any(c == s or c.startswith(s + "@") for c in row.columns)]
+    sides = [s for s in ("without", "with") if any(_on_side(c, s) for c in row.columns)]
     keys = {s: _side_keys(st, mine, s) for s in sides}  # once per row, not once per example
     return [any(all(st.robust(k, i) for k in keys[s] if i in st.rows[k]) for s in sides) for i in ids]
 
@@ -159,42 +153,20 @@ def sweep_rows(st: ResultStore, rows: list, group: str) -> list[dict[str, Any]]:
     for r in rows:
         if r.group != group or not any(f"{r.key}|{c}" in st.rows for c in r.columns):
             continue
-        out.append(
-            {
-                "norm": r.norm,
-                "eps": r.eps,
-                "eps_label": eps_label(r.eps, r.norm) if r.norm else "0",
-                "attack": r.attack,
-                "kind": r.kind,
-                "setting": r.setting,
-                "label": r.label,
-                "key": r.key,
-                **column_stats(st, r),
-            }
-        )
+        lab = eps_label(r.eps, r.norm) if r.norm else "0"
+        point = (r.norm, r.eps, lab, r.attack, r.kind, r.setting, r.label, r.key)
+        out.append({**dict(zip(POINT, point)), **column_stats(st, r)})
     return out
 
 
 def _eps_sweep(st: ResultStore, rows: list, cfg: EvalConfig) -> list[dict[str, Any]]:
     """The eps sweep, with the clean rows as its eps-0 points."""
     out = sweep_rows(st, rows, "eps-sweep")
-    if 0 in cfg.eps_sweep and out:
+    if 0 in cfg.sweeps.eps_sweep and out:
         clean = column_stats(st, next(r for r in rows if r.group == "clean"))
         for attack, kind in dict.fromkeys((r["attack"], r["kind"]) for r in out):
-            out.insert(
-                0,
-                {
-                    "norm": cfg.eps_sweep_norm,
-                    "eps": 0.0,
-                    "eps_label": "0",
-                    "attack": attack,
-                    "kind": kind,
-                    "setting": None,
-                    "label": "clean",
-                    "key": "clean",
-                    **clean,
-                },
-            )
+            point = (cfg.sweeps.eps_sweep_norm, 0.0, "0", attack, kind, None, "clean", "clean")
+            out.insert(0, {**dict(zip(POINT, point)), **clean})
     return out
 
 
@@ -207,26 +179,13 @@ def summarize(st: ResultStore, rows: list, cfg: EvalConfig, skipped: Optional[di
     for r in rows:
         if r.group == "main" and (r.cascade or any(f"{r.key}|{c}" in st.rows for c in r.columns)):
             # a cascaded row that found nothing still robust stays in the table with n = 0
-            table.append(
-                {
-                    "threat": r.norm,
-                    "eps": r.eps,
-                    "eps_label": eps_label(r.eps, r.norm),
-                    "attack": r.attack,
-                    "label": r.label,
-                    "kind": r.kind,
-                    "key": r.key,
-                    "params": r.params,
-                    "subset": r.subset,
-                    "cascade": r.cascade,
-                    **column_stats(st, r),
-                }
-            )
+            info = (r.norm, r.eps, eps_label(r.eps, r.norm), r.attack, r.label, r.kind, r.key, r.params, r.subset)
+            table.append({**dict(zip(TABLE_ROW, info)), "cascade": r.cascade, **column_stats(st, r)})
     worst = [w for w in (worst_case(st, rows, n, e) for n, e in cfg.threat_models.items()) if w is not None]
     summary: dict[str, Any] = {
         "meta": {**st.meta, "config": jsonable(dataclasses.asdict(cfg)), "skipped": dict(skipped or {})},
         "n_examples": len(set().union(*[set(r) for r in st.rows.values()])) if st.rows else 0,
-        "draws": cfg.draws,
+        "draws": cfg.scoring.draws,
         "clean": column_stats(st, clean_row),
         "rows": table,
         "worst_case": worst,
@@ -238,7 +197,7 @@ def summarize(st: ResultStore, rows: list, cfg: EvalConfig, skipped: Optional[di
             "sanity": sweep_rows(st, rows, "sanity"),
         },
     }
-    summary["sanity"] = sanity_checks(summary, cfg) if cfg.sanity_checks else []
+    summary["sanity"] = sanity_checks(summary, cfg) if cfg.checks.sanity_checks else []
     failed = [s["name"] for s in summary["sanity"] if s["passed"] is False]
     summary["reliable"] = not failed
     summary["headline"] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,9 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: per-channel ``(mean, std)`` of the inputs, by ``normalization``
+STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
 
 
 class Normalize(nn.Module):
@@ -40,7 +44,13 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-# ---------------------------------------------------------------------------------------------
+class _Net(nn.Module):
+    """``forward`` = the final ``linear`` on ``features``: the layout :class:`Classifier` reads directly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
 # PreActResNet-18 (He et al. 2016, as used by Rice et al. / Wong et al. for CIFAR AT)
 class PreActBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -52,14 +62,12 @@ class PreActBlock(nn.Module):
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        sc = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + sc
+        o = F.relu(self.bn1(x))
+        sc = self.shortcut(o) if self.shortcut is not None else x
+        return self.conv2(F.relu(self.bn2(self.conv1(o)))) + sc
 
 
-class PreActResNet18(nn.Module):
+class PreActResNet18(_Net):
     def __init__(self, num_classes: int = 10, width: int = 64) -> None:
         super().__init__()
         w = width
@@ -76,28 +84,13 @@ class PreActResNet18(nn.Module):
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
         return F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x))
 
-
-# ---------------------------------------------------------------------------------------------
 # WideResNet (Zagoruyko & Komodakis 2016), the RobustBench CIFAR layout
-class WideBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if cin != cout or stride != 1 else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
-        sc = self.shortcut(o) if self.shortcut is not None else x
-        return self.conv2(F.relu(self.bn2(self.conv1(o)))) + sc
+class WideBlock(PreActBlock):
+    """WideResNet's block: the same pre-activation block (same state-dict keys)."""
 
 
-class WideResNet(nn.Module):
+class WideResNet(_Net):
     def __init__(self, depth: int = 28, widen: int = 10, num_classes: int = 10) -> None:
         super().__init__()
         if (depth - 4) % 6:
@@ -118,19 +111,12 @@ class WideResNet(nn.Module):
         out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         return F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x))
 
-
-class SmallCNN(nn.Module):
-    """A few-layer CNN for tests, the CPU profile, CPU benchmarks and the scaling study (not a
-    research backbone).
-
-    ``stages`` stages of ``depth`` conv-BN-ReLU layers each (``width``, ``2 width``, ``4 width``, ...
-    channels), max-pooling between stages, global average pooling at the end. ``stages=3, depth=1``
-    is the original 3-conv network (same state-dict keys); ``stages=4`` adds a ``8 width`` stage at
-    4x4 (the CPU profile's network).
-    """
+class SmallCNN(_Net):
+    """A few-layer CNN for tests, the CPU profile, CPU benchmarks and the scaling study (not a research
+    backbone): ``stages`` stages of ``depth`` conv-BN-ReLU layers (``width``, ``2 width``, ... channels),
+    max-pooling between stages. ``stages=3, depth=1`` is the original 3-conv network (same state-dict
+    keys); ``stages=4`` adds an ``8 width`` stage at 4x4 (the CPU profile's network)."""
 
     def __init__(self, num_classes: int = 10, width: int = 32, depth: int = 1, stages: int = 3) -> None:
         super().__init__()
@@ -152,29 +138,19 @@ class SmallCNN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x))
 
-
-# ---------------------------------------------------------------------------------------------
 class Classifier(nn.Module):
-    """Wraps a network into ``x in [0,1] -> (logits, features)`` with normalization inside.
+    """Wraps a network into ``x in [0,1] -> (logits, features)`` with normalization inside. ``net`` either
+    has ``features(x)`` and a final ``linear`` (the backbones here), or is any classifier: then the features
+    are the input of its last ``nn.Linear``, read by a hook (how RobustBench zoo models become backbones)."""
 
-    ``net`` either has ``features(x)`` and a final ``linear`` (the backbones here), or is any
-    classifier: then the features are the input of its last ``nn.Linear``, read by a hook (this is
-    how RobustBench zoo models and arbitrary checkpoints become backbones).
-    """
-
-    def __init__(
-        self, net: nn.Module, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
-    ) -> None:
+    def __init__(self, net: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.net = net
         self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
         self._direct = hasattr(net, "features") and isinstance(getattr(net, "linear", None), nn.Linear)
         if self._direct:
-            self.feature_dim = net.linear.in_features
-            self.num_classes = net.linear.out_features
+            self.feature_dim, self.num_classes = net.linear.in_features, net.linear.out_features
         else:
             last = [m for m in net.modules() if isinstance(m, nn.Linear)]
             if not last:
@@ -211,32 +187,13 @@ class BackboneName(str, Enum):
     wide_resnet = "wide_resnet"  # any depth (6n+4) and widen factor: backbone_kwargs {depth, widen}
 
 
-def _stats(dataset: str) -> tuple[Sequence[float], Sequence[float]]:
-    table = {
-        "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
-        "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-        "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    }
-    if dataset not in table:
-        raise ValueError(f"unknown normalization '{dataset}'; choose one of {sorted(table)}")
-    return table[dataset]
-
-
 def build_backbone(
-    name: str,
-    num_classes: int = 10,
-    normalization: Optional[str] = "cifar10",
-    weights_path: Optional[str] = None,
-    **kwargs,
+    name: str, num_classes: int = 10, normalization: str | None = "cifar10", weights_path: str | None = None, **kwargs
 ) -> Classifier:
-    """Build a backbone by name (see :class:`BackboneName`), returning a :class:`Classifier`.
-
-    ``weights_path`` loads a local torchvision-style state dict (ResNet-50 ImageNet weights, say)
-    with ``weights_only=True``. ``kwargs`` go to the network (``width``/``depth``/``stages`` for small_cnn,
-    ``depth``/``widen`` for wide_resnet), except
-    ``kap={window, after, padding}``, which inserts kernel-average-pooling layers after the named
-    submodules (:func:`lightning_modules.nn.kap.insert_kap`; after loading ``weights_path``).
-    """
+    """A :class:`Classifier` by name (:class:`BackboneName`). ``weights_path``: a local torchvision-style
+    state dict (ResNet-50 ImageNet weights, say), loaded with ``weights_only=True``. ``kwargs`` go to the
+    network (``width``/``depth``/``stages`` for small_cnn, ``depth``/``widen`` for wide_resnet), except
+    ``kap={window, after, padding}``: KAP layers after the named submodules, inserted after loading."""
     kap = kwargs.pop("kap", None)
     try:
         key = BackboneName(name)
@@ -247,23 +204,14 @@ def build_backbone(
             f"unknown backbone '{name}'; choose one of {names}{f' (did you mean {close}?)' if close else ''} "
             "or load a RobustBench / checkpoint model with lightning_modules.nn.robustbench_models"
         ) from None
-    if key is BackboneName.preact_resnet18:
-        net = PreActResNet18(num_classes, **kwargs)
-    elif key is BackboneName.wrn28_10:
-        net = WideResNet(28, 10, num_classes, **kwargs)
-    elif key is BackboneName.wrn34_10:
-        net = WideResNet(34, 10, num_classes, **kwargs)
-    elif key is BackboneName.small_cnn:
-        net = SmallCNN(num_classes, **kwargs)
-    elif key is BackboneName.wide_resnet:
-        net = WideResNet(num_classes=num_classes, **kwargs)
-    else:
+    nets = dict(preact_resnet18=PreActResNet18, small_cnn=SmallCNN, wide_resnet=WideResNet)
+    nets.update(wrn28_10=partial(WideResNet, 28, 10), wrn34_10=partial(WideResNet, 34, 10))
+    if key.value in nets:
+        net = nets[key.value](num_classes=num_classes, **kwargs)
+    else:  # resnet50
         import torchvision
 
         net = torchvision.models.resnet50(weights=None, num_classes=num_classes, **kwargs)
-        if weights_path is not None:
-            net.load_state_dict(load_state_dict(weights_path))
-            weights_path = None
         if normalization == "cifar10":
             normalization = "imagenet"
     if weights_path is not None:
@@ -272,15 +220,15 @@ def build_backbone(
         from .kap import apply_kap_config
 
         apply_kap_config(net, kap)
-    mean, std = _stats(normalization) if normalization else (None, None)
+    if normalization and normalization not in STATS:
+        raise ValueError(f"unknown normalization '{normalization}'; choose one of {sorted(STATS)}")
+    mean, std = STATS[normalization] if normalization else (None, None)
     return Classifier(net, mean, std)
 
 
 def load_state_dict(path: str | Path, trust: bool = False) -> dict:
-    """Load a state dict with ``weights_only=True`` (no code can run) unless ``trust`` is set.
-
-    Accepts plain state dicts and Lightning checkpoints (their ``state_dict`` entry).
-    """
+    """Load a state dict (plain, or a Lightning checkpoint's ``state_dict``) with ``weights_only=True`` (no code
+    can run) unless ``trust`` is set."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")

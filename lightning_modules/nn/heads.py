@@ -17,12 +17,8 @@ class ContrastiveHead(nn.Sequential):
     """SimCLR projection MLP on penultimate features: Linear, BatchNorm, ReLU, Linear."""
 
     def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128) -> None:
-        super().__init__(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        hidden = nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)
+        super().__init__(*hidden, nn.Linear(hidden_dim, out_dim))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return super().forward(feats.float())

@@ -1,16 +1,13 @@
 """Kernel average pooling (KAP; Bashivan et al., "Learning robust kernel ensembles with kernel
 average pooling", 2022/2023).
 
-A KAP layer replaces every activation channel by the mean of itself and its neighbours along the
-channel (kernel) axis: a mean filter of odd width ``window`` over channels, the same at every
-spatial position, with no parameters. Neighbouring kernels are thereby pushed to learn similar
-features and act as ensembles; the spatial size and the channel count are unchanged.
+A KAP layer replaces every activation channel by the mean of itself and its neighbours along the channel
+(kernel) axis (an odd ``window``, no parameters, shapes unchanged), which pushes neighbouring kernels to
+learn similar features and act as ensembles.
 
-**Channel edges.** The default ``padding="zeros"`` pads the channel axis with zeros and divides
-by ``window`` everywhere (PyTorch average pooling with ``count_include_pad=True``), which is how we
-read the paper's layer (an average-pooling op over the kernel dimension with "same" padding).
-``"valid"`` averages only over the neighbours that exist (edge channels keep their scale), and
-``"circular"`` treats the channels as a ring (every channel has a full window).
+**Channel edges.** ``padding="zeros"`` (the default; our reading of the paper's "same"-padded pooling over
+kernels) pads with zeros and divides by ``window`` everywhere; ``"valid"`` averages only over the
+neighbours that exist; ``"circular"`` treats the channels as a ring.
 
 Example:
     >>> import torch
@@ -37,11 +34,8 @@ PADDINGS = ("zeros", "valid", "circular")
 
 
 class KernelAveragePool(nn.Module):
-    """Mean over a sliding window of ``window`` neighbouring channels (dim 1), same output shape.
-
-    Works on any ``(N, C, ...)`` tensor (conv maps ``(N, C, H, W)``, features ``(N, C)``).
-    ``window=1`` is the identity. See the module docstring for ``padding``.
-    """
+    """Mean over a sliding window of ``window`` neighbouring channels (dim 1) of any ``(N, C, ...)`` tensor,
+    same output shape; ``window=1`` is the identity. See the module docstring for ``padding``."""
 
     def __init__(self, window: int = 3, padding: str = "zeros") -> None:
         super().__init__()
@@ -73,11 +67,6 @@ class KernelAveragePool(nn.Module):
         return out.reshape(x.shape)
 
 
-def _parent_and_name(net: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent, _, name = path.rpartition(".")
-    return (net.get_submodule(parent) if parent else net), name
-
-
 def insert_kap(net: nn.Module, window: int = 3, after: Sequence[str] = (), padding: str = "zeros") -> nn.Module:
     """Put a :class:`KernelAveragePool` after each named submodule of ``net`` (in place; returns ``net``).
 
@@ -99,8 +88,8 @@ def insert_kap(net: nn.Module, window: int = 3, after: Sequence[str] = (), paddi
     if len(set(after)) != len(after):
         raise ValueError(f"insert_kap: repeated names in after={list(after)}")
     for path in after:
-        parent, name = _parent_and_name(net, path)
-        setattr(parent, name, nn.Sequential(modules[path], KernelAveragePool(window, padding)))
+        parent, _, name = path.rpartition(".")
+        setattr(net.get_submodule(parent), name, nn.Sequential(modules[path], KernelAveragePool(window, padding)))
     return net
 
 

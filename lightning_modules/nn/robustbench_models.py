@@ -1,10 +1,9 @@
 """RobustBench zoo models as frozen backbones, loaded from a local ``model_dir`` only.
 
-robustbench 1.1.1 from PyPI does not import as shipped: it needs ``pkg_resources`` (gone from
-setuptools >= 81) and imports ``autoattack``, while PyPI's package is ``pyautoattack``.
-:func:`import_robustbench` bridges both before importing it. We build the zoo architecture from
-robustbench's registry and load the checkpoint ourselves with ``weights_only=True``, so nothing is
-ever downloaded at run time and no pickle can run code.
+robustbench 1.1.1 needs ``pkg_resources`` (gone from setuptools >= 81) and imports ``autoattack`` (PyPI's
+package is ``pyautoattack``): :func:`import_robustbench` bridges both. The zoo architecture comes from
+robustbench's registry, the weights are loaded here with ``weights_only=True``: nothing is downloaded at run
+time and no pickle can run code.
 
 Example:
     >>> from lightning_modules.nn.robustbench_models import load_robustbench
@@ -34,19 +33,13 @@ class BenchmarkDataset(str, Enum):
 def _install_pkg_resources_shim() -> None:
     try:
         import pkg_resources  # noqa: F401
-
-        return
     except ImportError:
-        pass
-    from importlib import resources
+        from importlib import resources
 
-    shim = types.ModuleType("pkg_resources")
-
-    def resource_filename(package: str, path: str) -> str:
-        return str(resources.files(package).joinpath(path))
-
-    shim.resource_filename = resource_filename  # the only function robustbench uses
-    sys.modules["pkg_resources"] = shim
+        shim = types.ModuleType("pkg_resources")
+        # the only function robustbench uses
+        shim.resource_filename = lambda package, path: str(resources.files(package).joinpath(path))
+        sys.modules["pkg_resources"] = shim
 
 
 def import_robustbench():
@@ -56,8 +49,7 @@ def import_robustbench():
         try:
             importlib.import_module("autoattack")
         except ImportError:
-            pyaa = importlib.import_module("pyautoattack")
-            sys.modules["autoattack"] = pyaa
+            sys.modules["autoattack"] = importlib.import_module("pyautoattack")
             for sub in ("state", "autopgd_base", "fab_pt", "square", "checks", "other_utils"):
                 sys.modules[f"autoattack.{sub}"] = importlib.import_module(f"pyautoattack.{sub}")
     return importlib.import_module("robustbench")

@@ -1,23 +1,20 @@
 """SimCLR views as a few batched tensor ops: kornia's distribution without its per-image bookkeeping.
 
-:class:`~lightning_modules.views.kornia.SimCLRViews` (kornia's ``AugmentationSequential``) is exact and
-differentiable, but one call on a batch dispatches ~3,000 aten ops (forward + backward, counted on
-CPU) and reads device values back to the host 7 times (crop boxes, colour-jitter order). On a GPU
-that launch overhead, not the network, bounds the reversal, which calls the views at every one
-of its 40 steps. :class:`FastSimCLRViews` draws the same parameters from the same distributions
-(kornia 0.9 ``RandomResizedCrop`` -> ``RandomHorizontalFlip`` -> ``ColorJitter`` -> ``RandomGrayscale``)
-and applies them with batched ops and no host synchronization:
+:class:`~lightning_modules.views.kornia.SimCLRViews` is exact, but one call dispatches ~3,000 aten ops
+and reads device values to the host 7 times; on a GPU that overhead bounds the reversal (views at each of
+its 40 steps). :class:`FastSimCLRViews` draws the same parameters from the same distributions (kornia 0.9
+``RandomResizedCrop`` -> ``RandomHorizontalFlip`` -> ``ColorJitter`` -> ``RandomGrayscale``) and applies
+them with batched ops and no host synchronization:
 
-- crop + resize + flip: bilinear (``align_corners=True``, as kornia's ``crop_by_indices`` resizes)
-  sampling written as two batched matmuls ``Ry @ x @ Rx^T`` with the tent-kernel interpolation
-  matrices ``R[b, j, k] = max(0, 1 - |c_bj - k|)``; the flip reverses ``c``;
-- colour jitter: kornia's own colour formulas (brightness, contrast, saturation, hue), applied to
-  the whole batch in one random order per call (as kornia does) and kept where the ``p`` draw says;
+- crop + resize + flip: bilinear (``align_corners=True``, as kornia's ``crop_by_indices`` resizes) sampling
+  as two batched matmuls ``Ry @ x @ Rx^T`` with tent-kernel matrices ``R[b, j, k] = max(0, 1 - |c_bj - k|)``;
+  the flip reverses ``c``;
+- colour jitter: kornia's own colour formulas (brightness, contrast, saturation, hue), applied to the whole
+  batch in one random order per call (as kornia does) and kept where the ``p`` draw says;
 - grayscale: ITU-R 601 luma where the ``p`` draw says.
 
-Given the same parameters the output equals kornia's to float rounding (tested against kornia
-with parameters converted from its own draw). ``sample`` and ``apply`` are separate so a caller
-can fix the parameters (a reproducible reversal, a test).
+Given the same parameters the output equals kornia's to float rounding (tested with parameters
+converted from kornia's own draw); ``sample`` and ``apply`` are separate so a caller can fix them.
 
 Example:
     >>> import torch
@@ -39,6 +36,7 @@ import torch
 import torch.nn as nn
 
 _LUMA = (0.299, 0.587, 0.114)
+_COLOUR = ("brightness", "contrast", "saturation", "hue")
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -85,10 +83,8 @@ class FastSimCLRViews(nn.Module):
         self.scale, self.ratio = tuple(float(s) for s in scale), tuple(float(r) for r in ratio)
         b, c, s, h = (float(j) for j in jitter)
         self.ranges = ((max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h))
-        self.p_jitter, self.p_gray, self.p_flip = p_jitter, p_gray, p_flip
-        self.shared = shared
+        self.p_jitter, self.p_gray, self.p_flip, self.shared = p_jitter, p_gray, p_flip, shared
 
-    # -- parameters ---------------------------------------------------------------------------
     def sample(self, batch: int, height: int, width: int, device: torch.device | str = "cpu") -> dict:
         """Draw per-image parameters on ``device`` (no host synchronization).
 
@@ -115,23 +111,12 @@ class FastSimCLRViews(nn.Module):
         h = torch.where(found, (h * first).sum(1), torch.full_like(h[:, 0], h_ct)).clamp(1, height)
         x0 = (torch.rand(batch, device=dev) * (width - w + 1)).floor()
         y0 = (torch.rand(batch, device=dev) * (height - h + 1)).floor()
-        u = lambda lo, hi: torch.empty(batch, device=dev).uniform_(lo, hi)  # noqa: E731
-        return {
-            "x0": x0,
-            "y0": y0,
-            "w": w,
-            "h": h,
-            "flip": torch.rand(batch, device=dev) < self.p_flip,
-            "jitter": torch.rand(batch, device=dev) < self.p_jitter,
-            "brightness": u(*self.ranges[0]),
-            "contrast": u(*self.ranges[1]),
-            "saturation": u(*self.ranges[2]),
-            "hue": u(*self.ranges[3]),
-            "order": torch.randperm(4),
-            "gray": torch.rand(batch, device=dev) < self.p_gray,
-        }
+        flip = torch.rand(batch, device=dev) < self.p_flip
+        jitter = torch.rand(batch, device=dev) < self.p_jitter
+        colour = {k: torch.empty(batch, device=dev).uniform_(*r) for k, r in zip(_COLOUR, self.ranges)}
+        order, gray = torch.randperm(4), torch.rand(batch, device=dev) < self.p_gray
+        return dict(x0=x0, y0=y0, w=w, h=h, flip=flip, jitter=jitter, **colour, order=order, gray=gray)
 
-    # -- application --------------------------------------------------------------------------
     def apply(self, x: torch.Tensor, p: dict) -> torch.Tensor:
         """Apply parameters from :meth:`sample` to ``x`` ``(B, 3, H, W)`` in ``[0, 1]``."""
         _, _, height, width = x.shape
@@ -139,7 +124,7 @@ class FastSimCLRViews(nn.Module):
         rx = resize_matrix(p["x0"], p["w"], self.size, width, p["flip"]).to(x.dtype)
         out = torch.matmul(torch.matmul(ry[:, None], x), rx.transpose(1, 2)[:, None])  # (B, C, size, size)
         jit = out.clamp(0, 1)
-        f = {k: p[k].to(x.dtype) for k in ("brightness", "contrast", "saturation", "hue")}
+        f = {k: p[k].to(x.dtype) for k in _COLOUR}
         steps = (
             lambda z: KE.adjust_brightness_accumulative(z, f["brightness"]),
             lambda z: KE.adjust_contrast_with_mean_subtraction(z, f["contrast"]),
@@ -168,9 +153,8 @@ VIEW_BACKENDS = ("kornia", "fast")
 def make_views(
     n_views: int = 2, size: int = 32, scale: Sequence[float] = (0.08, 1.0), backend: str = "kornia", **options
 ) -> nn.Module:
-    """SimCLR views by backend name: ``kornia`` (:class:`~lightning_modules.views.kornia.SimCLRViews`)
-    or ``fast`` (:class:`FastSimCLRViews`, same distribution, batched); ``options``: ``jitter``,
-    ``p_jitter``, ``p_gray``, ``shared`` (both backends)."""
+    """SimCLR views by backend name (``kornia`` or ``fast``); ``options``: ``jitter``, ``p_jitter``,
+    ``p_gray``, ``shared`` (both backends)."""
     if backend == "kornia":
         from .kornia import SimCLRViews
 

@@ -3,11 +3,8 @@
 The reversal back-propagates the contrastive loss through these augmentations into the pixels,
 so they must be differentiable and batched: kornia's augmentation modules are both (each image
 gets its own crop box, flip, jitter factors and grayscale draw; gradients flow through
-``warp_affine`` and the colour ops), which is why the default is kornia rather than torchvision's
-per-image PIL transforms or a hand-written version. The one hand-written alternative,
-:class:`~lightning_modules.views.fast.FastSimCLRViews` (``views: fast``), exists only for speed (kornia
-dispatches thousands of small ops and syncs with the host on each call); it is tested equal to kornia's
-output for kornia's own parameters.
+``warp_affine`` and the colour ops), hence kornia rather than torchvision's per-image PIL transforms.
+:class:`~lightning_modules.views.fast.FastSimCLRViews` (``views: fast``) exists only for speed.
 
 Example:
     >>> import torch
@@ -31,14 +28,10 @@ import torch.nn as nn
 class SimCLRViews(nn.Module):
     """``n_views`` SimCLR-augmented copies of a batch, view-major: row ``v * B + i`` is view ``v`` of image ``i``.
 
-    Args:
-        n_views: number of views per image.
-        size: output side (square).
-        scale: random-resized-crop area range.
-        jitter: brightness, contrast, saturation, hue strengths of the colour jitter.
-        p_jitter, p_gray: probabilities of colour jitter and grayscale (SimCLR: 0.8, 0.2).
-        shared: one parameter draw per view shared by the whole batch (torchvision transforms called
-            on a batch tensor, as Mao et al.'s reference code does) instead of one draw per image.
+    ``size``: output side (square); ``scale``: random-resized-crop area range; ``jitter``: brightness,
+    contrast, saturation, hue strengths; ``p_jitter``, ``p_gray``: probabilities of colour jitter and
+    grayscale (SimCLR: 0.8, 0.2); ``shared``: one parameter draw per view for the whole batch (torchvision
+    transforms called on a batch tensor, as Mao et al.'s reference code does) instead of one per image.
     """
 
     def __init__(
@@ -55,13 +48,9 @@ class SimCLRViews(nn.Module):
         if n_views < 1:
             raise ValueError(f"n_views must be >= 1, got {n_views}")
         self.n_views, self.shared = n_views, shared
-        self.aug = K.AugmentationSequential(
-            K.RandomResizedCrop((size, size), scale=tuple(scale)),
-            K.RandomHorizontalFlip(),
-            K.ColorJitter(*jitter, p=p_jitter),
-            K.RandomGrayscale(p=p_gray),
-            same_on_batch=shared,
-        )
+        crop = K.RandomResizedCrop((size, size), scale=tuple(scale))
+        augs = crop, K.RandomHorizontalFlip(), K.ColorJitter(*jitter, p=p_jitter), K.RandomGrayscale(p=p_gray)
+        self.aug = K.AugmentationSequential(*augs, same_on_batch=shared)
 
     def forward(self, x: torch.Tensor, n_views: int | None = None) -> torch.Tensor:
         n = n_views or self.n_views

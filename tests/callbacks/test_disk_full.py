@@ -14,7 +14,7 @@ import torch
 from callbacks import AtomicCheckpoint
 from callbacks.checkpoint import checkpoint_bytes
 from datamodules import CIFAR10DataModule
-from lightning_modules.atomic import atomic_write
+from lightning_modules.util import atomic_write
 from tests.callbacks.test_checkpoint import tiny_module
 from tests.conftest import write_cifar10
 

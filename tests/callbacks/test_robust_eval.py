@@ -1,6 +1,6 @@
 """``lightning test --config experiments/cifar10/eval.yaml --ckpt_path ...`` end to end on tiny
 data: the report files, the printed table, resuming, merging rank parts, refusing the results of
-another evaluation, a RobustBench backbone + trained head, the old layout's keys, and SIGTERM."""
+another evaluation, a RobustBench backbone + trained head, and SIGTERM."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 EVAL = str(REPO / "experiments" / "cifar10" / "eval.yaml")
 CB = "--trainer.callbacks.init_args."
 FAST = (
-    "{threat_models: {Linf: 8/255}, attacks: [pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer], draws: 2, "
-    "composition: [batch2], steps: 2, apgd_steps: 2, adaptive_steps: 1, eot: 1, judge_draws: 1, "
-    "adaptive_n: null, eps_sweep: [0/255, 64/255], eps_sweep_attacks: [pgd], eps_sweep_n: 4, "
-    "attack_steps_sweep: [1, 2], steps_sweep_attacks: [pgd], eot_sweep: [], reversal_steps_sweep: [0, 1], "
-    "steps_sweep_n: 4, progress: false}"
+    "{threat_models: {Linf: 8/255}, attacks: [pgd, apgd-ce, bpda_eot, apgd_ce_bpda, transfer], progress: false, "
+    "scoring: {draws: 2, composition: [batch2], judge_draws: 1}, attack: {steps: 2, apgd_steps: 2, eot: 1}, "
+    "adaptive: {adaptive_steps: 1, adaptive_n: null}, sweeps: {eps_sweep: [0/255, 64/255], eps_sweep_attacks: [pgd], "
+    "eps_sweep_n: 4, attack_steps_sweep: [1, 2], steps_sweep_attacks: [pgd], eot_sweep: [], "
+    "reversal_steps_sweep: [0, 1], steps_sweep_n: 4}}"
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
@@ -64,7 +64,8 @@ def common(data: Path, root: Path, eval_batch: int = 4) -> list[str]:
 
 
 def fast_eval(out: Path, config: str = FAST) -> list[str]:
-    return [CB + "output_dir", str(out), CB + "config", config, CB + "reversal", "{steps: 1}", CB + "n_images", "4"]
+    steps = ["--model.init_args.reversal.steps", "1"]  # the model's reversal: wins over the checkpoint's
+    return [CB + "output_dir", str(out), CB + "config", config, *steps, CB + "n_images", "4"]
 
 
 def fit_tiny(data: Path, root: Path, name: str, *extra: str):
@@ -219,13 +220,6 @@ def test_eval_yaml_end_to_end_report_resume_and_refusals(tmp_path: Path, capsys,
         )
 
 
-def test_old_layout_keys_fail_naming_the_new_key(tmp_path: Path, capsys):
-    with pytest.raises(SystemExit):
-        run_cli(["test", "--config", EVAL, CB + "eot_samples", "2"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "'eot_samples' is now config.eot"
-
-
 def test_robustbench_backbone_with_trained_head(tmp_path: Path, monkeypatch):
     """``ReversalModule(robustbench_model=...)`` trains the head only; ``--ckpt_path`` rebuilds the
     module from the checkpoint's hyperparameters and evaluates the checkpoint's weights. The zoo
@@ -258,7 +252,7 @@ def test_robustbench_backbone_with_trained_head(tmp_path: Path, monkeypatch):
     assert s["meta"]["weights_sha1"] == model_fingerprint(model)
     assert s["meta"]["model"] == "ReversalModule (Standard)"
     assert [r["attack"] for r in s["rows"]] == ["pgd", "bpda_eot"]
-    assert s["meta"]["config"]["standard_model"] is False  # a zoo backbone: no standard-model check
+    assert s["meta"]["config"]["checks"]["standard_model"] is False  # a zoo backbone: no standard-model check
     assert "transfer" not in s["meta"]["skipped"]  # not asked for
 
 
@@ -279,8 +273,8 @@ def test_sigterm_stops_within_a_row_with_everything_saved(tmp_path: Path):
         str(ckpt),
         *common(data, tmp_path),
         *fast_eval(out, slow),
-        CB + "reversal",
-        "{steps: 8}",
+        "--model.init_args.reversal.steps",
+        "8",
     ]
     log = tmp_path / "run.log"
     proc = popen_lightning(*args, cwd=REPO, log=log)

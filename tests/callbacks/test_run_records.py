@@ -10,14 +10,16 @@ from types import SimpleNamespace
 import torch
 
 from callbacks.run_records import model_fingerprint, publish, report_dirs
-from lightning_modules.evaluation import Defense, EvalConfig, RobustEvaluator
+from lightning_modules.defense import DefendedModel
+from lightning_modules.evaluation import RobustEvaluator
+from tests.lightning_modules.evaluation.flat import flat_config
 
 N = 10
 
 
 def failing_summary() -> dict:
     """A hand-filled evaluation whose eps->large check fails (the headline is unreliable)."""
-    cfg = EvalConfig(
+    cfg = flat_config(
         threat_models={"Linf": "8/255"},
         attacks=["pgd"],
         draws=1,
@@ -31,7 +33,7 @@ def failing_summary() -> dict:
         progress=False,
     )
     f = lambda x: x  # noqa: E731  (never called: the store is filled by hand)
-    ev = RobustEvaluator(Defense(f, f, f, reverse_diff_fn=f), cfg)
+    ev = RobustEvaluator(DefendedModel.of(f, f, f, reverse_diff_fn=f), cfg)
     ev.store.add("clean|without", range(N), [1] * N)
     ev.store.add("clean|with", range(N), [1] * N)
     for row in ev.catalog():

@@ -36,6 +36,15 @@ def test_given_model_flags_know_whole_values_and_fields():
     assert given_model_flags(["--model", "{class_path: a.B}"]).whole == "{class_path: a.B}"
 
 
+def test_given_model_flags_count_a_config_files_model_settings(tmp_path):
+    cfg = tmp_path / "eval.yaml"
+    args = "    reversal: {views: fast}\n    backbone_checkpoint: w.pt\n    head_dim: 8\n"
+    cfg.write_text("model:\n  init_args:\n" + args)
+    g = given_model_flags(["test", "--config", str(cfg), "--model.init_args.reversal.steps", "3"])
+    assert g.names == {"reversal": {"views", "steps"}, "head_dim": None}  # the weight file: the checkpoint's
+    assert given_model_flags([f"--config={tmp_path / 'missing.yaml'}"]).names == {}  # the parser reports it
+
+
 def test_resolve_ckpt_path(tmp_path):
     assert resolve_ckpt_path(None, [tmp_path]) is None
     with pytest.raises(CLIError, match="--ckpt_path last: no last"):

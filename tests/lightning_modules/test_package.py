@@ -17,7 +17,7 @@ WITHOUT_LIGHTNING = (
     "lightning_modules.attacks",
     "lightning_modules.nn",
     "lightning_modules.views",
-    "lightning_modules.reversal",
+    "lightning_modules.defense.reversal",
 )
 
 

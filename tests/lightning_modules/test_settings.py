@@ -1,5 +1,5 @@
-"""The module's grouped settings: ranges checked naming the setting, the earlier flat layout translated
-(checkpoints) or refused with the new name (configs), and groups stored as plain types."""
+"""The module's grouped settings: ranges checked naming the setting, budgets read from ``8/255``, every
+group (reversal and ASCL too) built by ``build_group``, and groups stored as plain types."""
 
 import dataclasses
 
@@ -8,17 +8,9 @@ import pytest
 import torch
 
 from lightning_modules import ReversalModule
-from lightning_modules.settings import (
-    FLAT_KEYS,
-    GROUPS,
-    AttackConfig,
-    InferenceConfig,
-    OptimConfig,
-    SSLConfig,
-    build_group,
-    legacy_hint,
-    upgrade_hparams,
-)
+from lightning_modules.defense import ReversalConfig
+from lightning_modules.methods.ascl import ASCLConfig
+from lightning_modules.settings import GROUPS, AttackConfig, InferenceConfig, OptimConfig, SSLConfig, build_group
 
 VERSION = {"pytorch-lightning_version": lightning.__version__}
 
@@ -59,42 +51,26 @@ def test_unknown_names_fail_listing_the_choices():
         AttackConfig(mode="pgd", noise_std=0.1)
 
 
-def test_every_flat_key_maps_to_a_field_of_its_group():
-    for key, (group, name) in FLAT_KEYS.items():
-        assert name in {f.name for f in dataclasses.fields(GROUPS[group])}, key
-
-
-def test_upgrade_keeps_values_and_leaves_grouped_hparams_alone():
-    old = {
-        "backbone": "small_cnn",
-        "training": "fgsm_rs",
-        "eps": 0.02,
-        "ssl_weight": 0.3,
-        "views_backend": "fast",
-        "lr": 0.2,
-        "val_attack_steps": 0,
-        "compile": False,
-        "reversal": {"steps": 3},
-    }
-    new = upgrade_hparams(old)
-    assert new == {
-        "backbone": "small_cnn",
-        "reversal": {"steps": 3},
-        "attack": {"mode": "fgsm_rs", "eps": 0.02},
-        "ssl": {"weight": 0.3, "views": "fast"},
-        "optim": {"lr": 0.2},
-        "inference": {"val_attack_steps": 0},
-        "speed": {"compile": False},
-    }
-    assert upgrade_hparams(new) == new
-    m = ReversalModule(**new)
-    assert m.attack_cfg.eps == 0.02 and m.ssl_cfg.views == "fast" and m.optim_cfg.lr == 0.2
-
-
-def test_legacy_hint_names_the_new_place():
-    assert "attack.eps" in legacy_hint("Key 'eps' is not expected")
-    assert "--model.init_args.optim.lr" in legacy_hint("unrecognized arguments: --model.init_args.lr 0.1")
-    assert legacy_hint("Key 'backbone' is not expected") is None
+def test_budgets_read_fractions_and_every_group_builds_the_same_way():
+    assert AttackConfig(eps="8/255", alpha="2/255") == AttackConfig(eps=8 / 255, alpha=2 / 255)
+    assert isinstance(AttackConfig(eps="8/255").eps, float)
+    assert ReversalConfig(eps="16/255", alpha="1/255").eps == ReversalConfig(eps=16 / 255).eps == 16 / 255
+    with pytest.raises(ValueError, match="cannot read the budget '8//255'"):
+        AttackConfig(eps="8//255")
+    with pytest.raises(ValueError, match=r"eps=31\.0 is larger"):
+        AttackConfig(eps="31")
+    assert build_group("reversal", {"steps": 3}) == ReversalConfig(steps=3)
+    assert build_group("ascl", None) == ASCLConfig() and build_group("ascl", {"weight": 0.5}).weight == 0.5
+    with pytest.raises(ValueError, match=r"unknown reversal setting\(s\) \['stepz'\]"):
+        build_group("reversal", {"stepz": 3})
+    with pytest.raises(ValueError, match=r"unknown ascl\.selection 'paper'; choose one of \['none', 'leaked'\]"):
+        build_group("ascl", {"selection": "paper"})
+    with pytest.raises(ValueError, match=r"reversal\.n_views must be >= 2"):
+        ReversalConfig(n_views=1)
+    m = ReversalModule(
+        backbone="small_cnn", backbone_kwargs={"width": 4}, attack={"eps": "4/255"}, reversal={"eps": "8/255"}
+    )
+    assert m.hparams["attack"]["eps"] == 4 / 255 and m.hparams["reversal"]["eps"] == 8 / 255  # stored as floats
 
 
 def test_groups_are_stored_as_plain_dicts_and_a_checkpoint_round_trips(tmp_path):
@@ -109,17 +85,6 @@ def test_groups_are_stored_as_plain_dicts_and_a_checkpoint_round_trips(tmp_path)
     torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), **VERSION}, path)
     back = ReversalModule.load_from_checkpoint(path, weights_only=True)
     assert back.attack_cfg == m.attack_cfg and back.ssl_cfg == m.ssl_cfg
-
-
-def test_an_old_flat_checkpoint_loads_with_its_settings(tmp_path):
-    m = ReversalModule(backbone="small_cnn", backbone_kwargs={"width": 4}, attack={"eps": 0.02})
-    hp = {k: v for k, v in m.hparams.items() if k not in GROUPS}
-    hp.update({"eps": 0.02, "training": "standard"})
-    path = tmp_path / "old.ckpt"
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": hp, **VERSION}, path)
-    back = ReversalModule.load_from_checkpoint(path, weights_only=True)
-    assert back.attack_cfg.eps == 0.02 and back.attack_cfg.mode == "standard"
-    assert all(torch.equal(v, back.state_dict()[k]) for k, v in m.state_dict().items())
 
 
 def test_ssl_fraction_feeds_the_first_images_only(monkeypatch):

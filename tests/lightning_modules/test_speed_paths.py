@@ -9,9 +9,9 @@ import torch.nn as nn
 
 from lightning_modules import ReversalModule
 from lightning_modules.attacks.core import pgd, projected_gradient
+from lightning_modules.defense.reversal import ReversalConfig, reverse, ssl_loss
 from lightning_modules.nn.backbones import build_backbone
 from lightning_modules.nn.heads import ContrastiveHead
-from lightning_modules.reversal import ReversalConfig, reverse, ssl_loss
 from lightning_modules.views.fast import FastSimCLRViews
 
 
@@ -62,9 +62,9 @@ def test_module_builds_the_reversal_views_once():
     m.reverse(x, ReversalConfig(steps=1, n_views=3, views="fast"))
     assert len(m._reversal_views) == 2
     # the evaluation's callables share the module's cache: the same views object, no second build
-    from lightning_modules.attacks.adaptive import ReversalFns
+    from lightning_modules.defense import DefendedModel
 
-    fns = ReversalFns.from_module(m)
+    fns = DefendedModel.from_module(m)
     fns.reverse(x)
     assert len(m._reversal_views) == 2 and fns._views(x) is m._reversal_views[next(iter(m._reversal_views))]
 

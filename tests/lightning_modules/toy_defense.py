@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from lightning_modules.attacks.adaptive import ReversalFns
+from lightning_modules.defense import DefendedModel
+from lightning_modules.defense.reversal import ReversalConfig
 from lightning_modules.nn.backbones import Classifier
-from lightning_modules.reversal import ReversalConfig
 
 SIZE = 8
 CHECKER = ((torch.arange(SIZE)[:, None] + torch.arange(SIZE)[None, :]) % 2 * 2 - 1).float()
@@ -62,7 +62,7 @@ def toy_data(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return colour[:, :, None, None].expand(n, 3, SIZE, SIZE).contiguous(), y
 
 
-def toy_fns(steps: int = 12) -> ReversalFns:
+def toy_fns(steps: int = 12) -> DefendedModel:
     """The defended toy: reversal eps 16/255, step 1/255, ``steps`` steps, shift views."""
     cfg = ReversalConfig(eps=16 / 255, alpha=1 / 255, steps=steps, n_views=2, temperature=0.5)
-    return ReversalFns(Classifier(ToyNet()).eval(), ToyHead().eval(), cfg, views=shift_views)
+    return DefendedModel(Classifier(ToyNet()).eval(), ToyHead().eval(), cfg, views=shift_views)

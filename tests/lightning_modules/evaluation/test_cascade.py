@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.evaluation import EvalConfig, RobustEvaluator
-from lightning_modules.evaluation.defense import Defense
+from lightning_modules.defense import DefendedModel
+from lightning_modules.evaluation import RobustEvaluator
 from lightning_modules.evaluation.report import markdown_table
 from lightning_modules.evaluation.summary import worst_case
+from tests.lightning_modules.evaluation.flat import flat_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,8 +64,8 @@ def evaluate(cascade: bool, **changes):
         sanity_checks=False,
         progress=False,
     )
-    cfg = EvalConfig(**{**settings, **changes, "cascade": cascade})
-    ev = RobustEvaluator(Defense(linear(W), shift, surrogate_fn=linear(W2)), cfg)
+    cfg = flat_config(**{**settings, **changes, "cascade": cascade})
+    ev = RobustEvaluator(DefendedModel.of(linear(W), shift, surrogate_fn=linear(W2)), cfg)
     x, y = data()
     return ev, ev.evaluate(x, y, batch_size=12)
 

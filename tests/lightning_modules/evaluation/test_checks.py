@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.evaluation import Defense, EvalConfig, RobustEvaluator
+from lightning_modules.defense import DefendedModel
+from lightning_modules.evaluation import RobustEvaluator
 from lightning_modules.evaluation.checks import tolerance
 from lightning_modules.evaluation.report import flat_metrics, markdown_report, write_report
+from tests.lightning_modules.evaluation.flat import flat_config
 
 N = 20
 ONES, ZEROS, HALF = [1] * N, [0] * N, [1] * 10 + [0] * 10
 
 
 def evaluator(**kw) -> RobustEvaluator:
-    cfg = EvalConfig(
+    cfg = flat_config(
         **{
             **dict(
                 threat_models={"Linf": "8/255"},
@@ -39,7 +41,7 @@ def evaluator(**kw) -> RobustEvaluator:
         }
     )
     f = lambda x: x  # noqa: E731  (never called: the store is filled by hand)
-    return RobustEvaluator(Defense(f, f, f, reverse_diff_fn=f, surrogate_fn=f), cfg)
+    return RobustEvaluator(DefendedModel.of(f, f, f, reverse_diff_fn=f, surrogate_fn=f), cfg)
 
 
 def fill(ev: RobustEvaluator, attack: str, group: str, without: list, with_=None, setting=None) -> None:
@@ -48,7 +50,7 @@ def fill(ev: RobustEvaluator, attack: str, group: str, without: list, with_=None
     )
     ev.store.add(f"{row.key}|without", range(N), without)
     if with_ is not None and "with" in row.columns:
-        ev.store.add(f"{row.key}|with", range(N), [v * ev.cfg.draws for v in with_], draws=ev.cfg.draws)
+        ev.store.add(f"{row.key}|with", range(N), [v * ev.cfg.scoring.draws for v in with_], draws=ev.cfg.scoring.draws)
 
 
 def test_checks_pass_on_a_sound_evaluation_and_fail_on_each_broken_rule():

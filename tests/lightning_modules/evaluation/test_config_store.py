@@ -1,4 +1,4 @@
-"""EvalConfig's parsing and refusals, the old layout's keys, and the per-example store: draws,
+"""EvalConfig's parsing and refusals, and the per-example store: draws,
 round trip, merge, and the refusal of stores from another evaluation or without metadata."""
 
 from __future__ import annotations
@@ -9,34 +9,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.evaluation import EvalConfig, ResultStore, eps_label, legacy_hint, parse_eps
+from lightning_modules.evaluation import ATTACKS, EvalConfig, ResultStore, eps_label, parse_eps
+from lightning_modules.evaluation.eval_settings import SweepSettings
+from lightning_modules.evaluation.registry import validate
 
 
 def test_config_parses_budgets_and_names_bad_settings():
-    cfg = EvalConfig(threat_models={"Linf": "8/255", "L2": "0.5"}, eps_sweep=["4/255", 0, "4/255"])
-    assert cfg.threat_models == {"Linf": 8 / 255, "L2": 0.5} and cfg.eps_sweep == [0.0, 4 / 255]
+    cfg = EvalConfig(threat_models={"Linf": "8/255", "L2": "0.5"}, sweeps={"eps_sweep": ["4/255", 0, "4/255"]})
+    assert cfg.threat_models == {"Linf": 8 / 255, "L2": 0.5} and cfg.sweeps.eps_sweep == [0.0, 4 / 255]
+    assert isinstance(cfg.sweeps, SweepSettings) and cfg.replace("attack.eot", 4).attack.eot == 4
+    assert validate(EvalConfig()).attacks == [n for n, a in ATTACKS.items() if a.default]
     assert parse_eps("16/255") == 16 / 255 and eps_label(8 / 255) == "8/255" and eps_label(0.5, "L2") == "0.5"
     with pytest.raises(ValueError, match="larger than the whole"):
         EvalConfig(threat_models={"Linf": 8})
     with pytest.raises(ValueError, match=r"unknown attacks \['apgd_ce_bpd'\].*did you mean 'apgd_ce_bpda'"):
-        EvalConfig(attacks=["apgd_ce_bpd"])
+        validate(EvalConfig(attacks=["apgd_ce_bpd"]))
     with pytest.raises(ValueError, match="'L3'"):
         EvalConfig(threat_models={"L3": 0.5})
-    with pytest.raises(ValueError, match="draws must be >= 1"):
-        EvalConfig(draws=0)
-    with pytest.raises(ValueError, match="unknown composition 'batch1'"):
-        EvalConfig(composition=["batch1"])
-    with pytest.raises(ValueError, match="eot_sweep_attacks"):
-        EvalConfig(eot_sweep_attacks=["pgd"])  # PGD on the classifier has no EOT
+    with pytest.raises(ValueError, match="scoring.draws must be >= 1"):
+        EvalConfig(scoring={"draws": 0})
+    with pytest.raises(ValueError, match="sweeps.eps_sweep_n must be >= 1"):
+        EvalConfig(sweeps=SweepSettings(eps_sweep_n=0))
+    with pytest.raises(ValueError, match="unknown scoring.composition 'batch1'"):
+        EvalConfig(scoring={"composition": ["batch1"]})
+    with pytest.raises(ValueError, match="sweeps.eot_sweep_attacks"):
+        validate(EvalConfig(sweeps={"eot_sweep_attacks": ["pgd"]}))  # PGD on the classifier has no EOT
+    with pytest.raises(ValueError, match="scoring.composition_attacks"):
+        validate(EvalConfig(attacks=["pgd"], scoring={"composition_attacks": ["cw"]}))
     with pytest.raises(ValueError, match="cannot read the budget '8//255'"):
         parse_eps("8//255")
-
-
-def test_old_layout_keys_are_named_with_their_new_home():
-    assert "config.eot" in legacy_hint("Option 'eot_samples' is not accepted")
-    assert "config.attacks" in legacy_hint('error: Key "adaptive" is not expected')
-    assert "under 'config'" in legacy_hint("unrecognized arguments: --trainer.callbacks.init_args.steps 5")
-    assert legacy_hint("Key 'batch_size' is not expected") is None
 
 
 def test_store_counts_draws_round_trips_and_merges(tmp_path: Path):

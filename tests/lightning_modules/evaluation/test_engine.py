@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lightning_modules.attacks.core import pgd
-from lightning_modules.evaluation import EvalConfig, EvaluationStopped, ResultStore, RobustEvaluator, registry
+from lightning_modules.evaluation import EvaluationStopped, ResultStore, RobustEvaluator, registry
+from tests.lightning_modules.evaluation.flat import flat_config
 from tests.lightning_modules.toy_defense import toy_data, toy_fns
 
 QUIET = dict(composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[], progress=False)
@@ -20,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_rows_match_a_manual_per_example_reference():
     fns = toy_fns(steps=4)
     x, y = toy_data(8)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd"], steps=5, draws=3, **QUIET)
-    ev = RobustEvaluator.for_reversal(fns, cfg)
+    cfg = flat_config(threat_models={"Linf": "8/255"}, attacks=["pgd"], steps=5, draws=3, **QUIET)
+    ev = RobustEvaluator(fns, cfg)
     idx = torch.arange(100, 108)
     ev.evaluate_batch(x, y, idx)
     row = next(r for r in ev.catalog() if r.attack == "pgd")
@@ -44,7 +45,7 @@ def test_rows_match_a_manual_per_example_reference():
 def test_resume_skips_stored_rows_and_matches_a_one_shot_run(tmp_path: Path, monkeypatch):
     fns = toy_fns(steps=3)
     x, y = toy_data(12)
-    cfg = EvalConfig(
+    cfg = flat_config(
         threat_models={"Linf": "8/255"},
         attacks=["pgd", "bpda_eot"],
         steps=3,
@@ -59,14 +60,14 @@ def test_resume_skips_stored_rows_and_matches_a_one_shot_run(tmp_path: Path, mon
         steps_sweep_n=6,
         progress=False,
     )
-    one_shot = RobustEvaluator.for_reversal(fns, cfg)
+    one_shot = RobustEvaluator(fns, cfg)
     one_shot.evaluate(x, y, batch_size=6)
 
     meta = {"run": 1}
-    first = RobustEvaluator.for_reversal(fns, cfg, store=ResultStore(meta))
+    first = RobustEvaluator(fns, cfg, store=ResultStore(meta))
     first.evaluate_batch(x[:6], y[:6], torch.arange(6))  # then "interrupted"
     first.store.save(tmp_path / "per_example.json")
-    resumed = RobustEvaluator.for_reversal(fns, cfg, store=ResultStore.load(tmp_path / "per_example.json", meta))
+    resumed = RobustEvaluator(fns, cfg, store=ResultStore.load(tmp_path / "per_example.json", meta))
     calls = []
     for name, a in list(registry.ATTACKS.items()):
         monkeypatch.setitem(
@@ -86,10 +87,10 @@ def test_resume_skips_stored_rows_and_matches_a_one_shot_run(tmp_path: Path, mon
 def test_stop_between_rows_keeps_every_finished_row():
     fns = toy_fns(steps=2)
     x, y = toy_data(6)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "cw", "bpda_eot"], steps=2, eot=1, **QUIET)
+    cfg = flat_config(threat_models={"Linf": "8/255"}, attacks=["pgd", "cw", "bpda_eot"], steps=2, eot=1, **QUIET)
     saved, lines = [], []
     stop_after = 2
-    ev = RobustEvaluator.for_reversal(
+    ev = RobustEvaluator(
         fns,
         cfg,
         should_stop=lambda: len(saved) >= stop_after,
@@ -114,16 +115,16 @@ def test_stop_between_rows_keeps_every_finished_row():
 def test_undefended_model_has_no_reversal_columns_and_says_why():
     fns = toy_fns()
     x, y = toy_data(6)
-    cfg = EvalConfig(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot", "transfer"], steps=3, **QUIET)
-    from lightning_modules.evaluation import Defense
+    cfg = flat_config(threat_models={"Linf": "8/255"}, attacks=["pgd", "bpda_eot", "transfer"], steps=3, **QUIET)
+    from lightning_modules.defense import DefendedModel
 
-    s = RobustEvaluator(Defense(fns.model_fn), cfg).evaluate(x, y)
+    s = RobustEvaluator(DefendedModel.of(fns.model_fn), cfg).evaluate(x, y)
     assert s["clean"]["with"] is None and [r["attack"] for r in s["rows"]] == ["pgd"]
     assert s["rows"][0]["with"] is None and set(s["meta"]["skipped"]) == {"bpda_eot", "transfer"}
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        RobustEvaluator(Defense(fns.model_fn), cfg).evaluate_batch(x * 255, y, torch.arange(6))
+        RobustEvaluator(DefendedModel.of(fns.model_fn), cfg).evaluate_batch(x * 255, y, torch.arange(6))
     # a defended model without a surrogate: the transfer row is absent, with the reason
-    s = RobustEvaluator.for_reversal(fns, cfg).evaluate(x, y)
+    s = RobustEvaluator(fns, cfg).evaluate(x, y)
     assert "transfer" not in {r["attack"] for r in s["rows"]}
     assert "transfer_from" in s["meta"]["skipped"]["transfer"]
 
@@ -135,7 +136,7 @@ def test_real_pyautoattack_resnet18_is_broken_by_pgd(real_cifar10):
     from pyautoattack.examples.resnet import ResNet18
 
     from datamodules.files import read_cifar_batches
-    from lightning_modules.evaluation import Defense
+    from lightning_modules.defense import DefendedModel
 
     net = ResNet18()
     weights = Path(pyautoattack.__file__).parent / "examples" / "model_test.pt"
@@ -144,10 +145,10 @@ def test_real_pyautoattack_resnet18_is_broken_by_pgd(real_cifar10):
     xs, ys = read_cifar_batches([real_cifar10 / "cifar-10-batches-py" / "test_batch"], 10)
     x, y = torch.from_numpy(xs[:16]).float() / 255, torch.from_numpy(ys[:16]).long()
     torch.set_num_threads(2)
-    cfg = EvalConfig(
+    cfg = flat_config(
         threat_models={"Linf": "8/255"}, attacks=["pgd"], steps=20, standard_model=True, steps_sweep_n=16, **QUIET
     )
-    s = RobustEvaluator(Defense(net), cfg).evaluate(x, y, batch_size=16)
+    s = RobustEvaluator(DefendedModel.of(net), cfg).evaluate(x, y, batch_size=16)
     assert s["clean"]["without"] >= 0.8, s["clean"]
     assert s["rows"][0]["without"] == 0.0, s["rows"][0]
     assert {c["name"]: c["passed"] for c in s["sanity"]}["standard model ~0% under PGD-20 at 8/255"] is True
@@ -156,7 +157,7 @@ def test_real_pyautoattack_resnet18_is_broken_by_pgd(real_cifar10):
 def test_headline_is_on_the_examples_every_attack_on_the_defense_ran_on():
     fns = toy_fns(steps=2)
     x, y = toy_data(8)
-    cfg = EvalConfig(
+    cfg = flat_config(
         threat_models={"Linf": "8/255"},
         attacks=["pgd", "bpda_eot", "square"],
         steps=2,
@@ -167,7 +168,7 @@ def test_headline_is_on_the_examples_every_attack_on_the_defense_ran_on():
         judge_draws=1,
         **QUIET,
     )
-    s = RobustEvaluator.for_reversal(fns, cfg).evaluate(x, y, batch_size=8)
+    s = RobustEvaluator(fns, cfg).evaluate(x, y, batch_size=8)
     rows = {r["attack"]: r for r in s["rows"]}
     assert rows["pgd"]["n"] == 8 and rows["bpda_eot"]["n"] == 6 and rows["square"]["n"] == 2
     assert s["worst_case"][0]["n"] == 6  # not 8: the attacks on the defense ran on the first 6 only
@@ -176,10 +177,10 @@ def test_headline_is_on_the_examples_every_attack_on_the_defense_ran_on():
 def test_reversal_sweep_at_the_reversals_own_steps_copies_the_main_rows():
     fns = toy_fns(steps=3)
     x, y = toy_data(8)
-    cfg = EvalConfig(
+    cfg = flat_config(
         threat_models={"Linf": "8/255"}, attacks=["pgd"], steps=3, draws=2, **{**QUIET, "reversal_steps_sweep": [1, 3]}
     )
-    ev = RobustEvaluator.for_reversal(fns, cfg)
+    ev = RobustEvaluator(fns, cfg)
     ev.evaluate(x, y, batch_size=8)
     sweep = {(r.setting, r.attack): r for r in ev.catalog() if r.group == "rev-sweep"}
     assert sweep[(3, "clean")].reuse == "clean" and sweep[(1, "clean")].reuse is None

@@ -4,14 +4,14 @@ randomized defense that single-draw PGD does not."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from lightning_modules.attacks.defense_attacks import BestIterate, pick_best
-from lightning_modules.evaluation import ATTACKS, Defense, EvalConfig, Job, RobustEvaluator
-from lightning_modules.evaluation.registry import EOT_ATTACKS, SWEEPABLE, main_setting
+from lightning_modules.defense import DefendedModel
+from lightning_modules.evaluation import ATTACKS, EvalConfig, Job, RobustEvaluator
+from lightning_modules.evaluation.best_iterate import BestIterate, pick_best
+from lightning_modules.evaluation.registry import SETTINGS, main_setting, validate
+from tests.lightning_modules.evaluation.flat import flat_config
 from tests.lightning_modules.evaluation.toys import PhaseDefense
 from tests.lightning_modules.toy_defense import toy_data, toy_fns
 
@@ -21,17 +21,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_entries_are_complete_and_their_rows_distinct():
-    cfg = EvalConfig()
+    cfg = validate(EvalConfig())
     keys = set()
     for name, a in ATTACKS.items():
         assert a.name == name and a.kind in ("adaptive", "non-adaptive") and set(a.norms) <= {"Linf", "L2"}
-        assert hasattr(cfg, a.steps_field) and main_setting(cfg, name) >= 1
+        assert a.steps is None or (SETTINGS[a.steps] and main_setting(cfg, name) >= 1)
         for v in a.variants(cfg):
             keys.add(a.ident(cfg, v))
             assert a.label(cfg, v)
     assert len(keys) == sum(len(a.variants(cfg)) for a in ATTACKS.values())
-    assert set(EOT_ATTACKS) <= set(SWEEPABLE) <= set(ATTACKS)
-    changed = dataclasses.replace(cfg, eot=40)  # a setting that changes a result changes the row's key
+    assert all(a.steps for a in ATTACKS.values() if a.eot)  # every EOT attack can also be swept in its steps
+    changed = cfg.replace("attack.eot", 40)  # a setting that changes a result changes the row's key
     assert ATTACKS["apgd_ce_bpda"].ident(changed, {}) != ATTACKS["apgd_ce_bpda"].ident(cfg, {})
 
 
@@ -39,7 +39,7 @@ def test_entries_are_complete_and_their_rows_distinct():
 def test_every_attack_stays_in_its_ball(norm, eps):
     fns = toy_fns(steps=2)
     x, y = toy_data(6)
-    cfg = EvalConfig(
+    cfg = flat_config(
         threat_models={norm: eps},
         steps=2,
         apgd_steps=3,
@@ -51,7 +51,8 @@ def test_every_attack_stays_in_its_ball(norm, eps):
         apgd_targets=1,
         **QUIET,
     )
-    d = Defense.from_fns(fns, surrogate_fn=fns.model_fn)
+    d = fns
+    d.surrogate_fn = fns.model_fn
     for name, a in ATTACKS.items():
         if name == "apgd_dlrt_bpda" or name == "apgd_dlrt_full":
             continue  # targeted DLR needs >= 4 classes; the toy has 2 (tested below on a 4-class toy)
@@ -66,10 +67,10 @@ def test_apgd_with_eot_breaks_what_single_draw_pgd_does_not():
     """The phase toy: one draw's gradient is noise along u; the EOT average finds c."""
     toy = PhaseDefense()
     x, y = toy.data(16)
-    d = Defense(toy.model_fn, toy.reverse_fn)
+    d = DefendedModel.of(toy.model_fn, toy.reverse_fn)
     base = dict(threat_models={"Linf": "8/255"}, draws=5, adaptive_steps=20, apgd_steps=30, apgd_targets=2, **QUIET)
-    single = RobustEvaluator(d, EvalConfig(attacks=["bpda_eot"], eot=1, **base)).evaluate(x, y, 16)
-    eot = RobustEvaluator(d, EvalConfig(attacks=["apgd_ce_bpda", "apgd_dlrt_bpda"], eot=20, **base)).evaluate(x, y, 16)
+    single = RobustEvaluator(d, flat_config(attacks=["bpda_eot"], eot=1, **base)).evaluate(x, y, 16)
+    eot = RobustEvaluator(d, flat_config(attacks=["apgd_ce_bpda", "apgd_dlrt_bpda"], eot=20, **base)).evaluate(x, y, 16)
     assert single["clean"]["with"] == 1.0
     assert single["rows"][0]["with"] >= 0.75, single["rows"]
     for r in eot["rows"]:

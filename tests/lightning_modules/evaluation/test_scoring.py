@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.evaluation import Defense, EvalConfig, RobustEvaluator
+from lightning_modules.defense import DefendedModel
+from lightning_modules.evaluation import RobustEvaluator
+from tests.lightning_modules.evaluation.flat import flat_config
 from tests.lightning_modules.evaluation.toys import CoinFlipDefense, MatesDefense
 
 QUIET = dict(composition=[], eps_sweep=[], attack_steps_sweep=[], eot_sweep=[], reversal_steps_sweep=[], progress=False)
@@ -15,9 +17,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_a_defense_right_on_half_the_draws_scores_near_zero_with_every_draw_required():
     x, y = CoinFlipDefense.data(400)
-    d = Defense(CoinFlipDefense.model_fn, CoinFlipDefense.reverse_fn)
-    one = RobustEvaluator(d, EvalConfig(attacks=[], draws=1, **QUIET)).evaluate(x, y, 100)["clean"]
-    five = RobustEvaluator(d, EvalConfig(attacks=[], draws=5, **QUIET)).evaluate(x, y, 100)["clean"]
+    d = DefendedModel.of(CoinFlipDefense.model_fn, CoinFlipDefense.reverse_fn)
+    one = RobustEvaluator(d, flat_config(attacks=[], draws=1, **QUIET)).evaluate(x, y, 100)["clean"]
+    five = RobustEvaluator(d, flat_config(attacks=[], draws=5, **QUIET)).evaluate(x, y, 100)["clean"]
     assert one["without"] == 1.0 and five["without"] == 1.0
     assert abs(one["with"] - 0.5) < 0.08  # one reversal: the coin
     assert five["with"] < 0.08  # every one of 5 draws: 1/32 expected
@@ -28,7 +30,7 @@ def test_a_defense_right_on_half_the_draws_scores_near_zero_with_every_draw_requ
 def test_manual_reference_of_draw_counts():
     """Counts per example equal a slow loop over draws with the same random numbers."""
     x, y = CoinFlipDefense.data(6)
-    d = Defense(CoinFlipDefense.model_fn, CoinFlipDefense.reverse_fn)
+    d = DefendedModel.of(CoinFlipDefense.model_fn, CoinFlipDefense.reverse_fn)
     torch.manual_seed(0)
     counts = d.correct_draws(x, y, draws=4)
     torch.manual_seed(0)
@@ -44,7 +46,7 @@ def test_compositions_reverse_among_the_right_batch_mates():
     x_clean = torch.full((8, 3, 4, 4), 0.3)
     y = torch.zeros(8, dtype=torch.long)
     x_adv = torch.full((8, 3, 4, 4), 0.7)  # every image attacked: the median is attacked too
-    d = Defense(MatesDefense.model_fn, MatesDefense.reverse_fn)
+    d = DefendedModel.of(MatesDefense.model_fn, MatesDefense.reverse_fn)
     assert d.correct_draws(x_adv, y, 1, "batch").sum() == 0
     assert d.correct_draws(x_adv, y, 1, "clean_mates", x_clean, groups=4).sum() == 8  # 2 attacked among 6 clean
     assert d.correct_draws(x_adv, y, 1, "clean_mates", x_clean, groups=2).sum() == 0  # 4 of 8 attacked: too many
@@ -58,8 +60,8 @@ def test_compositions_reverse_among_the_right_batch_mates():
 def test_composition_columns_count_in_the_headline():
     x_clean = torch.full((8, 3, 4, 4), 0.3)
     y = torch.zeros(8, dtype=torch.long)
-    d = Defense(MatesDefense.model_fn, MatesDefense.reverse_fn)
-    cfg = EvalConfig(
+    d = DefendedModel.of(MatesDefense.model_fn, MatesDefense.reverse_fn)
+    cfg = flat_config(
         threat_models={"Linf": "8/255"},
         attacks=["pgd"],
         steps=3,

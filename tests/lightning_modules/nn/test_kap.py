@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lightning_modules.module import ReversalModule
+from lightning_modules.methods.module import ReversalModule
 from lightning_modules.nn.backbones import PreActResNet18, build_backbone
 from lightning_modules.nn.kap import KernelAveragePool, insert_kap
 

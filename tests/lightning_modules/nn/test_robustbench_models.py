@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-from lightning_modules.module import ReversalModule
+from lightning_modules.methods.module import ReversalModule
 from lightning_modules.nn.robustbench_models import import_robustbench, load_robustbench
 
 
