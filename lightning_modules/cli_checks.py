@@ -7,7 +7,8 @@ for everything that does not change the weights' shapes (attack, reversal, views
 architecture settings that contradict the checkpoint fail naming both values, and so do, on ``fit``, the
 optimizer settings the resumed optimizer state fixes. Config files and defaults do not count as given: the
 checkpoint's values replace them (so the experiment file that trained a model, with its command-line
-overrides, evaluates it).
+overrides, evaluates it). The one exception is a config file's ``reversal`` (:data:`CONFIG_GIVEN`): the
+deployed defense's settings, which an evaluation profile chooses (``eval_mao2021.yaml``: ``recipe: mao2021``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ ARCH_KEYS += ("robustbench_threat_model", "head_hidden", "head_dim")
 RESUME_FIXED_KEYS = ("optim",)
 # the weights come from --ckpt_path, so a file given for them would be loaded and then replaced
 WEIGHT_FILE_KEYS = ("backbone_checkpoint",)
+CONFIG_GIVEN = ("reversal",)  # a config file's settings that win over a checkpoint's (module doc)
 
 
 class CLIError(ValueError):
@@ -141,15 +143,14 @@ def _config_model_args(path: Optional[str]) -> dict:
 
 
 def given_model_flags(argv: Sequence[str]) -> GivenModelFlags:
-    """The model settings a command line gives, in ``--model.*`` flags or in its ``--config`` files'
-    ``model.init_args`` (so an evaluation profile's ``reversal:`` wins over a checkpoint's; a config's
-    weight file does not: the checkpoint holds the weights)."""
+    """The model settings a command line gives: its ``--model.*`` flags, and the :data:`CONFIG_GIVEN`
+    settings of its ``--config`` files' ``model.init_args``."""
     out, argv = GivenModelFlags(), list(argv)
     for i, tok in enumerate(argv):
         key, eq, val = tok[2:].partition("=")
         if tok.startswith("--") and key == "config":
             for name, value in _config_model_args(val if eq else (argv[i + 1] if i + 1 < len(argv) else None)).items():
-                if name not in WEIGHT_FILE_KEYS:
+                if name in CONFIG_GIVEN:
                     _add(out, name, set(value) if isinstance(value, dict) else None)
             continue
         head, *parts = key.split(".")

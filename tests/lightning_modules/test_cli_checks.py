@@ -41,7 +41,7 @@ def test_given_model_flags_count_a_config_files_model_settings(tmp_path):
     args = "    reversal: {views: fast}\n    backbone_checkpoint: w.pt\n    head_dim: 8\n"
     cfg.write_text("model:\n  init_args:\n" + args)
     g = given_model_flags(["test", "--config", str(cfg), "--model.init_args.reversal.steps", "3"])
-    assert g.names == {"reversal": {"views", "steps"}, "head_dim": None}  # the weight file: the checkpoint's
+    assert g.names == {"reversal": {"views", "steps"}}  # the rest of a config file: the checkpoint's values
     assert given_model_flags([f"--config={tmp_path / 'missing.yaml'}"]).names == {}  # the parser reports it
 
 
